@@ -1,0 +1,245 @@
+"""The cache format, documented in one place.
+
+A cache is a directory:
+
+    manifest.json        what the cache is (fingerprints, codec, views) and which shards exist
+    shard-00000.arrow    rows of whole images (all views of an image sit in one shard, in view
+    shard-00001.arrow    order), as Arrow IPC files or HDF5 (`.h5`), one backend per cache
+
+Each shard holds these columns, every one of fixed width (shape `rows x width`):
+
+    key      uint8 x 16   BLAKE3-128 of the image file bytes (the lookup key)
+    path     string       path relative to image_root at dump time (for humans and errors)
+    label    int32        list label, -1 for unlabeled
+    view     int32        view index v in [0, views)
+    params   int32 x P    replayable transform parameters, named by `param_names`
+    <codec>  ...          the codec's payload columns (see `cache/codecs.py`)
+
+`manifest.json` (format_version 1) holds:
+
+    format_version, backend, views, seed, num_classes, images_per_shard, param_names,
+    codec: {name, num_classes, ...settings},
+    fingerprints: {teacher, transforms, dataset, order},
+    teacher: {name, class_num, weights_sha256},
+    num_images, source: {image_root, cls_label_path, transform_ops, teacher_weights},
+    complete, skipped: [{path, line, reason}],
+    shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}]
+
+Fingerprints (Hugging Face datasets style, each hashes the exact inputs of the computation):
+`teacher` hashes backbone name, class_num and the SHA-256 of the weights file; `transforms`
+hashes the canonical transform specs; `dataset` hashes the sorted content keys (the set of
+images, order-free, so a reordered list still finds its rows); `order` hashes the ordered keys
+(resuming a dump needs the same order, because shards are cut along it).
+
+Write protocol: a shard is written to `.<name>.tmp-<pid>`, fsynced and renamed into place;
+then the manifest, listing it with its checksum, is replaced atomically the same way. A shard
+on disk but absent from the manifest is an orphan of a killed run and is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from offline_ssld.errors import CacheError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+BACKEND_SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
+TMP_MARK = ".tmp-"
+
+
+def shard_name(index: int, backend: str) -> str:
+    return f"shard-{index:05d}{BACKEND_SUFFIX[backend]}"
+
+
+def tmp_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON: the same plain data always gives the same fingerprint."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return sha256_hex(text.encode("utf-8"))
+
+
+def file_checksum(path: Path) -> str:
+    hasher = blake3.blake3()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: Path, final: Path) -> None:
+    """Make a fully written temporary file visible under its final name, durably."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = tmp_path(path)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=False)
+        fh.write("\n")
+    commit_file(tmp, path)
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    rows: int
+    images: int
+    checksum: str
+    bytes: int
+
+
+@dataclass
+class Manifest:
+    backend: str
+    views: int
+    seed: int
+    num_classes: int
+    images_per_shard: int
+    param_names: list[str]
+    codec: dict
+    fingerprints: dict
+    teacher: dict
+    num_images: int
+    source: dict  # where the inputs were (image_root, list, transform_ops, weights): for verify
+    complete: bool = False
+    skipped: list[dict] = field(default_factory=list)
+    shards: list[ShardInfo] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_images // self.images_per_shard)
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, cache_dir: Path) -> None:
+        write_json_atomic(Path(cache_dir) / MANIFEST, self.to_json())
+
+
+# field -> accepted types; validated on load so a hand-edited or hostile manifest gives a
+# clear error naming the field instead of a crash deep inside the reader.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "format_version": (int,),
+    "backend": (str,),
+    "views": (int,),
+    "seed": (int,),
+    "num_classes": (int,),
+    "images_per_shard": (int,),
+    "param_names": (list,),
+    "codec": (dict,),
+    "fingerprints": (dict,),
+    "teacher": (dict,),
+    "num_images": (int,),
+    "source": (dict,),
+    "complete": (bool,),
+    "skipped": (list,),
+    "shards": (list,),
+}
+_SHARD_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "rows": (int,),
+    "images": (int,),
+    "checksum": (str,),
+    "bytes": (int,),
+}
+
+
+def _check_fields(obj: Any, fields: dict, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise CacheError(f"{where}: expected a JSON object")
+    for name, types in fields.items():
+        if name not in obj:
+            raise CacheError(f"{where}: field '{name}' is missing")
+        value = obj[name]
+        if not isinstance(value, types) or (bool in types) != isinstance(value, bool):
+            raise CacheError(f"{where}: field '{name}' has the wrong type ({type(value).__name__})")
+    extra = sorted(set(obj) - set(fields))
+    if extra:
+        raise CacheError(f"{where}: unknown field '{extra[0]}'")
+
+
+def load_manifest(cache_dir: str | Path) -> Manifest:
+    """Read and validate `manifest.json`; every problem names the file and field."""
+    path = Path(cache_dir) / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CacheError(f"{cache_dir}: no {MANIFEST}: not an offline-ssld cache") from None
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CacheError(f"{path}: not valid JSON ({exc})") from None
+    _check_fields(obj, _FIELDS, str(path))
+    if obj["format_version"] != FORMAT_VERSION:
+        raise CacheError(
+            f"{path}: field 'format_version' is {obj['format_version']}; "
+            f"this offline-ssld reads version {FORMAT_VERSION}"
+        )
+    if obj["backend"] not in BACKEND_SUFFIX:
+        raise CacheError(f"{path}: field 'backend' is {obj['backend']!r}; expected arrow or hdf5")
+    for name in ("views", "num_classes", "images_per_shard"):
+        if obj[name] < 1:
+            raise CacheError(f"{path}: field '{name}' must be positive")
+    if obj["num_images"] < 0:
+        raise CacheError(f"{path}: field 'num_images' must not be negative")
+    if not all(isinstance(p, str) for p in obj["param_names"]):
+        raise CacheError(f"{path}: field 'param_names' must list strings")
+    shards = []
+    expected = {
+        shard_name(i, obj["backend"])
+        for i in range(-(-obj["num_images"] // obj["images_per_shard"]))
+    }
+    for i, shard in enumerate(obj["shards"]):
+        _check_fields(shard, _SHARD_FIELDS, f"{path}: shards[{i}]")
+        if shard["name"] not in expected:
+            raise CacheError(
+                f"{path}: shards[{i}] field 'name' {shard['name']!r} is not a shard of this cache"
+            )
+        if shard["rows"] != shard["images"] * obj["views"] or shard["rows"] < 1:
+            raise CacheError(f"{path}: shards[{i}] field 'rows' disagrees with images x views")
+        shards.append(ShardInfo(**shard))
+    if len({s.name for s in shards}) != len(shards):
+        raise CacheError(f"{path}: field 'shards' lists a shard twice")
+    obj["shards"] = sorted(shards, key=lambda s: s.name)
+    return Manifest(**obj)

@@ -1,0 +1,182 @@
+"""Writing a cache: claim or resume a cache directory, then commit shards in the background.
+
+A cache is never half-written: shards become visible only by an atomic rename after fsync,
+and the manifest lists a shard only once it is whole. A directory that holds another cache is
+refused (naming the differing field) unless the caller passes `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from offline_ssld.cache.backends import write_columns
+from offline_ssld.cache.format import (
+    MANIFEST,
+    TMP_MARK,
+    Manifest,
+    ShardInfo,
+    commit_file,
+    file_checksum,
+    load_manifest,
+    shard_name,
+    tmp_path,
+)
+from offline_ssld.errors import CacheError
+
+# Fields that must agree for a dump to resume into an existing cache, with what they mean.
+IDENTITY_FIELDS = {
+    "fingerprints.teacher": "teacher",
+    "fingerprints.dataset": "dataset",
+    "fingerprints.transforms": "transforms",
+    "fingerprints.order": "list order",
+    "codec": "codec",
+    "views": "views",
+    "seed": "seed",
+    "backend": "format",
+    "images_per_shard": "shard size",
+}
+
+
+def _field(manifest: Manifest, dotted: str):
+    value = manifest.to_json()
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def first_difference(old: Manifest, new: Manifest) -> str | None:
+    """The first identity field in which two manifests differ, described for a user."""
+    for dotted, what in IDENTITY_FIELDS.items():
+        a, b = _field(old, dotted), _field(new, dotted)
+        if a != b:
+            return f"another {what} ({dotted}: cache has {_short(a)}, config gives {_short(b)})"
+    return None
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:16] if len(text) == 64 else text
+
+
+def _is_ours(path: Path) -> bool:
+    name = path.name
+    return name == MANIFEST or name.startswith(("shard-", ".shard-", f".{MANIFEST}{TMP_MARK}"))
+
+
+def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False) -> Manifest:
+    """Return the manifest to continue from: a fresh one, or the matching existing one.
+
+    Leftover temporary files and shards the manifest does not list (a run killed between
+    rename and manifest update) are removed; they are rewritten deterministically.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    entries = list(cache_dir.iterdir())
+    foreign = [p for p in entries if not _is_ours(p)]
+    if (cache_dir / MANIFEST).exists() and not overwrite:
+        old = load_manifest(cache_dir)
+        diff = first_difference(old, manifest)
+        if diff:
+            raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
+        listed = {s.name for s in old.shards}
+        for path in entries:
+            if _is_ours(path) and path.name != MANIFEST and path.name not in listed:
+                path.unlink()
+        for shard in old.shards:
+            path = cache_dir / shard.name
+            if not path.exists() or file_checksum(path) != shard.checksum:
+                raise CacheError(
+                    f"{path}: shard is missing or damaged; run `offline-ssld verify {cache_dir}` "
+                    "or dump again with --overwrite"
+                )
+        manifest.shards = old.shards
+        manifest.skipped = old.skipped if old.skipped else manifest.skipped
+        manifest.complete = len(old.shards) == manifest.num_shards
+        return manifest
+    if foreign and not overwrite:
+        raise CacheError(
+            f"{cache_dir} is not empty and holds no offline-ssld cache ({foreign[0].name}); "
+            "choose an empty directory or pass --overwrite"
+        )
+    if overwrite:
+        for path in entries:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    manifest.shards = []
+    manifest.complete = manifest.num_shards == 0
+    manifest.save(cache_dir)
+    return manifest
+
+
+def write_shard(
+    cache_dir: Path, backend: str, index: int, columns: dict[str, np.ndarray], images: int
+) -> ShardInfo:
+    """Write one shard under a temporary name, fsync, rename; return its manifest entry."""
+    final = cache_dir / shard_name(index, backend)
+    tmp = tmp_path(final)
+    try:
+        write_columns(backend, tmp, columns)
+        commit_file(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    rows = len(columns["key"])
+    return ShardInfo(final.name, rows, images, file_checksum(final), final.stat().st_size)
+
+
+class BackgroundWriter:
+    """Commits shards and the manifest on a thread, so inference never waits on disk.
+
+    The queue is bounded (two shards) to cap memory; an error on the thread is re-raised in
+    the caller at the next `submit` or at `close`.
+    """
+
+    def __init__(self, cache_dir: Path, manifest: Manifest):
+        self.cache_dir = cache_dir
+        self.manifest = manifest
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            index, columns, images = item
+            try:
+                info = write_shard(self.cache_dir, self.manifest.backend, index, columns, images)
+                self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)
+                self.manifest.complete = len(self.manifest.shards) == self.manifest.num_shards
+                self.manifest.save(self.cache_dir)
+            except BaseException as exc:  # surfaced in the caller's thread
+                self._error = exc
+
+    def _raise(self) -> None:
+        error = self._error  # sticky: after a failure nothing more is written
+        if error is not None:
+            if isinstance(error, OSError):
+                raise CacheError(
+                    f"{self.cache_dir}: writing a shard failed ({error.strerror or error}); "
+                    "the cache is intact: free space and run the same command to resume"
+                ) from error
+            raise error
+
+    def submit(self, index: int, columns: dict[str, np.ndarray], images: int) -> None:
+        self._raise()
+        self._queue.put((index, columns, images))
+
+    def close(self) -> Manifest:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+        return self.manifest

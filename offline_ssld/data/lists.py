@@ -1,0 +1,136 @@
+"""PaddleClas list files (`relative/path.jpg <label>` per line), path safety and content hashing.
+
+Content hashes key the cache: a row belongs to the bytes of an image, not to its position in a
+list, so renaming or reordering files never makes a cache silently wrong. BLAKE3 is used
+because it is a cryptographic hash (nobody can craft two images that share a key) and still
+hashes at several GB/s; the digest is cut to 128 bits, which keeps collisions out of reach.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from offline_ssld.errors import DataError
+
+KEY_BYTES = 16
+UNLABELED = -1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One list line: path relative to image_root, label (-1 if none), 1-based line number."""
+
+    path: str
+    label: int
+    line: int
+
+
+def content_key(data: bytes) -> bytes:
+    """The cache key of an image: the first 128 bits of the BLAKE3 hash of its file bytes."""
+    return blake3.blake3(data).digest(length=KEY_BYTES)
+
+
+def _safe_relpath(raw: str, where: str) -> str:
+    if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":"):
+        raise DataError(f"{where}: path {raw!r} is absolute; paths must be relative to image_root")
+    norm = os.path.normpath(raw)
+    if norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+        raise DataError(f"{where}: path {raw!r} leaves image_root")
+    return norm
+
+
+def read_list(list_path: str | Path, class_num: int | None = None) -> list[Sample]:
+    """Parse a list file; every malformed line is an error naming the file and line.
+
+    A line holding only a path is an unlabeled image (label -1): SSLD learns from unlabeled
+    data too. Blank lines are skipped. A path listed twice is an error (it would be seen twice
+    per epoch by accident); two different paths with the same bytes are fine.
+    """
+    list_path = Path(list_path)
+    try:
+        raw_lines = list_path.read_bytes().splitlines()
+    except OSError as exc:
+        raise DataError(f"{list_path}: cannot read list file ({exc.strerror})") from None
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(raw_lines, start=1):
+        where = f"{list_path}:{number}"
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: line is not valid UTF-8") from None
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) > 2:
+            raise DataError(f"{where}: expected 'path [label]', got {len(fields)} fields")
+        path = _safe_relpath(fields[0], where)
+        label = UNLABELED
+        if len(fields) == 2:
+            try:
+                label = int(fields[1])
+            except ValueError:
+                raise DataError(f"{where}: label {fields[1]!r} is not an integer") from None
+            if label < 0 or (class_num is not None and label >= class_num):
+                bound = f"[0, {class_num})" if class_num is not None else ">= 0"
+                raise DataError(f"{where}: label {label} outside {bound}")
+        if path in seen:
+            raise DataError(f"{where}: path {path!r} already listed on line {seen[path]}")
+        seen[path] = number
+        samples.append(Sample(path, label, number))
+    if not samples:
+        raise DataError(f"{list_path}: list file holds no images")
+    return samples
+
+
+def resolve(image_root: str | Path, sample: Sample, list_path: str | Path) -> Path:
+    """Absolute path of a sample; symlinks that lead outside image_root are refused."""
+    root = Path(image_root).resolve()
+    full = (root / sample.path).resolve()
+    if full != root and root not in full.parents:
+        raise DataError(
+            f"{list_path}:{sample.line}: {sample.path!r} resolves outside image_root ({full})"
+        )
+    return full
+
+
+def read_image_bytes(image_root: str | Path, sample: Sample, list_path: str | Path) -> bytes:
+    path = resolve(image_root, sample, list_path)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{list_path}:{sample.line}: cannot read {path} ({exc.strerror})") from None
+
+
+def hash_images(
+    image_root: str | Path,
+    samples: list[Sample],
+    list_path: str | Path,
+    check=None,
+    threads: int = 8,
+) -> list[bytes | DataError]:
+    """Content keys for all samples, read in threads (BLAKE3 and file reads release the GIL).
+
+    `check(data)` may raise DataError (for example a trial decode); failures are returned in
+    place of the key so the caller decides between stopping and `--skip-bad`.
+    """
+
+    def one(sample: Sample) -> bytes | DataError:
+        try:
+            data = read_image_bytes(image_root, sample, list_path)
+            if check is not None:
+                try:
+                    check(data)
+                except DataError as exc:
+                    raise DataError(f"{list_path}:{sample.line}: {sample.path}: {exc}") from None
+            return content_key(data)
+        except DataError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, samples, chunksize=64))

@@ -1,0 +1,667 @@
+"""PaddleClas image transform ops, split into a random `draw` and a deterministic `apply`.
+
+The teacher sees each image through several random augmented views; the student must later
+see exactly the same views. So every random op draws its parameters as a few integers (which
+the cache stores) and applies them as a pure function of (image, params). Replaying the stored
+params therefore reproduces the teacher's input bit for bit.
+
+Config names, defaults and arithmetic follow PaddleClas (ppcls/data/preprocess/ops/operators.py)
+so an existing PaddleClas `transform_ops` list can be used unchanged; only the random source
+differs (an explicit `np.random.Generator` instead of python's global `random`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import os
+import re
+import struct
+from typing import Any
+
+import numpy as np
+
+# OpenCV reads this lazily on its first decode; it bounds formats our header sniffing below does
+# not understand (TIFF, JPEG 2000, PNM, ...). setdefault keeps a limit the user chose.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
+
+import cv2  # noqa: E402  (must follow the environment default above)
+
+from offline_ssld.errors import CacheError, ConfigError, DataError  # noqa: E402
+
+TRANSFORMS_VERSION = 1
+"""Bumped whenever the output of an op changes for the same spec, so stale caches are refused."""
+
+MAX_IMAGE_PIXELS = 2**26
+"""Images above this many pixels are refused: a small file must not be able to exhaust memory."""
+
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+_INTERPOLATION_BY_CODE = {code: name for name, code in _INTERPOLATIONS.items()}
+
+HWC, CHW = "hwc", "chw"
+
+
+class _BadParams(ValueError):
+    """Stored params do not fit the image they are replayed on (wrong or damaged cache)."""
+
+
+# --------------------------------------------------------------------------------------------
+# argument validation helpers: each raises ConfigError naming the full key of the argument
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _pos_int(v: Any, where: str) -> int:
+    if not _is_int(v) or v < 1:
+        raise ConfigError(f"{where}: expected a positive integer, got {v!r}")
+    return int(v)
+
+
+def _size_wh(v: Any, where: str) -> tuple[int, int]:
+    """PaddleClas sizes are an int (square) or [w, h] (cv2 order)."""
+    if _is_int(v):
+        n = _pos_int(v, where)
+        return n, n
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return _pos_int(v[0], where), _pos_int(v[1], where)
+    raise ConfigError(f"{where}: expected a positive integer or [width, height], got {v!r}")
+
+
+def _range(v: Any, where: str) -> tuple[float, float]:
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != 2
+        or not all(_is_num(x) for x in v)
+        or not 0 < float(v[0]) <= float(v[1])
+    ):
+        raise ConfigError(f"{where}: expected [min, max] with 0 < min <= max, got {v!r}")
+    return float(v[0]), float(v[1])
+
+
+def _floats3(v: Any, where: str, nonzero: bool = False) -> list[float]:
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != 3
+        or not all(_is_num(x) for x in v)
+        or (nonzero and any(float(x) == 0 for x in v))
+    ):
+        what = "three non-zero numbers" if nonzero else "three numbers"
+        raise ConfigError(f"{where}: expected {what}, got {v!r}")
+    return [float(x) for x in v]
+
+
+def _interpolation(v: Any, where: str) -> str:
+    """Name or cv2 code (old PaddleClas configs; -1 meant the default) -> canonical name."""
+    if v is None:
+        return "bilinear"
+    if isinstance(v, str) and v.lower() in _INTERPOLATIONS:
+        return v.lower()
+    if _is_int(v) and v == -1:
+        return "bilinear"
+    if _is_int(v) and v in _INTERPOLATION_BY_CODE:
+        return _INTERPOLATION_BY_CODE[int(v)]
+    raise ConfigError(
+        f"{where}: unsupported interpolation {v!r}; supported: {', '.join(_INTERPOLATIONS)}"
+    )
+
+
+def _backend(v: Any, where: str) -> str:
+    if not isinstance(v, str) or v.lower() != "cv2":
+        raise ConfigError(f"{where}: only backend 'cv2' is supported, got {v!r}")
+    return "cv2"
+
+
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_scale(v: Any, where: str) -> float:
+    """Parse NormalizeImage.scale: a number, "0.00392157" or "1.0/255.0".
+
+    PaddleClas eval()s this string; a config must never run code, so only a float literal or a
+    quotient of two float literals is accepted.
+    """
+    if _is_num(v):
+        value = float(v)
+    elif isinstance(v, str):
+        parts = [p.strip() for p in v.split("/")]
+        if len(parts) > 2 or not all(_FLOAT_RE.fullmatch(p) for p in parts):
+            raise ConfigError(f"{where}: expected a number or 'a/b' like '1.0/255.0', got {v!r}")
+        value = float(parts[0])
+        if len(parts) == 2:
+            denominator = float(parts[1])
+            if denominator == 0:
+                raise ConfigError(f"{where}: division by zero in {v!r}")
+            value /= denominator
+    else:
+        raise ConfigError(f"{where}: expected a number or 'a/b' like '1.0/255.0', got {v!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where}: expected a positive finite scale, got {v!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# image size sniffing, so a decompression bomb is refused before any pixel is allocated
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG/JPEG/BMP/WebP header, or None when not recognised."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM":
+            (header_len,) = struct.unpack("<I", data[14:18])
+            if header_len == 12:
+                return struct.unpack("<HH", data[18:22])
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                return w, h
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+    except struct.error:
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk JPEG segments up to the first start-of-frame marker, which holds the size."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        (seg_len,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return w, h
+        if marker in (0xD9, 0xDA) or seg_len < 2:  # end of image / start of scan
+            return None
+        pos += 2 + seg_len
+    return None
+
+
+def _check_pixels(w: int, h: int) -> None:
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"image is {w}x{h} = {w * h} pixels, above the limit of {MAX_IMAGE_PIXELS}"
+            " (decompression bomb?)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# ops
+
+
+class Op:
+    """One transform op. `draw` picks the random params, `apply` is pure given them."""
+
+    name: str = ""
+    param_names: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()  # accepted config argument names
+    needs: str | None = HWC  # layout the input must have (None: any)
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        """Validate config arguments; `key` is the op's config key path for error messages."""
+
+    def out_layout(self, layout: str) -> str:
+        """Layout of the output given the input layout; lets build_ops reject bad orders."""
+        return layout
+
+    def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+        """Random params for this image; deterministic ops draw nothing."""
+        return ()
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        """Transform `img` using `params`; must not consult any random state."""
+        raise NotImplementedError
+
+    def spec(self) -> dict:
+        """Resolved arguments as plain data, so equal specs mean equal outputs."""
+        return {"name": self.name}
+
+
+class DecodeImage(Op):
+    """Encoded bytes -> HWC uint8 (3 channels), RGB by default, like PaddleClas."""
+
+    name = "DecodeImage"
+    args = ("to_rgb", "channel_first", "to_np")
+    needs = None
+
+    def __init__(
+        self, key: str, to_rgb: Any = True, channel_first: Any = False, to_np: Any = False
+    ) -> None:
+        self.to_rgb = _bool(to_rgb, f"{key}.to_rgb")
+        self.channel_first = _bool(channel_first, f"{key}.channel_first")
+        _bool(to_np, f"{key}.to_np")  # accepted for old PaddleClas configs; has no effect there
+
+    def out_layout(self, layout: str) -> str:
+        return CHW if self.channel_first else HWC
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(img, (bytes, bytearray, memoryview)):
+            raise TypeError(f"DecodeImage expects encoded bytes, got {type(img).__name__}")
+        data = bytes(img)
+        if not data:
+            raise DataError("cannot decode image (0 bytes)")
+        size = _header_size(data)
+        if size is not None:
+            _check_pixels(*size)
+        try:
+            out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            out = None
+        if out is None or out.ndim != 3 or out.shape[2] != 3 or out.size == 0:
+            raise DataError(f"cannot decode image ({len(data)} bytes)")
+        _check_pixels(out.shape[1], out.shape[0])
+        if self.to_rgb:
+            out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+        if self.channel_first:
+            out = out.transpose((2, 0, 1))
+        return out
+
+    def spec(self) -> dict:
+        return {"name": self.name, "to_rgb": self.to_rgb, "channel_first": self.channel_first}
+
+
+class ResizeImage(Op):
+    """Resize to a fixed [w, h], or so the short side equals `resize_short` (which wins)."""
+
+    name = "ResizeImage"
+    args = ("size", "resize_short", "interpolation", "backend")
+
+    def __init__(
+        self,
+        key: str,
+        size: Any = None,
+        resize_short: Any = None,
+        interpolation: Any = None,
+        backend: Any = "cv2",
+    ) -> None:
+        # PaddleClas: a positive resize_short takes precedence over size.
+        self.resize_short: int | None = None
+        self.size: tuple[int, int] | None = None
+        if resize_short is not None and not (_is_num(resize_short) and resize_short <= 0):
+            self.resize_short = _pos_int(resize_short, f"{key}.resize_short")
+        elif size is not None:
+            self.size = _size_wh(size, f"{key}.size")
+        else:
+            raise ConfigError(f"{key}.size: one of 'size' or 'resize_short' is required")
+        self.interpolation = _interpolation(interpolation, f"{key}.interpolation")
+        self.backend = _backend(backend, f"{key}.backend")
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        img_h, img_w = img.shape[:2]
+        if self.resize_short is not None:
+            percent = float(self.resize_short) / min(img_w, img_h)
+            size = (max(1, int(round(img_w * percent))), max(1, int(round(img_h * percent))))
+        else:
+            assert self.size is not None
+            size = self.size
+        return cv2.resize(img, size, interpolation=_INTERPOLATIONS[self.interpolation])
+
+    def spec(self) -> dict:
+        return {
+            "name": self.name,
+            "size": list(self.size) if self.size else None,
+            "resize_short": self.resize_short,
+            "interpolation": self.interpolation,
+            "backend": self.backend,
+        }
+
+
+class RandCropImage(Op):
+    """PaddleClas random-resized-crop: random box (x, y, w, h), then resize to `size`."""
+
+    name = "RandCropImage"
+    param_names = ("x", "y", "w", "h")
+    args = ("size", "scale", "ratio", "interpolation", "backend")
+
+    def __init__(
+        self,
+        key: str,
+        size: Any = None,
+        scale: Any = None,
+        ratio: Any = None,
+        interpolation: Any = None,
+        backend: Any = "cv2",
+    ) -> None:
+        if size is None:
+            raise ConfigError(f"{key}.size: required")
+        self.size = _size_wh(size, f"{key}.size")
+        self.scale = _range([0.08, 1.0] if scale is None else scale, f"{key}.scale")
+        self.ratio = _range([3.0 / 4.0, 4.0 / 3.0] if ratio is None else ratio, f"{key}.ratio")
+        self.interpolation = _interpolation(interpolation, f"{key}.interpolation")
+        self.backend = _backend(backend, f"{key}.backend")
+
+    def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+        img_h, img_w = img.shape[:2]
+        # Same arithmetic as PaddleClas: aspect from `ratio`, area from `scale` capped so the
+        # box fits the image, truncation to int, then a uniform position.
+        aspect = math.sqrt(float(rng.uniform(*self.ratio)))
+        fw, fh = aspect, 1.0 / aspect
+        bound = min((img_w / img_h) / (fw * fw), (img_h / img_w) / (fh * fh))
+        scale_min, scale_max = min(self.scale[0], bound), min(self.scale[1], bound)
+        target = math.sqrt(img_w * img_h * float(rng.uniform(scale_min, scale_max)))
+        # Clamp: truncation can give 0 on tiny images, float error can overshoot by one.
+        w = min(max(int(target * fw), 1), img_w)
+        h = min(max(int(target * fh), 1), img_h)
+        x = int(rng.integers(0, img_w - w, endpoint=True))
+        y = int(rng.integers(0, img_h - h, endpoint=True))
+        return x, y, w, h
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        x, y, w, h = (int(p) for p in params)
+        img_h, img_w = img.shape[:2]
+        if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
+            raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
+        crop = img[y : y + h, x : x + w]
+        return cv2.resize(crop, self.size, interpolation=_INTERPOLATIONS[self.interpolation])
+
+    def spec(self) -> dict:
+        return {
+            "name": self.name,
+            "size": list(self.size),
+            "scale": list(self.scale),
+            "ratio": list(self.ratio),
+            "interpolation": self.interpolation,
+            "backend": self.backend,
+        }
+
+
+class RandFlipImage(Op):
+    """Flip with probability `prob` (PaddleClas: fixed 0.5); flip_code as in cv2.flip."""
+
+    name = "RandFlipImage"
+    param_names = ("flip",)
+    args = ("flip_code", "prob")
+
+    def __init__(self, key: str, flip_code: Any = 1, prob: Any = 0.5) -> None:
+        if not _is_int(flip_code) or flip_code not in (-1, 0, 1):
+            raise ConfigError(f"{key}.flip_code: expected -1, 0 or 1, got {flip_code!r}")
+        if not _is_num(prob) or not 0 <= prob <= 1:
+            raise ConfigError(f"{key}.prob: expected a number in [0, 1], got {prob!r}")
+        self.flip_code = int(flip_code)
+        self.prob = float(prob)
+
+    def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+        return (int(rng.random() < self.prob),)
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        (flip,) = params
+        if flip not in (0, 1):
+            raise _BadParams(f"flip must be 0 or 1, got {flip}")
+        return cv2.flip(img, self.flip_code) if flip else img
+
+    def spec(self) -> dict:
+        return {"name": self.name, "flip_code": self.flip_code, "prob": self.prob}
+
+
+class CropImage(Op):
+    """Center crop to `size` ([w, h]); the image must be at least that large."""
+
+    name = "CropImage"
+    args = ("size",)
+
+    def __init__(self, key: str, size: Any = None) -> None:
+        if size is None:
+            raise ConfigError(f"{key}.size: required")
+        self.size = _size_wh(size, f"{key}.size")
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        w, h = self.size
+        img_h, img_w = img.shape[:2]
+        if img_w < w or img_h < h:
+            # PaddleClas would slice with negative starts and return a wrongly sized crop.
+            raise DataError(f"image {img_w}x{img_h} is smaller than CropImage size {w}x{h}")
+        x, y = (img_w - w) // 2, (img_h - h) // 2
+        return img[y : y + h, x : x + w]
+
+    def spec(self) -> dict:
+        return {"name": self.name, "size": list(self.size)}
+
+
+class NormalizeImage(Op):
+    """(img * scale - mean) / std in float32, optionally padded to 4 channels or fp16."""
+
+    name = "NormalizeImage"
+    args = ("scale", "mean", "std", "order", "output_fp16", "channel_num")
+
+    def __init__(
+        self,
+        key: str,
+        scale: Any = None,
+        mean: Any = None,
+        std: Any = None,
+        order: Any = "chw",
+        output_fp16: Any = False,
+        channel_num: Any = 3,
+    ) -> None:
+        self.scale = 1.0 / 255.0 if scale is None else parse_scale(scale, f"{key}.scale")
+        self.mean = _floats3([0.485, 0.456, 0.406] if mean is None else mean, f"{key}.mean")
+        self.std = _floats3(
+            [0.229, 0.224, 0.225] if std is None else std, f"{key}.std", nonzero=True
+        )
+        if order not in ("chw", "hwc", ""):
+            raise ConfigError(f"{key}.order: expected 'chw', 'hwc' or '', got {order!r}")
+        self.order = CHW if order == "chw" else HWC  # PaddleClas: anything but 'chw' is HWC
+        self.output_fp16 = _bool(output_fp16, f"{key}.output_fp16")
+        if not _is_int(channel_num) or channel_num not in (3, 4):
+            raise ConfigError(f"{key}.channel_num: expected 3 or 4, got {channel_num!r}")
+        self.channel_num = int(channel_num)
+        shape = (3, 1, 1) if self.order == CHW else (1, 1, 3)
+        self._scale = np.float32(self.scale)
+        self._mean = np.array(self.mean, dtype=np.float32).reshape(shape)
+        self._std = np.array(self.std, dtype=np.float32).reshape(shape)
+
+    @property
+    def needs(self) -> str:  # type: ignore[override]
+        return self.order
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        out = (img.astype(np.float32) * self._scale - self._mean) / self._std
+        if self.channel_num == 4:
+            axis = 0 if self.order == CHW else 2
+            pad_shape = list(out.shape)
+            pad_shape[axis] = 1
+            out = np.concatenate((out, np.zeros(pad_shape, np.float32)), axis=axis)
+        return out.astype(np.float16 if self.output_fp16 else np.float32)
+
+    def spec(self) -> dict:
+        return {
+            "name": self.name,
+            "scale": self.scale,
+            "mean": self.mean,
+            "std": self.std,
+            "order": self.order,
+            "output_fp16": self.output_fp16,
+            "channel_num": self.channel_num,
+        }
+
+
+class ToCHWImage(Op):
+    """HWC -> CHW, the layout paddle models take."""
+
+    name = "ToCHWImage"
+
+    def out_layout(self, layout: str) -> str:
+        return CHW
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        return img.transpose((2, 0, 1))
+
+
+OPS: dict[str, type[Op]] = {
+    cls.name: cls
+    for cls in (
+        DecodeImage,
+        ResizeImage,
+        RandCropImage,
+        RandFlipImage,
+        CropImage,
+        NormalizeImage,
+        ToCHWImage,
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# building and running pipelines
+
+
+def _check_structure(ops: list[Op], key: str) -> None:
+    """Reject orders that would fail on every image: no decode first, HWC op after CHW, ..."""
+    if not ops:
+        raise ConfigError(f"{key}: empty transform list; it must start with DecodeImage")
+    layout = HWC
+    for i, op in enumerate(ops):
+        if (i == 0) != isinstance(op, DecodeImage):
+            raise ConfigError(
+                f"{key}.{i}: DecodeImage must be the first transform op and appear only once"
+                f" (found {op.name})"
+            )
+        if op.needs is not None and op.needs != layout:
+            raise ConfigError(
+                f"{key}.{i}.{op.name}: needs a {op.needs.upper()} image but gets"
+                f" {layout.upper()} here (check DecodeImage.channel_first, ToCHWImage and"
+                " NormalizeImage.order)"
+            )
+        layout = op.out_layout(layout)
+
+
+def build_ops(transform_ops: list, key: str) -> list[Op]:
+    """Build ops from a PaddleClas `transform_ops` list, naming the bad key on any error."""
+    if not isinstance(transform_ops, list):
+        raise ConfigError(f"{key}: expected a list of transform ops, got {transform_ops!r}")
+    ops: list[Op] = []
+    for i, entry in enumerate(transform_ops):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(
+                f"{key}.{i}: expected a one-key mapping like {{DecodeImage: {{...}}}},"
+                f" got {entry!r}"
+            )
+        ((name, kwargs),) = entry.items()
+        cls = OPS.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise ConfigError(
+                f"{key}.{i}: unknown transform op {name!r}; supported: {', '.join(OPS)}"
+            )
+        op_key = f"{key}.{i}.{name}"
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{op_key}: expected a mapping of arguments or null, got {kwargs!r}")
+        for arg in kwargs:
+            if arg not in cls.args:
+                supported = ", ".join(cls.args) if cls.args else "none"
+                raise ConfigError(f"{op_key}.{arg}: unknown argument; supported: {supported}")
+        ops.append(cls(op_key, **kwargs))
+    _check_structure(ops, key)
+    return ops
+
+
+class Pipeline:
+    """A decode-first op list run either drawing fresh params or replaying stored ones."""
+
+    def __init__(self, ops: list[Op], key: str = "transform_ops") -> None:
+        """`key` only labels error messages (the config path the ops came from)."""
+        _check_structure(ops, key)
+        self.ops = list(ops)
+        self.key = key
+        names = [op.name for op in self.ops]
+        self._param_names: list[str] = []
+        for i, op in enumerate(self.ops):
+            prefix = op.name if names.count(op.name) == 1 else f"{op.name}[{i}]"
+            self._param_names += [f"{prefix}.{p}" for p in op.param_names]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Column names of the params array, e.g. 'RandCropImage.x' ('Op[i].x' if repeated)."""
+        return tuple(self._param_names)
+
+    @property
+    def is_random(self) -> bool:
+        """True when some op draws params, i.e. views differ and must be stored to replay."""
+        return bool(self._param_names)
+
+    def draw(self, data: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Run all ops drawing fresh params; return (output, params as int32)."""
+        img: Any = data
+        params: list[int] = []
+        for op in self.ops:
+            p = op.draw(img, rng)
+            img = op.apply(img, p)
+            params += p
+        return np.ascontiguousarray(img), np.array(params, dtype=np.int32)
+
+    def replay(self, data: bytes, params: np.ndarray) -> np.ndarray:
+        """Run all ops with stored params; equal to the output `draw` gave, bit for bit."""
+        flat = np.asarray(params).reshape(-1)
+        if flat.size != len(self._param_names):
+            raise CacheError(
+                f"{self.key}: stored view has {flat.size} transform params, the pipeline needs"
+                f" {len(self._param_names)} ({', '.join(self._param_names) or 'none'})"
+            )
+        values = [int(v) for v in flat]
+        img: Any = data
+        pos = 0
+        for op in self.ops:
+            n = len(op.param_names)
+            try:
+                img = op.apply(img, tuple(values[pos : pos + n]))
+            except _BadParams as e:
+                raise CacheError(f"{self.key}: stored {op.name} params do not fit: {e}") from None
+            pos += n
+        return np.ascontiguousarray(img)
+
+    def apply_fixed(self, data: bytes) -> np.ndarray:
+        """Run a pipeline without random ops (evaluation)."""
+        if self.is_random:
+            random_ops = ", ".join(op.name for op in self.ops if op.param_names)
+            raise ConfigError(
+                f"{self.key}: this pipeline must be deterministic but has random ops: {random_ops}"
+            )
+        return self.replay(data, np.zeros(0, np.int32))
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical op specs: caches made with another pipeline are refused."""
+        doc = {"version": TRANSFORMS_VERSION, "ops": [op.spec() for op in self.ops]}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,137 @@
+"""Views: which augmented view of which image, and the datasets that produce them.
+
+A view is fixed by (seed, content key, view index): its random parameters are drawn from a
+generator seeded by exactly those, so dump-teacher can cut its work anywhere and resume, and
+train-student never draws anything: it replays the parameters stored in the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+from offline_ssld.data.lists import Sample, content_key, read_image_bytes
+from offline_ssld.data.transforms import Pipeline
+from offline_ssld.errors import CacheError, DataError
+
+
+def view_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
+    words = np.frombuffer(key, dtype=np.uint32).tolist()
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, view, *words])))
+
+
+def epoch_views(seed: int, epoch: int, num_images: int, views: int) -> np.ndarray:
+    """The view each image uses in `epoch`: a per-image permutation of the views, walked one
+    step per epoch and redrawn every `views` epochs, so views are used without replacement."""
+    cycle, step = divmod(epoch, views)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED, cycle])))
+    order = np.argsort(rng.random((num_images, views)), axis=1)
+    return order[:, step].astype(np.int64)
+
+
+class ImageSource:
+    """Reads list samples and checks their bytes against the content key they were hashed to."""
+
+    def __init__(self, image_root: str | Path, list_path: str | Path, samples: list[Sample]):
+        self.image_root = Path(image_root)
+        self.list_path = Path(list_path)
+        self.samples = samples
+
+    def read(self, index: int) -> bytes:
+        return read_image_bytes(self.image_root, self.samples[index], self.list_path)
+
+    def where(self, index: int) -> str:
+        sample = self.samples[index]
+        return f"{self.list_path}:{sample.line}: {sample.path}"
+
+
+class DumpDataset(paddle.io.Dataset):
+    """Item (image, view) -> (teacher input, drawn params, item number) for dump-teacher."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        keys: list[bytes],
+        pipeline: Pipeline,
+        seed: int,
+        views: int,
+        items: list[int],
+    ):
+        self.source, self.keys, self.pipeline = source, keys, pipeline
+        self.seed, self.views, self.items = seed, views, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, position: int):
+        item = self.items[position]
+        image, view = divmod(item, self.views)
+        data = self.source.read(image)
+        if content_key(data) != self.keys[image]:
+            raise DataError(f"{self.source.where(image)}: file changed while dumping")
+        try:
+            x, params = self.pipeline.draw(data, view_rng(self.seed, self.keys[image], view))
+        except DataError as exc:
+            raise DataError(f"{self.source.where(image)}: {exc}") from None
+        return x, params, np.int64(item)
+
+
+class ReplayDataset(paddle.io.Dataset):
+    """train-student offline: image -> (the stored view, replayed; teacher target; label).
+
+    The image bytes are read anyway, so they are hashed and looked up in the cache: an image
+    that is missing from the cache or changed since the dump stops training with its name.
+    """
+
+    def __init__(self, source: ImageSource, pipeline: Pipeline, reader):
+        self.source, self.pipeline, self.reader = source, pipeline, reader
+        self.views = np.zeros(len(source.samples), dtype=np.int64)
+
+    def set_epoch_views(self, views: np.ndarray) -> None:
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.source.samples)
+
+    def __getitem__(self, index: int):
+        data = self.source.read(index)
+        hit = self.reader.lookup(content_key(data), int(self.views[index]))
+        if hit is None:
+            raise CacheError(
+                f"{self.source.where(index)}: image is not in the cache "
+                f"{self.reader.cache_dir} (new, or changed since the dump)"
+            )
+        params, payload = self.reader.read_row(*hit)
+        x = self.pipeline.replay(data, params)
+        target = self.reader.codec.decode(payload)[0].astype(np.float32)
+        return x, target, np.int64(self.source.samples[index].label)
+
+
+class AugmentDataset(paddle.io.Dataset):
+    """Online and supervised training: a fresh view per image per epoch (seeded), and eval."""
+
+    def __init__(self, source: ImageSource, pipeline: Pipeline, seed: int):
+        self.source, self.pipeline, self.seed = source, pipeline, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source.samples)
+
+    def __getitem__(self, index: int):
+        data = self.source.read(index)
+        try:
+            if self.pipeline.is_random:
+                rng = np.random.Generator(
+                    np.random.PCG64(np.random.SeedSequence([self.seed, self.epoch, index]))
+                )
+                x, _ = self.pipeline.draw(data, rng)
+            else:
+                x = self.pipeline.apply_fixed(data)
+        except DataError as exc:
+            raise DataError(f"{self.source.where(index)}: {exc}") from None
+        return x, np.int64(self.source.samples[index].label)

@@ -1,0 +1,251 @@
+"""Stage 1, dump-teacher: run the teacher once over `views` augmented views of every image.
+
+Order of work: everything that can be checked without the teacher (config, list, transforms,
+weights, every image readable and decodable) is checked first, so a bad input fails in
+seconds, not after an hour of inference. Batches never cross a shard, so a resumed dump sees
+exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from offline_ssld import config as cfgmod
+from offline_ssld.cache.codecs import Codec, build_codec
+from offline_ssld.cache.format import Manifest, canonical_hash, shard_name
+from offline_ssld.cache.writer import BackgroundWriter, open_cache
+from offline_ssld.data.lists import Sample, hash_images, read_list
+from offline_ssld.data.transforms import Pipeline, build_ops
+from offline_ssld.data.views import DumpDataset, ImageSource
+from offline_ssld.errors import ConfigError, DataError
+from offline_ssld.models import (
+    build_model,
+    load_weights,
+    select_device,
+    teacher_fingerprint,
+    teacher_identity,
+)
+
+
+@dataclass
+class DumpPlan:
+    """What a dump will compute, fixed before the teacher runs."""
+
+    source: ImageSource
+    keys: list[bytes]
+    pipeline: Pipeline
+    codec: Codec
+    manifest: Manifest
+
+
+def build_codec_from(offline: dict, num_classes: int) -> Codec:
+    settings = {"topk": {"k": offline["topk"]}, "sampled": {"samples": offline["samples"]}}
+    try:
+        return build_codec(offline["codec"], num_classes, **settings.get(offline["codec"], {}))
+    except ValueError as exc:
+        raise ConfigError(f"Offline.codec: {exc}") from None
+
+
+def _decode_check(pipeline: Pipeline):
+    first = pipeline.ops[0] if pipeline.ops else None
+    if first is None or first.name != "DecodeImage":
+        raise ConfigError("DataLoader.Train.dataset.transform_ops.0: must be DecodeImage")
+    return lambda data: first.apply(data, ())
+
+
+def plan_dump(cfg: dict) -> DumpPlan:
+    """Validate every input and fix the manifest of the cache this config produces."""
+    offline = cfg["Offline"]
+    for key in ("views", "shard_size", "batch_size"):
+        value = offline[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"Offline.{key}: expected a positive integer, got {value!r}")
+    if offline["format"] not in ("arrow", "hdf5"):
+        raise ConfigError(f"Offline.format: {offline['format']!r}; supported: arrow, hdf5")
+    teacher = cfgmod.teacher_spec(cfg)
+    data = cfgmod.data_spec(cfg, "Train")
+    pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
+    codec = build_codec_from(offline, teacher.class_num)
+    samples = read_list(data.cls_label_path, teacher.class_num)
+    if teacher.pretrained is None:
+        raise ConfigError(
+            "Offline.teacher_weights: no teacher weights given (set Offline.teacher_weights or "
+            "the Teacher entry's pretrained); a random teacher would teach nothing"
+        )
+    # Check the weights against the backbone before hashing any image.
+    load_weights(
+        build_model(teacher),
+        teacher.pretrained,
+        "Offline.teacher_weights",
+        offline["allow_pickle_weights"],
+    )
+    results = hash_images(data.image_root, samples, data.cls_label_path, _decode_check(pipeline))
+    keys: list[bytes] = []
+    kept: list[Sample] = []
+    skipped: list[dict] = []
+    seen: set[bytes] = set()
+    for sample, result in zip(samples, results, strict=True):
+        if isinstance(result, DataError):
+            if not offline["skip_bad"]:
+                raise DataError(f"{result} (pass --skip-bad to record and skip bad images)")
+            skipped.append({"path": sample.path, "line": sample.line, "reason": str(result)})
+        elif result not in seen:  # identical bytes: one set of teacher rows serves both
+            seen.add(result)
+            keys.append(result)
+            kept.append(sample)
+    identity = teacher_identity(teacher, teacher.pretrained)
+    manifest = Manifest(
+        backend=offline["format"],
+        views=offline["views"],
+        seed=int(offline["seed"]),
+        num_classes=teacher.class_num,
+        images_per_shard=max(1, offline["shard_size"] // offline["views"]),
+        param_names=list(pipeline.param_names),
+        codec=codec.settings(),
+        fingerprints={
+            "teacher": teacher_fingerprint(identity),
+            "transforms": pipeline.fingerprint(),
+            "dataset": canonical_hash(sorted(k.hex() for k in keys)),
+            "order": canonical_hash([k.hex() for k in keys]),
+        },
+        teacher=identity,
+        num_images=len(keys),
+        skipped=skipped,
+        source={
+            "image_root": str(Path(data.image_root).resolve()),
+            "cls_label_path": str(Path(data.cls_label_path).resolve()),
+            "transform_ops": data.transform_ops,
+            "teacher_weights": str(Path(teacher.pretrained).resolve()),
+        },
+    )
+    return DumpPlan(
+        ImageSource(data.image_root, data.cls_label_path, kept), keys, pipeline, codec, manifest
+    )
+
+
+class ShardBatches:
+    """Batch sampler over the items of the missing shards; a batch never crosses a shard."""
+
+    def __init__(self, shard_items: list[list[int]], batch_size: int):
+        self.batches = [
+            list(range(start, min(start + batch_size, stop)))
+            for start, stop in _spans(shard_items)
+            for start in range(start, stop, batch_size)
+        ]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _spans(shard_items: list[list[int]]):
+    position = 0
+    for items in shard_items:
+        yield position, position + len(items)
+        position += len(items)
+
+
+def shard_columns(
+    plan: DumpPlan, shard: int, items: np.ndarray, params: np.ndarray, logits: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Columns of one shard; the codec's randomness (sampled) is seeded by seed and shard."""
+    manifest = plan.manifest
+    images = items // manifest.views
+    rng = np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([manifest.seed, 0xC0DEC, shard]))
+    )
+    columns = {
+        "key": np.stack([np.frombuffer(plan.keys[i], dtype=np.uint8) for i in images]),
+        "path": np.array([plan.source.samples[i].path for i in images], dtype=object),
+        "label": np.array([[plan.source.samples[i].label] for i in images], dtype=np.int32),
+        "view": (items % manifest.views).astype(np.int32)[:, None],
+        "params": params.astype(np.int32).reshape(len(items), -1),
+    }
+    columns.update(plan.codec.encode(logits, rng))
+    return columns
+
+
+@dataclass
+class DumpResult:
+    manifest: Manifest
+    shards_written: int
+    images_per_second: float
+    seconds: float
+
+
+def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpResult:
+    plan = plan_dump(cfg)
+    cache_dir = Path(cfg["Offline"]["cache_dir"])
+    manifest = open_cache(cache_dir, plan.manifest, overwrite)
+    done = {s.name for s in manifest.shards}
+    ips, views = manifest.images_per_shard, manifest.views
+    todo = [j for j in range(manifest.num_shards) if shard_name(j, manifest.backend) not in done]
+    shard_items = [
+        list(range(j * ips * views, min((j + 1) * ips, manifest.num_images) * views)) for j in todo
+    ]
+    items = [i for chunk in shard_items for i in chunk]
+    if not items:
+        return DumpResult(manifest, 0, 0.0, 0.0)
+
+    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
+    teacher_spec = cfgmod.teacher_spec(cfg)
+    teacher = build_model(teacher_spec)
+    load_weights(
+        teacher,
+        teacher_spec.pretrained,
+        "Offline.teacher_weights",
+        cfg["Offline"]["allow_pickle_weights"],
+    )
+    teacher.eval()
+    workers = cfg["Offline"]["num_workers"]
+    if workers is None:
+        workers = cfgmod.data_spec(cfg, "Train").num_workers
+    dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, manifest.seed, views, items)
+    loader = paddle.io.DataLoader(
+        dataset,
+        batch_sampler=ShardBatches(shard_items, cfg["Offline"]["batch_size"]),
+        num_workers=workers,
+        return_list=True,
+    )
+    writer = BackgroundWriter(cache_dir, manifest)
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    shard_queue = list(zip(todo, shard_items, strict=True))
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(items),
+        unit="view",
+        desc="dump-teacher",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        with paddle.no_grad():
+            for x, params, item in loader:
+                with paddle.amp.auto_cast(enable=device == "gpu"):
+                    logits = teacher(x)
+                pending.append((item.numpy(), params.numpy(), logits.astype("float32").numpy()))
+                bar.update(len(pending[-1][0]))
+                shard, wanted = shard_queue[0]
+                if sum(len(p[0]) for p in pending) == len(wanted):
+                    got_items, got_params, got_logits = (
+                        np.concatenate(c) for c in zip(*pending, strict=True)
+                    )
+                    columns = shard_columns(plan, shard, got_items, got_params, got_logits)
+                    writer.submit(shard, columns, len(wanted) // views)
+                    pending.clear()
+                    shard_queue.pop(0)
+    finally:
+        bar.close()
+        manifest = writer.close()
+    seconds = time.perf_counter() - start
+    return DumpResult(manifest, len(todo), len(items) / seconds, seconds)

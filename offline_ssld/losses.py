@@ -1,0 +1,491 @@
+"""Distillation losses computed from the student's logits and a dense teacher PROBABILITY matrix.
+
+Offline, the teacher's logits are gone: the cache decodes to probabilities (softmax of fp16
+logits, top-k plus evenly spread leftover mass, or sampled counts/N with exact zeros). Every
+loss here therefore takes probabilities, never teacher logits, and must stay finite when the
+target contains exact zeros (0 * log 0 is taken as 0).
+
+Each loss is built from a per-row function (`_*_rows`) so that `DistillLoss` can fuse the KD
+terms with ground-truth cross-entropy row by row (see `DistillLoss`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import paddle
+import paddle.nn.functional as F
+from paddle import Tensor
+
+from offline_ssld.errors import ConfigError
+
+DML_EPS = 1e-12  # PaddleClas DMLLoss epsilon, kept so DML values match PaddleClas exactly
+_TINY = 1e-30  # floor for logs/denominators of quantities that are legitimately ~0
+_NEG_BIG = -1e9  # "minus infinity" that keeps gradients finite when masking a logit
+
+__all__ = [
+    "DistillLoss",
+    "build_loss",
+    "ce_soft_loss",
+    "dkd_loss",
+    "dml_loss",
+    "gt_ce_loss",
+    "js_loss",
+    "kl_loss",
+    "needs_dense_target",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_target(teacher_probs: Tensor, like: Tensor) -> Tensor:
+    """The target is a constant: never let gradients flow into the cache decoder."""
+    t = teacher_probs if teacher_probs.dtype == like.dtype else teacher_probs.astype(like.dtype)
+    return t.detach()
+
+
+def _xlogy(x: Tensor, y: Tensor) -> Tensor:
+    """x * log(y) with 0 where x == 0, and no NaN in either branch's gradient."""
+    pos = x > 0
+    y_safe = paddle.where(pos, paddle.clip(y, min=_TINY), paddle.ones_like(y))
+    return paddle.where(pos, x * paddle.log(y_safe), paddle.zeros_like(x))
+
+
+def _neg_entropy_rows(p: Tensor) -> Tensor:
+    """sum_c p log p per row, with 0 log 0 = 0 (so sparse/sampled targets stay finite)."""
+    return _xlogy(p, p).sum(axis=1)
+
+
+def _temper(t: Tensor, temperature: float) -> Tensor:
+    """Teacher distribution at temperature T from probabilities: t_T ∝ t ** (1/T).
+
+    softmax(z / T) ∝ exp(z) ** (1/T) ∝ softmax(z) ** (1/T), so this equals tempering the
+    teacher's logits when they existed; zeros stay zero. Rows are renormalised, which also
+    absorbs small fp16 rounding drift in decoded caches.
+    """
+    if temperature != 1.0:
+        t = paddle.pow(t, 1.0 / temperature)
+    return t / paddle.clip(t.sum(axis=1, keepdim=True), min=_TINY)
+
+
+def _labels_1d(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Flatten labels to [B]; return (labeled mask as float, labels with -1 replaced by 0)."""
+    lab = labels.reshape([-1]).astype("int64")
+    mask = lab != -1
+    safe = paddle.where(mask, lab, paddle.zeros_like(lab))
+    return mask, safe
+
+
+def _masked_mean(rows: Tensor, mask: Tensor) -> Tensor:
+    """Mean over rows where mask is True; exactly 0 (still differentiable) when none are."""
+    m = mask.astype(rows.dtype)
+    return (rows * m).sum() / paddle.clip(m.sum(), min=1.0)
+
+
+# --------------------------------------------------------------------------- per-row losses
+
+
+def _dml_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    s = F.softmax(student_logits, axis=1)
+    t = _as_target(teacher_probs, student_logits)
+    log_s = paddle.log(s + DML_EPS)
+    log_t = paddle.log(t + DML_EPS)
+    kl_ts = (t * (log_t - log_s)).sum(axis=1)
+    kl_st = (s * (log_s - log_t)).sum(axis=1)
+    return (kl_ts + kl_st) / 2.0
+
+
+def _js_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    log_s = F.log_softmax(student_logits, axis=1)
+    s = paddle.exp(log_s)
+    t = _as_target(teacher_probs, student_logits)
+    m = (s + t) / 2.0
+    log_m = paddle.log(paddle.clip(m, min=_TINY))
+    kl_sm = (s * (log_s - log_m)).sum(axis=1)
+    kl_tm = (_xlogy(t, t) - _xlogy(t, m)).sum(axis=1)
+    return (kl_sm + kl_tm) / 2.0
+
+
+def _kl_rows(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    t_t = _temper(_as_target(teacher_probs, student_logits), temperature)
+    log_s_t = F.log_softmax(student_logits / temperature, axis=1)
+    cross = -(t_t * log_s_t).sum(axis=1)
+    # KL = cross-entropy - entropy; written this way a zero in t_T contributes exactly 0.
+    return (cross + _neg_entropy_rows(t_t)) * (temperature**2)
+
+
+def _ce_soft_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    t = _as_target(teacher_probs, student_logits)
+    return -(t * F.log_softmax(student_logits, axis=1)).sum(axis=1)
+
+
+def _gt_ce_rows(student_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    mask, safe = _labels_1d(labels)
+    log_s = F.log_softmax(student_logits, axis=1)
+    picked = paddle.take_along_axis(log_s, safe.unsqueeze(1), axis=1).squeeze(1)
+    return -picked * mask.astype(log_s.dtype), mask
+
+
+def _dkd_rows(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    labels: Tensor,
+    temperature: float,
+    alpha: float,
+    beta: float,
+) -> tuple[Tensor, Tensor]:
+    """alpha*TCKD + beta*NCKD per row (0 on unlabeled rows) and the labeled mask.
+
+    TCKD: KL between the binary (target, non-target) distributions of teacher and student.
+    NCKD: KL between the distributions over the non-target classes, each renormalised.
+    Both at temperature T and scaled by T^2, as in PaddleClas DKDLoss / mdistiller. The
+    student side is computed in log space (log p_gt, log(1 - p_gt) from logsumexp) so that
+    confident students do not produce log(0).
+    """
+    mask, safe = _labels_1d(labels)
+    num_classes = student_logits.shape[1]
+    gt = F.one_hot(safe, num_classes).astype("bool")
+
+    z = student_logits / temperature
+    lse_all = paddle.logsumexp(z, axis=1)
+    z_other = paddle.where(gt, paddle.full_like(z, _NEG_BIG), z)
+    lse_other = paddle.logsumexp(z_other, axis=1)
+    z_gt = paddle.take_along_axis(z, safe.unsqueeze(1), axis=1).squeeze(1)
+    log_s_gt = z_gt - lse_all
+    log_s_other = lse_other - lse_all
+
+    t_t = _temper(_as_target(teacher_probs, student_logits), temperature)
+    zero = paddle.zeros_like(t_t)
+    t_other_part = paddle.where(gt, zero, t_t)
+    t_other = t_other_part.sum(axis=1)
+    t_gt = paddle.where(gt, t_t, zero).sum(axis=1)
+
+    tckd = _xlogy(t_gt, t_gt) - t_gt * log_s_gt + _xlogy(t_other, t_other) - t_other * log_s_other
+
+    t_nt = t_other_part / paddle.clip(t_other, min=_TINY).unsqueeze(1)
+    log_s_nt = F.log_softmax(z_other, axis=1)
+    # t_nt is exactly 0 on the gt column, so the -1e9 there never enters the sum.
+    nckd = _neg_entropy_rows(t_nt) - (t_nt * log_s_nt).sum(axis=1)
+
+    rows = (alpha * tckd + beta * nckd) * (temperature**2)
+    return rows * mask.astype(rows.dtype), mask
+
+
+# --------------------------------------------------------------------------- public losses
+
+
+def dml_loss(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """PaddleClas DMLLoss ("SSLD JS loss"): symmetric KL with eps=1e-12, batch mean.
+
+    Kept bit-for-bit in formula with PaddleClas so SSLD recipes reproduce; not a true JS.
+    """
+    return _dml_rows(student_logits, teacher_probs).mean()
+
+
+def js_loss(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """True Jensen-Shannon divergence (mixture form), bounded by ln 2; finite with zeros."""
+    return _js_rows(student_logits, teacher_probs).mean()
+
+
+def kl_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float = 4.0) -> Tensor:
+    """Hinton KD, KL(t_T || s_T) * T^2, with the teacher tempered from probabilities."""
+    return _kl_rows(student_logits, teacher_probs, float(temperature)).mean()
+
+
+def ce_soft_loss(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """Soft cross-entropy -sum t log s (PaddleClas DistillationCELoss against the teacher)."""
+    return _ce_soft_rows(student_logits, teacher_probs).mean()
+
+
+def gt_ce_loss(student_logits: Tensor, labels: Tensor) -> Tensor:
+    """Hard-label CE averaged over labeled rows (label != -1); 0, not NaN, if none are."""
+    rows, mask = _gt_ce_rows(student_logits, labels)
+    return _masked_mean(rows, mask)
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    labels: Tensor,
+    temperature: float = 1.0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> Tensor:
+    """Decoupled KD (Zhao et al. 2022) averaged over labeled rows; 0 if none are labeled.
+
+    DKD needs the gt class, so unlabeled rows are excluded (PaddleClas divides by the full
+    batch; with every row labeled the two agree).
+    """
+    rows, mask = _dkd_rows(
+        student_logits, teacher_probs, labels, float(temperature), float(alpha), float(beta)
+    )
+    return _masked_mean(rows, mask)
+
+
+# --------------------------------------------------------------------------- combined loss
+
+# kind -> (allowed kwargs, needs labels)
+_KINDS: dict[str, tuple[frozenset[str], bool]] = {
+    "dml": (frozenset(), False),
+    "js": (frozenset(), False),
+    "kl": (frozenset({"temperature"}), False),
+    "ce_soft": (frozenset(), False),
+    "gt_ce": (frozenset(), True),
+    "dkd": (frozenset({"temperature", "alpha", "beta"}), True),
+}
+
+
+def _term_rows(
+    kind: str, kwargs: dict, student_logits: Tensor, teacher_probs: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row values of one term and, for label-dependent terms, the labeled mask."""
+    if kind == "dml":
+        return _dml_rows(student_logits, teacher_probs), None
+    if kind == "js":
+        return _js_rows(student_logits, teacher_probs), None
+    if kind == "kl":
+        return _kl_rows(student_logits, teacher_probs, float(kwargs.get("temperature", 4.0))), None
+    if kind == "ce_soft":
+        return _ce_soft_rows(student_logits, teacher_probs), None
+    if kind == "gt_ce":
+        return _gt_ce_rows(student_logits, labels)
+    if kind == "dkd":
+        return _dkd_rows(
+            student_logits,
+            teacher_probs,
+            labels,
+            float(kwargs.get("temperature", 1.0)),
+            float(kwargs.get("alpha", 1.0)),
+            float(kwargs.get("beta", 1.0)),
+        )
+    raise ConfigError(f"unknown loss kind {kind!r}")  # unreachable: checked in __init__
+
+
+class DistillLoss:
+    """Weighted sum of terms built from PaddleClas `Loss.Train` entries.
+
+    `terms` are (kind, weight, kwargs) with kind in dml, js, kl, ce_soft, gt_ce, dkd.
+    Without `gt_alpha` the total is sum_i weight_i * term_i, each term reduced as its public
+    function does (label-dependent terms average over labeled rows only).
+
+    With `gt_alpha` (the offline `GTFusion` extension) the fusion is done per row:
+        row_r = alpha * KD_r + (1 - alpha) * CE_r   if row r is labeled
+        row_r = KD_r                                  if row r is unlabeled
+        total = mean_r row_r
+    so unlabeled images still get the full distillation signal instead of a down-weighted
+    one. KD_r is the weighted sum of the terms' row values; label-dependent terms (dkd,
+    gt_ce) are rescaled by B / n_labeled on labeled rows so that mean_r KD_r equals the
+    unfused KD total exactly. With every row labeled, total = alpha*KD + (1-alpha)*CE.
+    """
+
+    def __init__(self, terms: list[tuple[str, float, dict]], gt_alpha: float | None = None):
+        if not terms:
+            raise ConfigError("DistillLoss needs at least one loss term")
+        checked: list[tuple[str, float, dict]] = []
+        for kind, weight, kwargs in terms:
+            if kind not in _KINDS:
+                raise ConfigError(
+                    f"unknown loss kind {kind!r}; supported: {', '.join(sorted(_KINDS))}"
+                )
+            extra = set(kwargs) - _KINDS[kind][0]
+            if extra:
+                raise ConfigError(f"loss kind {kind!r} does not take {sorted(extra)}")
+            checked.append((kind, float(weight), dict(kwargs)))
+        if gt_alpha is not None and not 0.0 <= float(gt_alpha) <= 1.0:
+            raise ConfigError(f"GTFusion alpha must be in [0, 1], got {gt_alpha}")
+        self.terms = checked
+        self.gt_alpha = None if gt_alpha is None else float(gt_alpha)
+        self._log_names = self._unique_names([k for k, _, _ in checked])
+
+    @staticmethod
+    def _unique_names(kinds: list[str]) -> list[str]:
+        """Log keys: the kind, suffixed with its position when a kind repeats."""
+        return [k if kinds.count(k) == 1 else f"{k}_{i}" for i, k in enumerate(kinds)]
+
+    @property
+    def uses_labels(self) -> bool:
+        """True if any term or the fusion needs ground-truth labels."""
+        return self.gt_alpha is not None or any(_KINDS[k][1] for k, _, _ in self.terms)
+
+    def __repr__(self) -> str:
+        return f"DistillLoss(terms={self.terms!r}, gt_alpha={self.gt_alpha!r})"
+
+    def __call__(
+        self, student_logits: Tensor, teacher_probs: Tensor, labels: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Return (total loss, unweighted per-term values for logging)."""
+        batch = student_logits.shape[0]
+        logs: dict[str, float] = {}
+        kd_total: Tensor | None = None
+        kd_rows: Tensor | None = None
+        for (kind, weight, kwargs), name in zip(self.terms, self._log_names, strict=True):
+            rows, mask = _term_rows(kind, kwargs, student_logits, teacher_probs, labels)
+            value = rows.mean() if mask is None else _masked_mean(rows, mask)
+            logs[name] = float(value.item())
+            kd_total = weight * value if kd_total is None else kd_total + weight * value
+            if self.gt_alpha is not None:
+                if mask is not None:
+                    m = mask.astype(rows.dtype)
+                    rows = rows * m * (batch / paddle.clip(m.sum(), min=1.0))
+                kd_rows = weight * rows if kd_rows is None else kd_rows + weight * rows
+        assert kd_total is not None
+        if self.gt_alpha is None:
+            return kd_total, logs
+
+        assert kd_rows is not None
+        alpha = self.gt_alpha
+        ce_rows, lab = _gt_ce_rows(student_logits, labels)
+        fused = paddle.where(lab, alpha * kd_rows + (1.0 - alpha) * ce_rows, kd_rows)
+        logs["kd"] = float(kd_total.item())
+        logs["gt_fusion_ce"] = float(_masked_mean(ce_rows, lab).item())
+        return fused.mean(), logs
+
+
+# --------------------------------------------------------------------------- config mapping
+
+# PaddleClas name -> (kind, extra args this loss accepts beyond the harmless ones)
+_NAME_MAP: dict[str, tuple[str, tuple[str, ...]]] = {
+    "DistillationDMLLoss": ("dml", ()),
+    "DMLLoss": ("dml", ()),
+    "DistillationJSLoss": ("js", ()),
+    "JSLoss": ("js", ()),
+    "DistillationKLDivLoss": ("kl", ("temperature",)),
+    "KLDivLoss": ("kl", ("temperature",)),
+    "DistillationCELoss": ("ce_soft", ()),
+    "DistillationGTCELoss": ("gt_ce", ()),
+    "CELoss": ("gt_ce", ()),
+    "DistillationDKDLoss": ("dkd", ("temperature", "alpha", "beta")),
+    "DKDLoss": ("dkd", ("temperature", "alpha", "beta")),
+}
+_GT_FUSION = "GTFusion"
+
+# Losses on intermediate features/embeddings: the cache stores teacher outputs only.
+_FEATURE_LOSSES = frozenset(
+    {
+        "AFDLoss",
+        "MGDLoss",
+        "PEFDLoss",
+        "RKdAngle",
+        "RkdDistance",
+        "RKDLoss",
+        "DistillationDistanceLoss",
+        "DistillationRKDLoss",
+        "DistillationPairLoss",
+        "DistillationMGDLoss",
+        "DistillationPEFDLoss",
+        "DistillationCRDLoss",
+        "CRDLoss",
+        "DistanceLoss",
+        "DistillationMultiLabelLoss",
+        "DistillationDISTLoss",
+        "DISTLoss",
+    }
+)
+
+# Args that do not change the maths here; `key` and `act` are checked for their value.
+_HARMLESS = frozenset({"weight", "model_name_pairs", "model_names", "key", "name", "act"})
+
+_DEFAULTS: dict[str, float] = {"temperature": 4.0}  # KL default; DKD's default is 1.0
+_DKD_DEFAULTS: dict[str, float] = {"temperature": 1.0, "alpha": 1.0, "beta": 1.0}
+
+
+def _number(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    """A finite real number from YAML (bools rejected), with the key path in the error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
+    if positive and out <= 0:
+        raise ConfigError(f"{where} must be > 0, got {value!r}")
+    if nonneg and out < 0:
+        raise ConfigError(f"{where} must be >= 0, got {value!r}")
+    return out
+
+
+def _parse_gt_fusion(args: dict, where: str) -> float:
+    extra = set(args) - {"alpha"}
+    if extra:
+        raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown argument (GTFusion takes alpha)")
+    if "alpha" not in args:
+        raise ConfigError(f"{where}.alpha: required")
+    alpha = _number(args["alpha"], f"{where}.alpha")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"{where}.alpha must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def _parse_term(kind: str, extras: tuple[str, ...], args: dict, where: str) -> tuple[float, dict]:
+    for arg in args:
+        if arg not in _HARMLESS and arg not in extras:
+            raise ConfigError(f"{where}.{arg}: unsupported argument for offline distillation")
+    if args.get("key") is not None:
+        raise ConfigError(f"{where}.key: only null is supported (students output plain logits)")
+    if "act" in args and args["act"] != "softmax":
+        raise ConfigError(f"{where}.act: only 'softmax' is supported, got {args['act']!r}")
+    weight = _number(args.get("weight", 1.0), f"{where}.weight", nonneg=True)
+    defaults = _DKD_DEFAULTS if kind == "dkd" else _DEFAULTS
+    kwargs: dict[str, float] = {}
+    for arg in extras:
+        value = args.get(arg, defaults[arg])
+        kwargs[arg] = _number(value, f"{where}.{arg}", positive=(arg == "temperature"))
+    return weight, kwargs
+
+
+def build_loss(loss_train: list, key: str = "Loss.Train") -> DistillLoss:
+    """Map PaddleClas `Loss.Train` entries onto the logit losses above.
+
+    Anything that would silently change the maths (unknown names, feature losses, args we
+    do not honour) is a ConfigError naming the exact key, so a copied PaddleClas config
+    either means the same thing offline or fails loudly.
+    """
+    if not isinstance(loss_train, list) or not loss_train:
+        raise ConfigError(f"{key}: must be a non-empty list of one-key loss entries")
+    supported = ", ".join([*_NAME_MAP, _GT_FUSION])
+    terms: list[tuple[str, float, dict]] = []
+    gt_alpha: float | None = None
+    for i, entry in enumerate(loss_train):
+        where = f"{key}.{i}"
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ConfigError(f"{where}: each entry must be a one-key mapping {{LossName: args}}")
+        ((name, args),) = entry.items()
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"{where}.{name}: arguments must be a mapping, got {args!r}")
+        loc = f"{where}.{name}"
+        if name == _GT_FUSION:
+            if gt_alpha is not None:
+                raise ConfigError(f"{loc}: GTFusion given more than once")
+            gt_alpha = _parse_gt_fusion(args, loc)
+            continue
+        if name in _FEATURE_LOSSES:
+            raise ConfigError(
+                f"{loc}: feature-based loss; offline distillation caches teacher outputs "
+                f"only and needs output (logit) losses only. Supported: {supported}"
+            )
+        if name not in _NAME_MAP:
+            raise ConfigError(f"{where}: unknown loss {name!r}; supported: {supported}")
+        kind, extras = _NAME_MAP[name]
+        weight, kwargs = _parse_term(kind, extras, args, loc)
+        terms.append((kind, weight, kwargs))
+    if not terms:
+        raise ConfigError(f"{key}: GTFusion needs at least one distillation loss to fuse with")
+    return DistillLoss(terms, gt_alpha=gt_alpha)
+
+
+def needs_dense_target(loss: DistillLoss) -> bool:
+    """True if some term is not linear in the target, so a sampled (counts/N) target is biased.
+
+    Linear terms (soft CE, KL at T=1, hard CE) have an unbiased gradient under an unbiased
+    estimate of t. DML and JS take logs of t; KL at T != 1 and DKD (both tempering t ** (1/T)
+    and renormalising the non-target mass) are non-linear too.
+    """
+    for kind, _, kwargs in loss.terms:
+        if kind in ("dml", "js", "dkd"):
+            return True
+        if kind == "kl" and float(kwargs.get("temperature", 4.0)) != 1.0:
+            return True
+    return False

@@ -1,0 +1,107 @@
+"""Backbones from PaddleClas's model zoo, weights that load without pickle, the device.
+
+Weights are stored as safetensors: a file from someone else can only hold tensors, never code.
+PaddleClas's own `.pdparams` are pickles; they load only when the user says they trust them
+(`Offline.allow_pickle_weights: true`). We also write `.pdparams` beside our checkpoints so
+PaddleClas tools can use them, but never read those back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+import numpy as np
+import paddle
+from safetensors.numpy import load_file, save_file
+
+from offline_ssld.cache.format import canonical_hash, file_sha256
+from offline_ssld.config import ModelSpec
+from offline_ssld.errors import ConfigError
+
+
+def _zoo():
+    # Imported lazily: paddleclas pulls in faiss and logging on import, which CLI --help and
+    # cache-only commands do not need.
+    from paddleclas.ppcls.arch import backbone
+
+    return backbone
+
+
+def build_model(spec: ModelSpec) -> paddle.nn.Layer:
+    """A PaddleClas backbone by name with `class_num` outputs (random initialisation)."""
+    zoo = _zoo()
+    factory = getattr(zoo, spec.name, None)
+    if factory is None or not callable(factory) or spec.name.startswith("_"):
+        names = [n for n in dir(zoo) if n[:1].isupper()]
+        close = difflib.get_close_matches(spec.name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"{spec.key}.name: {spec.name!r} is not a PaddleClas backbone{hint}")
+    return factory(class_num=spec.class_num)
+
+
+def load_weights(
+    model: paddle.nn.Layer, path: str | Path, key: str, allow_pickle: bool = False
+) -> None:
+    """Load a weights file into `model`, refusing any key or shape that does not match."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}: weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ConfigError(f"{key}: {path} is not a readable safetensors file ({exc})") from None
+    elif path.suffix == ".pdparams":
+        if not allow_pickle:
+            raise ConfigError(
+                f"{key}: {path} is a pickle (.pdparams), which can run code when loaded; "
+                "convert it with `offline-ssld convert-weights` or set "
+                "Offline.allow_pickle_weights=True if you trust the file"
+            )
+        state = {k: np.asarray(v) for k, v in paddle.load(str(path)).items()}
+    else:
+        raise ConfigError(f"{key}: {path}: weights must be .safetensors (or trusted .pdparams)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has unexpected {unexpected[0]}"
+        raise ConfigError(f"{key}: {path} does not match this backbone: it {what}")
+    for name, param in own.items():
+        if tuple(state[name].shape) != tuple(param.shape):
+            raise ConfigError(
+                f"{key}: {path} does not match this backbone/class_num: {name} has shape "
+                f"{list(state[name].shape)}, the model expects {list(param.shape)}"
+            )
+    model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+
+
+def save_weights(model: paddle.nn.Layer, path: str | Path) -> None:
+    """Write safetensors atomically (tmp + rename), so a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def teacher_identity(spec: ModelSpec, weights: str | Path | None) -> dict:
+    """What makes teacher outputs what they are: backbone, classes and the exact weights."""
+    digest = file_sha256(Path(weights)) if weights else None
+    return {"name": spec.name, "class_num": spec.class_num, "weights_sha256": digest}
+
+
+def teacher_fingerprint(identity: dict) -> str:
+    return canonical_hash(identity)
+
+
+def select_device(preference: str | None = None) -> str:
+    """'gpu' when asked for (or by default) and Paddle has CUDA and a device; else 'cpu'."""
+    preference = (preference or "gpu").lower()
+    if preference not in {"gpu", "cpu"}:
+        raise ConfigError(f"Global.device: {preference!r} is not supported; use gpu or cpu")
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    device = "gpu" if preference == "gpu" and has_gpu else "cpu"
+    paddle.set_device(device)
+    return device
