@@ -188,5 +188,79 @@ def verify_cmd(cache_dir, teacher_check, seed) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+def _report(result) -> None:
+    click.echo(
+        f"best top-1 {result.best_top1:.4f}, last top-1 {result.last_top1:.4f}; "
+        f"median epoch {sorted(result.train_seconds)[len(result.train_seconds) // 2]:.1f} s "
+        f"(checkpoints and metrics.jsonl in {result.output_dir})"
+        if result.train_seconds
+        else f"nothing to train: {result.output_dir} is already at epoch {result.epochs}"
+    )
+
+
+@main.command("train-student")
+@CONFIG
+@OVERRIDE
+@click.option("--online", is_flag=True, help="Baseline: run the teacher in the loop instead.")
+@click.option("--resume", is_flag=True, help="Continue from output_dir/latest.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def train_student(configs, overrides, online, resume, quiet) -> None:
+    """Train the Student of a DistillationModel config from the teacher cache (Offline.cache_dir):
+    each epoch every image uses one of its cached views, replayed pixel for pixel, against
+    the teacher's stored output, with the Loss.Train losses (DistillationDMLLoss = SSLD).
+
+    With --online the teacher runs on every batch instead (PaddleClas's online SSLD).
+
+    \b
+    Example:
+      offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
+          -o Offline.cache_dir=cache/fmnist_r50 -o Global.epochs=8
+    """
+    from offline_ssld.train import train
+
+    cfg = _load(configs, overrides)
+    _report(train(cfg, "online" if online else "offline", resume=resume, progress=not quiet))
+
+
+@main.command("train")
+@CONFIG
+@OVERRIDE
+@click.option("--resume", is_flag=True, help="Continue from output_dir/latest.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def train_supervised(configs, overrides, resume, quiet) -> None:
+    """Supervised training with ground-truth labels (how teachers are trained here). With a
+    DistillationModel config it trains the Student alone: the student-only baseline.
+
+    \b
+    Example:
+      offline-ssld train -c configs/fashion_mnist/resnet50_vd_teacher.yaml
+    """
+    from offline_ssld.train import train
+
+    cfg = _load(configs, overrides)
+    _report(train(cfg, "supervised", resume=resume, progress=not quiet))
+
+
+@main.command("eval")
+@CONFIG
+@OVERRIDE
+@friendly_errors
+def eval_cmd(configs, overrides) -> None:
+    """Top-1 of Global.pretrained_model (a checkpoint path without .safetensors) on the Eval
+    list.
+
+    \b
+    Example:
+      offline-ssld eval -c configs/fashion_mnist/mnv3_small_student.yaml \\
+          -o Global.pretrained_model=output/student/best
+    """
+    from offline_ssld.train import evaluate_config
+
+    cfg = _load(configs, overrides)
+    click.echo(f"top-1 {evaluate_config(cfg):.4f}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,416 @@
+"""Stage 2 and its baselines: one trainer, three sources of targets.
+
+- offline:    teacher probabilities decoded from the cache, on the replayed cached view;
+- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
+- supervised: ground-truth labels only (how the pipelines train their teachers).
+
+All three share the data path, optimizer, schedule, evaluation and checkpoints, so a
+benchmark between them compares like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
+
+from offline_ssld import config as cfgmod
+from offline_ssld.cache.reader import CacheReader
+from offline_ssld.data.lists import read_list
+from offline_ssld.data.transforms import Pipeline, build_ops
+from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset, epoch_views
+from offline_ssld.errors import CacheError, ConfigError
+from offline_ssld.losses import DistillLoss, build_loss, gt_ce_loss, needs_dense_target
+from offline_ssld.models import (
+    build_model,
+    load_weights,
+    save_weights,
+    select_device,
+    teacher_fingerprint,
+    teacher_identity,
+)
+
+MODES = ("offline", "online", "supervised")
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+def build_optimizer(cfg: dict, parameters, steps_per_epoch: int, epochs: int):
+    """PaddleClas `Optimizer` section: Momentum, lr Cosine/Piecewise with warmup, L2."""
+    opt = cfgmod.get(cfg, "Optimizer")
+    if opt.get("name", "Momentum") != "Momentum":
+        raise ConfigError(f"Optimizer.name: {opt.get('name')!r}; supported: Momentum")
+    lr_cfg = dict(opt.get("lr") or {})
+    name = lr_cfg.pop("name", "Cosine")
+    base = float(lr_cfg.pop("learning_rate", 0.1))
+    warmup_epoch = lr_cfg.pop("warmup_epoch", 0)
+    warmup_start = float(lr_cfg.pop("warmup_start_lr", 0.0))
+    total = steps_per_epoch * epochs
+    warmup = int(round(warmup_epoch * steps_per_epoch))
+    if name == "Cosine":
+        eta_min = float(lr_cfg.pop("eta_min", 0.0))
+        sched = paddle.optimizer.lr.CosineAnnealingDecay(base, max(1, total - warmup), eta_min)
+    elif name == "Piecewise":
+        decay_epochs = lr_cfg.pop("decay_epochs")
+        values = lr_cfg.pop("values")
+        sched = paddle.optimizer.lr.PiecewiseDecay(
+            [int(e * steps_per_epoch) - warmup for e in decay_epochs], values
+        )
+        base = values[0]
+    else:
+        raise ConfigError(f"Optimizer.lr.name: {name!r}; supported: Cosine, Piecewise")
+    lr_cfg.pop("by_epoch", None)
+    if lr_cfg:
+        raise ConfigError(f"Optimizer.lr.{sorted(lr_cfg)[0]}: unsupported key for {name}")
+    if warmup:
+        sched = paddle.optimizer.lr.LinearWarmup(sched, warmup, warmup_start, base)
+    reg = opt.get("regularizer") or {}
+    decay = None
+    if reg:
+        if reg.get("name", "L2") != "L2":
+            raise ConfigError(f"Optimizer.regularizer.name: {reg.get('name')!r}; supported: L2")
+        decay = paddle.regularizer.L2Decay(float(reg.get("coeff", 0.0)))
+    extra = set(opt) - {"name", "momentum", "lr", "regularizer", "no_weight_decay_name"}
+    if extra:
+        raise ConfigError(f"Optimizer.{sorted(extra)[0]}: unsupported key")
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=sched,
+        momentum=float(opt.get("momentum", 0.9)),
+        parameters=parameters,
+        weight_decay=decay,
+    )
+    return optimizer, sched
+
+
+# ------------------------------------------------------------------------ data
+
+
+class EpochBatches:
+    """Batch sampler whose order is a pure function of (seed, epoch): resumable exactly."""
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = np.arange(self.size)
+        if self.shuffle:
+            seq = np.random.SeedSequence([self.seed, 0x0DE2, self.epoch])
+            order = np.random.Generator(np.random.PCG64(seq)).permutation(self.size)
+        stop = len(self) * self.batch_size if self.drop_last else self.size
+        for start in range(0, stop, self.batch_size):
+            yield order[start : start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.size // self.batch_size
+        return math.ceil(self.size / self.batch_size)
+
+
+def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
+    spec = cfgmod.data_spec(cfg, split)
+    pipeline = Pipeline(
+        build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
+    )
+    samples = read_list(spec.cls_label_path, class_num)
+    return ImageSource(spec.image_root, spec.cls_label_path, samples), pipeline, spec
+
+
+def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
+    """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
+    other transforms than this config (naming the differing field)."""
+    cache_dir = cfg["Offline"]["cache_dir"]
+    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
+    m = reader.manifest
+    if m.fingerprints["transforms"] != pipeline.fingerprint():
+        raise CacheError(
+            f"{cache_dir}: cache was dumped with other transforms (fingerprints.transforms); "
+            "DataLoader.Train.dataset.transform_ops must equal the dump's"
+        )
+    teacher = cfgmod.teacher_spec(cfg)
+    for field in ("name", "class_num"):
+        if m.teacher[field] != getattr(teacher, field):
+            raise CacheError(
+                f"{cache_dir}: cache holds another teacher (teacher.{field}: cache has "
+                f"{m.teacher[field]!r}, config gives {getattr(teacher, field)!r})"
+            )
+    if teacher.pretrained and Path(teacher.pretrained).is_file():
+        identity = teacher_identity(teacher, teacher.pretrained)
+        if teacher_fingerprint(identity) != m.fingerprints["teacher"]:
+            raise CacheError(
+                f"{cache_dir}: cache holds another teacher (fingerprints.teacher: the weights "
+                f"file {teacher.pretrained} differs from the one dumped)"
+            )
+    return reader
+
+
+# ------------------------------------------------------------------- checkpoints
+
+
+def _save_optimizer(optimizer, path: Path) -> None:
+    state = optimizer.state_dict()
+    tensors = {
+        k: np.ascontiguousarray(v.numpy()) for k, v in state.items() if isinstance(v, paddle.Tensor)
+    }
+    scheduler = state.get("LR_Scheduler", {})
+    save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
+
+
+def _load_optimizer(optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+    state: dict = {k: paddle.to_tensor(v) for k, v in load_file(str(path)).items()}
+    state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
+    optimizer.set_state_dict(state)
+
+
+def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
+    """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
+    plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles)."""
+    save_weights(model, out / f"{tag}.safetensors")
+    _save_optimizer(optimizer, out / f"{tag}.opt.safetensors")
+    paddle.save(model.state_dict(), str(out / f"{tag}.pdparams"))
+    paddle.save(optimizer.state_dict(), str(out / f"{tag}.pdopt"))
+    (out / f"{tag}.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+# ------------------------------------------------------------------------- loop
+
+
+@dataclass
+class TrainResult:
+    best_top1: float
+    last_top1: float
+    epochs: int
+    train_seconds: list[float]
+    images_per_second: list[float]
+    output_dir: Path
+
+
+def _labels_of(cfg: dict, mode: str) -> DistillLoss | None:
+    if mode == "supervised":
+        return None
+    return build_loss(cfgmod.get(cfg, "Loss.Train"))
+
+
+def evaluate(model, loader) -> float:
+    model.eval()
+    correct = total = 0
+    with paddle.no_grad():
+        for x, label in loader:
+            pred = model(x).argmax(axis=1)
+            mask = label >= 0
+            correct += int(((pred == label) & mask).astype("int64").sum())
+            total += int(mask.astype("int64").sum())
+    return correct / total if total else float("nan")
+
+
+def make_eval_loader(cfg: dict, class_num: int):
+    source, pipeline, spec = _source(cfg, "Eval", class_num)
+    dataset = AugmentDataset(source, pipeline, seed=0)
+    return paddle.io.DataLoader(
+        dataset,
+        batch_size=spec.batch_size,
+        shuffle=False,
+        num_workers=spec.num_workers,
+        return_list=True,
+    )
+
+
+def train(cfg: dict, mode: str, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the student (or, supervised, the Arch model) and return its metrics."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    glob = cfg.get("Global") or {}
+    seed = int(glob.get("seed", 0))
+    epochs = int(glob.get("epochs", 1))
+    out = Path(glob.get("output_dir", "output"))
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(glob.get("device"))
+    paddle.seed(seed)
+
+    student_spec = cfgmod.student_spec(cfg)
+    loss_fn = _labels_of(cfg, mode)
+    source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
+    reader = teacher = None
+    if mode == "offline":
+        reader = open_matching_cache(cfg, pipeline)
+        if reader.manifest.num_classes != student_spec.class_num:
+            raise CacheError(
+                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
+                f"{student_spec.key}.class_num is {student_spec.class_num}"
+            )
+        if reader.manifest.codec["name"] == "sampled" and needs_dense_target(loss_fn):
+            raise ConfigError(
+                "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
+                "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
+            )
+        reader.index()  # built once here, shared copy-on-write by the loader workers
+        dataset = ReplayDataset(source, pipeline, reader)
+    else:
+        dataset = AugmentDataset(source, pipeline, seed)
+        if mode == "online":
+            teacher_spec = cfgmod.teacher_spec(cfg)
+            if not teacher_spec.pretrained:
+                raise ConfigError("Offline.teacher_weights: online mode needs teacher weights")
+            teacher = build_model(teacher_spec)
+            load_weights(
+                teacher,
+                teacher_spec.pretrained,
+                "Offline.teacher_weights",
+                cfg["Offline"]["allow_pickle_weights"],
+            )
+            for p in teacher.parameters():
+                p.stop_gradient = True
+            bn_mode = cfg["Offline"]["online_teacher_bn"]
+            if bn_mode not in ("train", "eval"):
+                raise ConfigError("Offline.online_teacher_bn: expected train or eval")
+            teacher.train() if bn_mode == "train" else teacher.eval()
+
+    sampler = EpochBatches(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed)
+    loader = paddle.io.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=spec.num_workers, return_list=True
+    )
+    eval_loader = make_eval_loader(cfg, student_spec.class_num)
+    model = build_model(student_spec)
+    if glob.get("pretrained_model"):
+        load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
+    optimizer, scheduler = build_optimizer(cfg, model.parameters(), len(sampler), epochs)
+    scaler = paddle.amp.GradScaler() if device == "gpu" else None
+
+    start_epoch, best = 0, -1.0
+    metrics_path = out / "metrics.jsonl"
+    if resume and (out / "latest.json").exists():
+        info = json.loads((out / "latest.json").read_text())
+        load_weights(model, out / "latest.safetensors", "--resume")
+        _load_optimizer(optimizer, out / "latest.opt.safetensors")
+        start_epoch, best = int(info["epoch"]), float(info["best_top1"])
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    vdl = _visualdl(glob, out)
+
+    eval_interval = int(glob.get("eval_interval", 1))
+    save_interval = int(glob.get("save_interval", 1))
+    last, seconds, speeds = float("nan"), [], []
+    for epoch in range(start_epoch, epochs):
+        paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
+        sampler.set_epoch(epoch)
+        if reader is not None:
+            dataset.set_epoch_views(epoch_views(seed, epoch, len(dataset), reader.views))
+        else:
+            dataset.set_epoch(epoch)
+        model.train()
+        bar = tqdm(
+            total=len(sampler),
+            desc=f"{mode} {epoch + 1}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        tick, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for batch in loader:
+            x, labels = batch[0], batch[-1]
+            with paddle.amp.auto_cast(enable=scaler is not None):
+                logits = model(x)
+                if mode == "supervised":
+                    loss = gt_ce_loss(logits, labels)
+                else:
+                    if mode == "offline":
+                        target = batch[1]
+                    else:
+                        with paddle.no_grad():
+                            target = F.softmax(teacher(x).astype("float32"), axis=-1)
+                    loss, _ = loss_fn(logits.astype("float32"), target, labels)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.minimize(optimizer, loss)
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.clear_grad()
+            scheduler.step()
+            seen += x.shape[0]
+            loss_sum += float(loss) * x.shape[0]
+            elapsed = time.perf_counter() - tick
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / elapsed:.0f}")
+            bar.update(1)
+        bar.close()
+        train_seconds = time.perf_counter() - tick
+        seconds.append(train_seconds)
+        speeds.append(seen / train_seconds)
+        record = {
+            "epoch": epoch + 1,
+            "mode": mode,
+            "loss": loss_sum / max(seen, 1),
+            "lr": float(optimizer.get_lr()),
+            "train_seconds": round(train_seconds, 3),
+            "images_per_second": round(seen / train_seconds, 2),
+        }
+        if (epoch + 1) % eval_interval == 0 or epoch + 1 == epochs:
+            last = evaluate(model, eval_loader)
+            record["top1"] = round(last, 5)
+            if last > best:
+                best = last
+                save_checkpoint(out, "best", model, optimizer, {"epoch": epoch + 1, "top1": last})
+        record["best_top1"] = round(best, 5)
+        if (epoch + 1) % save_interval == 0 or epoch + 1 == epochs:
+            save_checkpoint(
+                out,
+                "latest",
+                model,
+                optimizer,
+                {"epoch": epoch + 1, "best_top1": best, "mode": mode},
+            )
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if vdl is not None:
+            for key in ("loss", "lr", "top1", "images_per_second"):
+                if key in record:
+                    vdl.add_scalar(f"{mode}/{key}", record[key], epoch + 1)
+        if progress:
+            print(json.dumps(record), file=sys.stderr)
+    if vdl is not None:
+        vdl.close()
+    return TrainResult(best, last, epochs, seconds, speeds, out)
+
+
+def _visualdl(glob: dict, out: Path):
+    if not glob.get("use_visualdl"):
+        return None
+    try:
+        from visualdl import LogWriter
+    except ImportError:
+        raise ConfigError(
+            "Global.use_visualdl: VisualDL is not installed (pip install visualdl)"
+        ) from None
+    return LogWriter(logdir=str(out / "vdl"))
+
+
+def evaluate_config(cfg: dict) -> float:
+    """`eval`: top-1 of Global.pretrained_model on the Eval list."""
+    glob = cfg.get("Global") or {}
+    select_device(glob.get("device"))
+    spec = cfgmod.student_spec(cfg)
+    weights = glob.get("pretrained_model")
+    if not weights:
+        raise ConfigError("Global.pretrained_model: required (path without .safetensors)")
+    model = build_model(spec)
+    load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
+    return evaluate(model, make_eval_loader(cfg, spec.class_num))
