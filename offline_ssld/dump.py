@@ -22,6 +22,7 @@ from offline_ssld.cache.codecs import Codec, build_codec
 from offline_ssld.cache.format import Manifest, canonical_hash, shard_name
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.data.lists import Sample, hash_images, read_list
+from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import ConfigError, DataError
@@ -67,6 +68,9 @@ def plan_dump(cfg: dict) -> DumpPlan:
         value = offline[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"Offline.{key}: expected a positive integer, got {value!r}")
+    seed = offline["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"Offline.seed: expected a non-negative integer, got {seed!r}")
     if offline["format"] not in ("arrow", "hdf5"):
         raise ConfigError(f"Offline.format: {offline['format']!r}; supported: arrow, hdf5")
     teacher = cfgmod.teacher_spec(cfg)
@@ -210,12 +214,8 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     if workers is None:
         workers = cfgmod.data_spec(cfg, "Train").num_workers
     dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, manifest.seed, views, items)
-    loader = paddle.io.DataLoader(
-        dataset,
-        batch_sampler=ShardBatches(shard_items, cfg["Offline"]["batch_size"]),
-        num_workers=workers,
-        return_list=True,
-    )
+    batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
+    loader = BatchLoader(dataset, batches, workers)
     writer = BackgroundWriter(cache_dir, manifest)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     shard_queue = list(zip(todo, shard_items, strict=True))

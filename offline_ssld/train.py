@@ -26,6 +26,7 @@ from tqdm import tqdm
 from offline_ssld import config as cfgmod
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data.lists import read_list
+from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset, epoch_views
 from offline_ssld.errors import CacheError, ConfigError
@@ -161,21 +162,43 @@ def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
 # ------------------------------------------------------------------- checkpoints
 
 
-def _save_optimizer(optimizer, path: Path) -> None:
+def _param_names(model) -> dict[str, str]:
+    """Paddle's generated parameter name (e.g. conv2d_204.w_0, differs per model instance)
+    -> the structured name from state_dict() (stable), used to key optimizer state."""
+    return {p.name: k for k, p in model.state_dict().items()}
+
+
+def _rename(key: str, names: dict[str, str]) -> str:
+    for generated in sorted(names, key=len, reverse=True):
+        if key.startswith(generated + "_"):
+            return f"{names[generated]}::{key[len(generated) + 1 :]}"
+    raise KeyError(key)
+
+
+def _save_optimizer(optimizer, model, path: Path) -> None:
     state = optimizer.state_dict()
+    names = _param_names(model)
     tensors = {
-        k: np.ascontiguousarray(v.numpy()) for k, v in state.items() if isinstance(v, paddle.Tensor)
+        _rename(k, names): np.ascontiguousarray(v.numpy())
+        for k, v in state.items()
+        if isinstance(v, paddle.Tensor)
     }
     scheduler = state.get("LR_Scheduler", {})
     save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
 
 
-def _load_optimizer(optimizer, path: Path) -> None:
+def _load_optimizer(optimizer, model, path: Path) -> None:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as fh:
         meta = fh.metadata() or {}
-    state: dict = {k: paddle.to_tensor(v) for k, v in load_file(str(path)).items()}
+    generated = {k: p.name for k, p in model.state_dict().items()}
+    state: dict = {}
+    for key, value in load_file(str(path)).items():
+        structured, _, suffix = key.partition("::")
+        if structured not in generated:
+            raise ConfigError(f"--resume: {path} holds state for unknown parameter {structured}")
+        state[f"{generated[structured]}_{suffix}"] = paddle.to_tensor(value)
     state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
     optimizer.set_state_dict(state)
 
@@ -184,7 +207,7 @@ def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
     """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
     plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles)."""
     save_weights(model, out / f"{tag}.safetensors")
-    _save_optimizer(optimizer, out / f"{tag}.opt.safetensors")
+    _save_optimizer(optimizer, model, out / f"{tag}.opt.safetensors")
     paddle.save(model.state_dict(), str(out / f"{tag}.pdparams"))
     paddle.save(optimizer.state_dict(), str(out / f"{tag}.pdopt"))
     (out / f"{tag}.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -224,17 +247,17 @@ def evaluate(model, loader) -> float:
 def make_eval_loader(cfg: dict, class_num: int):
     source, pipeline, spec = _source(cfg, "Eval", class_num)
     dataset = AugmentDataset(source, pipeline, seed=0)
-    return paddle.io.DataLoader(
-        dataset,
-        batch_size=spec.batch_size,
-        shuffle=False,
-        num_workers=spec.num_workers,
-        return_list=True,
-    )
+    batches = EpochBatches(len(dataset), spec.batch_size, False, False, 0)
+    return BatchLoader(dataset, batches, spec.num_workers)
 
 
-def train(cfg: dict, mode: str, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train the student (or, supervised, the Arch model) and return its metrics."""
+def train(
+    cfg: dict, mode: str, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> TrainResult:
+    """Train the student (or, supervised, the Arch model) and return its metrics.
+
+    `stop_after` ends the run after that epoch while keeping the schedule of Global.epochs,
+    so a long run can be done in slices with --resume (and interruption can be tested)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     glob = cfg.get("Global") or {}
@@ -284,9 +307,7 @@ def train(cfg: dict, mode: str, resume: bool = False, progress: bool = True) -> 
             teacher.train() if bn_mode == "train" else teacher.eval()
 
     sampler = EpochBatches(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed)
-    loader = paddle.io.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=spec.num_workers, return_list=True
-    )
+    loader = BatchLoader(dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
@@ -299,7 +320,7 @@ def train(cfg: dict, mode: str, resume: bool = False, progress: bool = True) -> 
     if resume and (out / "latest.json").exists():
         info = json.loads((out / "latest.json").read_text())
         load_weights(model, out / "latest.safetensors", "--resume")
-        _load_optimizer(optimizer, out / "latest.opt.safetensors")
+        _load_optimizer(optimizer, model, out / "latest.opt.safetensors")
         start_epoch, best = int(info["epoch"]), float(info["best_top1"])
     elif metrics_path.exists():
         metrics_path.unlink()
@@ -308,7 +329,7 @@ def train(cfg: dict, mode: str, resume: bool = False, progress: bool = True) -> 
     eval_interval = int(glob.get("eval_interval", 1))
     save_interval = int(glob.get("save_interval", 1))
     last, seconds, speeds = float("nan"), [], []
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
         sampler.set_epoch(epoch)
         if reader is not None:

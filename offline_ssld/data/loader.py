@@ -1,0 +1,101 @@
+"""Batches made ahead of the training or inference step, with errors that reach the caller.
+
+Paddle's DataLoader (3.3) hangs forever when a dataset raises in single-process mode: its
+prefetch thread dies without closing the queue the main thread waits on. A bad image must stop
+a run with its name, so batches are built here: in a thread when num_workers is 0, else in
+forked worker processes, with at most `prefetch` batches in flight (bounded memory) and any
+exception re-raised in the consumer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import paddle
+
+_DATASET = None  # set in the parent before forking; workers inherit it
+
+
+def collate(samples: list[tuple]) -> tuple[np.ndarray, ...]:
+    return tuple(np.stack(field) for field in zip(*samples, strict=True))
+
+
+def _fetch(indices: list[int]) -> tuple[np.ndarray, ...]:
+    return collate([_DATASET[i] for i in indices])
+
+
+class BatchLoader:
+    """Iterate over `batch_sampler`'s index lists, yielding tuples of paddle Tensors."""
+
+    def __init__(
+        self, dataset, batch_sampler: Iterable[list[int]], num_workers: int = 0, prefetch: int = 4
+    ):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.num_workers = max(0, int(num_workers))
+        self.prefetch = max(1, prefetch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple]:
+        batches = list(iter(self.batch_sampler))
+        source = self._processes(batches) if self.num_workers else self._thread(batches)
+        for batch in source:
+            yield tuple(paddle.to_tensor(field) for field in batch)
+
+    def _thread(self, batches: list[list[int]]) -> Iterator[tuple[np.ndarray, ...]]:
+        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for indices in batches:
+                    if stop.is_set():
+                        return
+                    out.put((collate([self.dataset[i] for i in indices]), None))
+            except BaseException as exc:  # handed to the consumer, raised there
+                out.put((None, exc))
+                return
+            out.put((None, None))
+
+        worker = threading.Thread(target=produce, name="batch-loader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                batch, error = out.get()
+                if error is not None:
+                    raise error
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    out.get_nowait()
+                except queue.Empty:
+                    worker.join(0.05)
+
+    def _processes(self, batches: list[list[int]]) -> Iterator[tuple[np.ndarray, ...]]:
+        global _DATASET
+        _DATASET = self.dataset
+        ctx = mp.get_context("fork")
+        with ctx.Pool(self.num_workers) as pool:
+            pending: deque = deque()
+            todo = iter(batches)
+            for indices in todo:
+                pending.append(pool.apply_async(_fetch, (indices,)))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().get()  # re-raises a worker's exception here
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.apply_async(_fetch, (nxt,)))
+                yield batch

@@ -1,0 +1,249 @@
+"""train-student: replay identity, refusal of stale or foreign caches, unlabeled rows, resume,
+and a tiny end-to-end run whose student beats chance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import CLASSES, TEACHER, save_random_weights, write_list
+
+from offline_ssld.cache.reader import CacheReader
+from offline_ssld.config import load_config
+from offline_ssld.data.lists import content_key, read_list
+from offline_ssld.data.transforms import Pipeline, build_ops
+from offline_ssld.data.views import ImageSource, ReplayDataset, epoch_views, view_rng
+from offline_ssld.dump import run_dump
+from offline_ssld.errors import CacheError, ConfigError
+from offline_ssld.models import load_weights
+from offline_ssld.train import EpochBatches, train
+
+
+def _cfg(path, *extra):
+    return load_config([str(path)], list(extra))
+
+
+def _dumped(project, *extra):
+    path, tmp = project
+    cfg = _cfg(path, *extra)
+    run_dump(cfg, progress=False)
+    return cfg, tmp
+
+
+def test_epoch_views_cycle_without_replacement():
+    views = np.stack([epoch_views(7, e, 50, 4) for e in range(8)])
+    for image in range(50):
+        assert sorted(views[:4, image]) == [0, 1, 2, 3]
+        assert sorted(views[4:, image]) == [0, 1, 2, 3]
+    assert not np.array_equal(views[:4], views[4:])  # redrawn each cycle
+    assert np.array_equal(views, np.stack([epoch_views(7, e, 50, 4) for e in range(8)]))
+
+
+def test_replay_is_pixel_identical_to_teacher_input(project):
+    cfg, _ = _dumped(project)
+    train_cfg = cfg["DataLoader"]["Train"]["dataset"]
+    pipeline = Pipeline(build_ops(train_cfg["transform_ops"], "ops"))
+    samples = read_list(train_cfg["cls_label_path"], CLASSES)
+    source = ImageSource(train_cfg["image_root"], train_cfg["cls_label_path"], samples)
+    reader = CacheReader(cfg["Offline"]["cache_dir"])
+    dataset = ReplayDataset(source, pipeline, reader)
+    for epoch in range(3):
+        views = epoch_views(0, epoch, len(dataset), reader.views)
+        dataset.set_epoch_views(views)
+        for i in range(len(dataset)):
+            x, target, label = dataset[i]
+            data = source.read(i)
+            expected, _ = pipeline.draw(data, view_rng(0, content_key(data), int(views[i])))
+            assert np.array_equal(x, expected)
+            assert label == samples[i].label
+            assert target.shape == (CLASSES,) and abs(target.sum() - 1) < 1e-4
+
+
+def test_offline_refuses_cache_with_other_transforms(project):
+    path, _ = project
+    _dumped(project)
+    cfg = _cfg(path, "DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=12")
+    with pytest.raises(CacheError, match="fingerprints.transforms"):
+        train(cfg, "offline", progress=False)
+
+
+def test_offline_refuses_cache_of_another_teacher(project):
+    path, tmp = project
+    _dumped(project)
+    other = save_random_weights(TEACHER, tmp / "other.safetensors", seed=5)
+    cfg = _cfg(path, f"Arch.models.0.Teacher.pretrained={other}")
+    with pytest.raises(CacheError, match="fingerprints.teacher"):
+        train(cfg, "offline", progress=False)
+    cfg = _cfg(path, "Arch.models.0.Teacher.name=PPLCNet_x0_35")
+    with pytest.raises(CacheError, match="teacher.name"):
+        train(cfg, "offline", progress=False)
+
+
+def test_offline_stops_on_image_changed_since_dump(project):
+    cfg, tmp = _dumped(project)
+    victim = tmp / "images" / "class1" / "img001.jpg"
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(CacheError, match="img001.jpg.*not in the cache"):
+        train(cfg, "offline", progress=False)
+
+
+def test_sampled_codec_refused_with_dml(project):
+    cfg, _ = _dumped(project, "Offline.codec=sampled")
+    with pytest.raises(ConfigError, match="sampled"):
+        train(cfg, "offline", progress=False)
+
+
+def test_unlabeled_rows_train_with_kd_only(project):
+    path, tmp = project
+    cfg = _cfg(path)
+    entries = [
+        line.split()[0]
+        for line in Path(cfg["DataLoader"]["Train"]["dataset"]["cls_label_path"])
+        .read_text()
+        .splitlines()
+    ]
+    mixed = tmp / "mixed_list.txt"
+    mixed.write_text(
+        "".join(f"{p}\n" if i % 2 else f"{p} {i % CLASSES}\n" for i, p in enumerate(entries))
+    )
+    overrides = [f"DataLoader.Train.dataset.cls_label_path={mixed}"]
+    run_dump(_cfg(path, *overrides), progress=False)
+    fused = "Loss.Train=[{'DistillationDMLLoss': {'weight': 1.0}}, {'GTFusion': {'alpha': 0.5}}]"
+    result = train(_cfg(path, *overrides, fused), "offline", progress=False)
+    assert np.isfinite(result.last_top1)
+    lines = (tmp / "output" / "metrics.jsonl").read_text().splitlines()
+    assert all(np.isfinite(json.loads(line)["loss"]) for line in lines)
+
+
+def test_resume_gives_same_weights_as_uninterrupted(project):
+    from safetensors.numpy import load_file
+
+    path, tmp = project
+    run_dump(_cfg(path, "Global.epochs=3"), progress=False)
+    train(
+        _cfg(path, f"Global.output_dir={tmp / 'a'}", "Global.epochs=3"), "offline", progress=False
+    )
+    cfg_b = _cfg(path, f"Global.output_dir={tmp / 'b'}", "Global.epochs=3")
+    train(cfg_b, "offline", progress=False, stop_after=1)
+    assert json.loads((tmp / "b" / "latest.json").read_text())["epoch"] == 1
+    train(cfg_b, "offline", progress=False, resume=True)
+    a, b = (
+        load_file(str(tmp / "a" / "latest.safetensors")),
+        load_file(str(tmp / "b" / "latest.safetensors")),
+    )
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 1e-4, worst
+    metrics_a = (tmp / "a" / "metrics.jsonl").read_text().splitlines()
+    metrics_b = (tmp / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics_a) == len(metrics_b) == 3
+
+
+def test_batches_are_a_function_of_seed_and_epoch():
+    a, b = EpochBatches(30, 8, True, False, 3), EpochBatches(30, 8, True, False, 3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert sorted(i for batch in a for i in batch) == list(range(30))
+    assert len(EpochBatches(30, 8, True, True, 0)) == 3
+
+
+def test_online_and_supervised_modes_run(project):
+    path, tmp = project
+    for mode, out in (("online", "on"), ("supervised", "sup")):
+        result = train(
+            _cfg(path, f"Global.output_dir={tmp / out}", "Global.epochs=1"), mode, progress=False
+        )
+        assert 0.0 <= result.last_top1 <= 1.0
+        assert (tmp / out / "latest.safetensors").exists()
+        assert (tmp / out / "latest.pdparams").exists()
+
+
+def test_checkpoint_loads_without_pickle(project):
+    path, tmp = project
+    train(_cfg(path, "Global.epochs=1"), "supervised", progress=False)
+    from offline_ssld.config import student_spec
+    from offline_ssld.models import build_model
+
+    model = build_model(student_spec(_cfg(path)))
+    load_weights(model, tmp / "output" / "best.safetensors", "test")
+    with pytest.raises(ConfigError, match="pickle"):
+        load_weights(model, tmp / "output" / "best.pdparams", "test")
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_student_beats_chance(tmp_path):
+    """Supervised teacher -> dump -> offline student, on 4 separable classes."""
+    from conftest import make_images, transform_ops
+
+    root = tmp_path / "images"
+    entries = make_images(root, 96, seed=1)
+    train_list = write_list(tmp_path / "train.txt", entries[:64])
+    val_list = write_list(tmp_path / "val.txt", entries[64:])
+    data = {
+        "Train": {
+            "dataset": {
+                "name": "ImageNetDataset",
+                "image_root": str(root),
+                "cls_label_path": str(train_list),
+                "transform_ops": transform_ops(True),
+            },
+            "sampler": {"batch_size": 16, "shuffle": True},
+            "loader": {"num_workers": 0},
+        },
+        "Eval": {
+            "dataset": {
+                "name": "ImageNetDataset",
+                "image_root": str(root),
+                "cls_label_path": str(val_list),
+                "transform_ops": transform_ops(False),
+            },
+            "sampler": {"batch_size": 32},
+            "loader": {"num_workers": 0},
+        },
+    }
+    opt = {
+        "name": "Momentum",
+        "momentum": 0.9,
+        "lr": {"name": "Cosine", "learning_rate": 0.05, "warmup_epoch": 0},
+    }
+    teacher_cfg = {
+        "Global": {
+            "device": "cpu",
+            "epochs": 6,
+            "seed": 0,
+            "output_dir": str(tmp_path / "teacher"),
+        },
+        "Arch": {"name": TEACHER, "class_num": CLASSES},
+        "Optimizer": opt,
+        "DataLoader": data,
+        "Offline": {
+            "cache_dir": str(tmp_path / "cache"),
+            "views": 2,
+            "teacher_weights": str(tmp_path / "teacher" / "best.safetensors"),
+        },
+    }
+    student_cfg = {
+        **teacher_cfg,
+        "Global": {**teacher_cfg["Global"], "output_dir": str(tmp_path / "student")},
+        "Arch": {
+            "name": "DistillationModel",
+            "models": [
+                {"Teacher": {"name": TEACHER, "class_num": CLASSES}},
+                {"Student": {"name": "MobileNetV3_small_x0_35", "class_num": CLASSES}},
+            ],
+        },
+        "Loss": {"Train": [{"DistillationDMLLoss": {"weight": 1.0}}]},
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(teacher_cfg))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(student_cfg))
+    teacher = train(load_config([str(tmp_path / "t.yaml")]), "supervised", progress=False)
+    assert teacher.best_top1 >= 0.6
+    run_dump(load_config([str(tmp_path / "t.yaml")]), progress=False)
+    student = train(load_config([str(tmp_path / "s.yaml")]), "offline", progress=False)
+    assert student.best_top1 >= 0.5  # chance is 0.25
