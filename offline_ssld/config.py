@@ -25,7 +25,7 @@ from offline_ssld.errors import ConfigError
 OFFLINE_DEFAULTS: dict[str, Any] = {
     "cache_dir": "cache/offline_ssld",  # where dump-teacher writes and train-student reads
     "teacher_weights": None,  # .safetensors of the teacher (Arch Teacher `pretrained` also works)
-    "views": 4,  # augmented views stored per image; the student replays one per epoch
+    "views": 4,  # dump: views stored per image; train: use the first `views` of the cache
     "format": "arrow",  # shard backend: arrow (default, fastest random reads) or hdf5
     "codec": "fp16",  # fp16 (all logits), topk (k logits + spread tail), sampled (ids+counts)
     "topk": 5,  # k for codec topk

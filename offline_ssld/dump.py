@@ -187,6 +187,7 @@ class DumpResult:
 
 
 def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpResult:
+    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
     plan = plan_dump(cfg)
     cache_dir = Path(cfg["Offline"]["cache_dir"])
     manifest = open_cache(cache_dir, plan.manifest, overwrite)
@@ -200,7 +201,6 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     if not items:
         return DumpResult(manifest, 0, 0.0, 0.0)
 
-    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
     teacher_spec = cfgmod.teacher_spec(cfg)
     teacher = build_model(teacher_spec)
     load_weights(

@@ -284,6 +284,12 @@ def train(
                 "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
                 "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
             )
+        views_used = cfg["Offline"]["views"]
+        if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
+            raise ConfigError(
+                f"Offline.views: {views_used!r}; this cache holds {reader.views} views per image "
+                "and train-student uses the first Offline.views of them"
+            )
         reader.index()  # built once here, shared copy-on-write by the loader workers
         dataset = ReplayDataset(source, pipeline, reader)
     else:
@@ -333,7 +339,7 @@ def train(
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
         sampler.set_epoch(epoch)
         if reader is not None:
-            dataset.set_epoch_views(epoch_views(seed, epoch, len(dataset), reader.views))
+            dataset.set_epoch_views(epoch_views(seed, epoch, len(dataset), views_used))
         else:
             dataset.set_epoch(epoch)
         model.train()

@@ -123,9 +123,14 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     prepare(data_dir, preset)
     timings["prepare"] = time.perf_counter() - tick
 
-    teacher_cfg = load_config([str(TEACHER_CFG)], [
-        *common, f"Global.epochs={preset.teacher_epochs}", f"Global.output_dir={work / 'teacher'}",
-    ])
+    teacher_cfg = load_config(
+        [str(TEACHER_CFG)],
+        [
+            *common,
+            f"Global.epochs={preset.teacher_epochs}",
+            f"Global.output_dir={work / 'teacher'}",
+        ],
+    )
     stage("teacher")
     tick = time.perf_counter()
     if not finished(work / "teacher", preset.teacher_epochs):
@@ -137,10 +142,15 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     dump = run_dump(teacher_cfg, progress=progress)
     timings["dump"] = time.perf_counter() - tick
 
-    student_cfg = load_config([str(STUDENT_CFG)], [
-        *common, f"Global.epochs={preset.student_epochs}", f"Global.output_dir={work / 'student'}",
-        f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best.safetensors'}",
-    ])
+    student_cfg = load_config(
+        [str(STUDENT_CFG)],
+        [
+            *common,
+            f"Global.epochs={preset.student_epochs}",
+            f"Global.output_dir={work / 'student'}",
+            f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best.safetensors'}",
+        ],
+    )
     stage("student")
     tick = time.perf_counter()
     if not finished(work / "student", preset.student_epochs):
@@ -148,10 +158,16 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     timings["student"] = time.perf_counter() - tick
 
     stage("eval")
-    teacher_top1 = evaluate_config(load_config(
-        [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]))
-    student_top1 = evaluate_config(load_config(
-        [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / 'student' / 'best'}"]))
+    teacher_top1 = evaluate_config(
+        load_config(
+            [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
+        )
+    )
+    student_top1 = evaluate_config(
+        load_config(
+            [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / 'student' / 'best'}"]
+        )
+    )
 
     stage("report")
     report = {
@@ -159,8 +175,11 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
         "settings": asdict(preset),
         "teacher": {"name": "ResNet18", "top1": teacher_top1},
         "student": {"name": "MobileNetV3_small_x0_35", "top1": student_top1, "mode": "offline"},
-        "cache": {"rows": dump.manifest.rows, "views": dump.manifest.views,
-                  "bytes": sum(s.bytes for s in dump.manifest.shards)},
+        "cache": {
+            "rows": dump.manifest.rows,
+            "views": dump.manifest.views,
+            "bytes": sum(s.bytes for s in dump.manifest.shards),
+        },
         "stage_seconds": {k: round(v, 2) for k, v in timings.items()},
     }
     (work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -175,12 +194,25 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
 
 
 @click.command()
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="small", show_default=True,
-              help="smoke: seconds (CI); small: the quick start; full: all 60,000 images.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Outputs (default output/pipeline/<preset>).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Converted images and lists (default data/fashion_mnist/<preset>).")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="small",
+    show_default=True,
+    help="smoke: seconds (CI); small: the quick start; full: all 60,000 images.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Outputs (default output/pipeline/<preset>).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Converted images and lists (default data/fashion_mnist/<preset>).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(preset, workdir, data_dir, quiet) -> None:
     """Fashion-MNIST end to end: prepare, train the teacher, dump it, train the student

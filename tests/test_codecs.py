@@ -85,11 +85,14 @@ def test_fp16_decode_close_to_softmax(x):
 
 
 def test_fp16_worst_case_near_30_is_bounded():
-    # Two near-tied logits near 30 that round in opposite directions.
-    x = np.array([[29.99, 30.0 - 1 / 128 - 1e-4, -5.0]], dtype=np.float32)
-    dec = FP16Codec(3).decode(FP16Codec(3).encode(x))
-    err = np.abs(dec - softmax(x)).max()
-    assert err <= 0.55 * 30 * FP16_REL
+    # Two near-tied logits just either side of a fp16 rounding midpoint near 30 round in
+    # opposite directions (fp16 spacing is 1/64 there): the error exceeds 2e-3 but stays
+    # within the first-order bound h / 2 (+10%).
+    mid = 29.984375 + 1 / 128
+    x = np.array([[mid - 1e-4, mid + 1e-4, -5.0]], dtype=np.float32)
+    codec = FP16Codec(3)
+    err = np.abs(codec.decode(codec.encode(x)) - softmax(x)).max()
+    assert 2e-3 < err <= 0.55 * 30 * FP16_REL
 
 
 def test_fp16_saturates_instead_of_inf():

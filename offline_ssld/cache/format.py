@@ -241,5 +241,11 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         shards.append(ShardInfo(**shard))
     if len({s.name for s in shards}) != len(shards):
         raise CacheError(f"{path}: field 'shards' lists a shard twice")
+    num_shards = -(-obj["num_images"] // obj["images_per_shard"])
+    if obj["complete"] != (len(shards) == num_shards):
+        raise CacheError(
+            f"{path}: field 'complete' is {obj['complete']} but {len(shards)} of {num_shards} "
+            "shards are listed"
+        )
     obj["shards"] = sorted(shards, key=lambda s: s.name)
     return Manifest(**obj)

@@ -8,7 +8,6 @@ refused (naming the differing field) unless the caller passes `overwrite=True`.
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
 from pathlib import Path
 
@@ -97,16 +96,14 @@ def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False) -> 
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
         return manifest
-    if foreign and not overwrite:
+    if foreign and not (cache_dir / MANIFEST).exists():
         raise CacheError(
-            f"{cache_dir} is not empty and holds no offline-ssld cache ({foreign[0].name}); "
-            "choose an empty directory or pass --overwrite"
+            f"{cache_dir} holds files that are not an offline-ssld cache ({foreign[0].name}); "
+            "choose an empty or new cache_dir"
         )
-    if overwrite:
+    if overwrite:  # only our own files: anything else in the directory is left alone
         for path in entries:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
+            if _is_ours(path) and path.is_file():
                 path.unlink()
     manifest.shards = []
     manifest.complete = manifest.num_shards == 0
