@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,12 @@ _DATASET = None  # set in the parent before forking; workers inherit it
 
 def collate(samples: list[tuple]) -> tuple[np.ndarray, ...]:
     return tuple(np.stack(field) for field in zip(*samples, strict=True))
+
+
+def _quiet_worker() -> None:
+    # Paddle installs a handler that prints a stack dump on SIGTERM; a pool stopping its
+    # workers is not a crash.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _fetch(indices: list[int]) -> tuple[np.ndarray, ...]:
@@ -85,8 +92,8 @@ class BatchLoader:
     def _processes(self, batches: list[list[int]]) -> Iterator[tuple[np.ndarray, ...]]:
         global _DATASET
         _DATASET = self.dataset
-        ctx = mp.get_context("fork")
-        with ctx.Pool(self.num_workers) as pool:
+        pool = mp.get_context("fork").Pool(self.num_workers, initializer=_quiet_worker)
+        try:
             pending: deque = deque()
             todo = iter(batches)
             for indices in todo:
@@ -99,3 +106,9 @@ class BatchLoader:
                 if nxt is not None:
                     pending.append(pool.apply_async(_fetch, (nxt,)))
                 yield batch
+            pool.close()
+        except BaseException:  # an error, or the consumer stopped early
+            pool.terminate()
+            raise
+        finally:
+            pool.join()

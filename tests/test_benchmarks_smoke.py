@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmark scripts: tiny sizes, in-process, results JSON well formed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+from click.testing import CliRunner
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def numbers(node):
+    """Every number in a JSON value (bools excluded)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from numbers(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from numbers(value)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+
+
+def check_positive(node) -> None:
+    found = list(numbers(node))
+    assert found
+    assert all(math.isfinite(v) and v > 0 for v in found), found
+
+
+def run(main, args: list[str]):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_dump_throughput_smoke(project, tmp_path):
+    config, _ = project
+    out = tmp_path / "dump_throughput.json"
+    module = load("dump_throughput")
+    run(
+        module.main,
+        ["-c", config, "--images", 32, "--repeats", 1, "--workers", 0, "--out", out],
+    )
+    report = json.loads(out.read_text())
+    for section in ("bare", "dump", "dump_wall"):
+        check_positive(report[section])
+    check_positive([report["rows"], report["num_images"], report["cache_bytes"]])
+    assert report["rows"] == 24 * 3  # the project's 24 images x 3 views (fewer than --images)
+    assert 0 < report["ratio"] <= 2
+    assert report["weights"] != "random"
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["paddle"]
+    assert isinstance(report["command"], str) and report["command"]
+
+
+def test_dump_throughput_random_weights(project, tmp_path):
+    config, _ = project
+    out = tmp_path / "dump_throughput.json"
+    missing = tmp_path / "no-such-teacher.safetensors"
+    module = load("dump_throughput")
+    run(
+        module.main,
+        [
+            "-c",
+            config,
+            "-o",
+            f"Offline.teacher_weights={missing}",
+            "--images",
+            8,
+            "--repeats",
+            1,
+            "--out",
+            out,
+        ],
+    )
+    report = json.loads(out.read_text())
+    assert report["weights"] == "random"
+    assert report["rows"] == 8 * 3
+    check_positive(report["dump"])
+
+
+def test_cache_formats_smoke(tmp_path):
+    out = tmp_path / "cache_formats.json"
+    module = load("cache_formats")
+    args = ["--rows", 2000, "--lookups", 2000, "--repeats", 1, "--shard-rows", 512]
+    result = run(module.main, [*args, "--out", out])
+    report = json.loads(out.read_text())
+    assert len(report["results"]) == len(module.CASES) * len(module.BACKENDS)
+    for entry in report["results"]:
+        check_positive({k: v for k, v in entry.items() if k not in ("codec", "payload")})
+        assert entry["rows"] == 2000 and entry["shards"] == 4
+    assert report["recommendation"]["default"] in module.BACKENDS
+    check_positive(report["recommendation"]["read_rows_per_s_geomean"])
+    assert "recommended default" in result.output
