@@ -1,0 +1,146 @@
+"""Render README tables from benchmark results, so no number in the README is typed by hand.
+
+Each table sits between `<!-- BEGIN results:NAME -->` and `<!-- END results:NAME -->` in
+README.md and is rewritten from benchmarks/results/*.json. Example:
+
+    python benchmarks/report.py            # rewrite README.md in place
+    python benchmarks/report.py --check    # exit 1 if README.md is stale
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+LABELS = {
+    "student_only": "student only (no KD)",
+    "online_bn_train": "online SSLD (teacher BN train, as PaddleClas)",
+    "online_bn_eval": "online SSLD (teacher BN eval)",
+}
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _label(mode: str) -> str:
+    if mode.startswith("offline_v"):
+        return f"offline SSLD, {mode[len('offline_v') :]} view(s)"
+    return LABELS.get(mode, mode)
+
+
+def online_vs_offline(pair: str) -> str:
+    r = _load(f"online_vs_offline_{pair}.json")
+    if r is None:
+        return f"_not measured yet: run `python benchmarks/online_vs_offline.py --pair {pair}`_"
+    s, d, m = r["settings"], r["dump"], r["machine"]
+    teacher = r["teacher"]
+    t_top1 = f"{100 * teacher['top1']:.2f}%" if teacher["top1"] is not None else "random weights"
+    lines = [
+        f"{s['train_images']} train images, {s['student_epochs']} epochs, batch "
+        f"{s['batch_size']}, 32x32, seed 0. Teacher top-1: {t_top1}. Machine: {m['nproc']} "
+        f"cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
+        "",
+        "| mode | top-1 | median s/epoch | images/s | train s | dump s | end-to-end s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, v in r["modes"].items():
+        dump = d["seconds"] if mode.startswith("offline") else 0.0
+        lines.append(
+            f"| {_label(mode)} | {100 * v['top1']:.2f}% | {v['median_epoch_seconds']:.1f} | "
+            f"{v['median_images_per_second']:.0f} | {v['train_seconds']:.0f} | "
+            f"{dump:.0f} | {v['train_seconds'] + dump:.0f} |"
+        )
+    x = r["summary"]
+    lines += [
+        "",
+        f"Dump: {d['rows']} rows ({d['views']} views per image) in {d['seconds']:.0f} s, "
+        f"{d['cache_bytes'] / 1e6:.2f} MB, codec {d['codec']['name']}. "
+        f"Offline ({x['offline_mode']}) vs online: training-stage speedup "
+        f"**{x['train_speedup']:.2f}x**, end-to-end (dump included) "
+        f"**{x['end_to_end_speedup']:.2f}x**; "
+        f"offline epoch / student-only epoch **{x['offline_over_student_only_epoch']:.3f}**; "
+        f"top-1 offline minus online **{100 * x['top1_offline_minus_online']:+.2f}** points.",
+        "",
+        f"Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
+def dump_throughput() -> str:
+    r = _load("dump_throughput.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/dump_throughput.py`_"
+    lines = ["| measurement | views/s (median) |", "|---|---|"]
+    for key, label in (("bare", "bare teacher forward"), ("dump", "dump-teacher")):
+        lines.append(f"| {label} | {r[key]['views_per_s']:.1f} |")
+    lines += ["", f"Ratio dump / bare: **{r['ratio']:.3f}**. Reproduce: `{r['command']}`"]
+    return "\n".join(lines)
+
+
+def cache_formats() -> str:
+    r = _load("cache_formats.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/cache_formats.py`_"
+    lines = [
+        "| payload | backend | codec bytes/row | file bytes/row | write rows/s "
+        "| random reads rows/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in r["results"]:
+        lines.append(
+            f"| {row['payload']} | {row['backend']} | {row['payload_bytes_per_row']} | "
+            f"{row['bytes_per_row']:.1f} | "
+            f"{row['write_rows_per_s']:.0f} | {row['read_rows_per_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Chosen default: **{r['recommendation']['default']}**. Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
+BLOCKS = {
+    "accuracy": lambda: online_vs_offline("accuracy"),
+    "speed": lambda: online_vs_offline("speed"),
+    "dump_throughput": dump_throughput,
+    "cache_formats": cache_formats,
+}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        pattern = re.compile(
+            rf"(<!-- BEGIN results:{name} -->\n).*?(<!-- END results:{name} -->)", re.S
+        )
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+    return text
+
+
+@click.command()
+@click.option("--check", is_flag=True, help="Exit 1 if README.md differs from the results.")
+def main(check: bool) -> None:
+    """Rewrite README.md's result tables from benchmarks/results/*.json.
+
+    \b
+    Example:
+      python benchmarks/report.py
+    """
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    new = render(old)
+    if check:
+        sys.exit(0 if new == old else 1)
+    readme.write_text(new)
+    click.echo("README.md tables rewritten" if new != old else "README.md already up to date")
+
+
+if __name__ == "__main__":
+    main()
