@@ -68,6 +68,10 @@ def main() -> None:
     Example:
       offline-ssld dump-teacher -c configs/fashion_mnist/resnet18_teacher.yaml
       offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml
+
+    \b
+    From a PaddleClas distillation config:
+      offline-ssld overlay -c your_distill.yaml -c configs/overlays/offline_ssld.yaml
     """
     os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -260,6 +264,118 @@ def eval_cmd(configs, overrides) -> None:
 
     cfg = _load(configs, overrides)
     click.echo(f"top-1 {evaluate_config(cfg):.4f}")
+
+
+def _ops_text(ops: list) -> str:
+    parts = []
+    for entry in ops:
+        ((name, args),) = entry.items()
+        inner = ", ".join(f"{k}={v!r}" for k, v in (args or {}).items())
+        parts.append(f"{name}({inner})" if inner else name)
+    return " -> ".join(parts)
+
+
+def overlay_summary(cfg: dict) -> list[str]:
+    """What each stage takes from a checked config, one line per item."""
+    from offline_ssld import config as c
+    from offline_ssld.losses import build_loss
+
+    teacher = c.teacher_spec(cfg)
+    weights, source = c.teacher_weights_source(cfg)
+    student = c.student_spec(cfg)
+    off = cfg["Offline"]
+    glob = cfg.get("Global") or {}
+    if weights:
+        state = "found" if os.path.isfile(weights) else "MISSING"
+        weights_text = f"{weights} (from {source}; {state})"
+    else:
+        weights_text = "none: set Offline.teacher_weights (dump-teacher needs them)"
+    lines = [
+        f"teacher: {teacher.name}, class_num {teacher.class_num} ({teacher.key}), frozen",
+        f"teacher weights: {weights_text}",
+        f"student: {student.name}, class_num {student.class_num} ({student.key})",
+    ]
+    if not c.is_distillation(cfg):
+        lines.append("note: plain Arch: dump-teacher uses it as the teacher, train trains it")
+    loaders = cfg.get("DataLoader") or {}
+    for split in ("Train", "Eval"):
+        if split not in loaders:
+            lines.append(f"{split.lower()} list: none (DataLoader.{split} not given)")
+            continue
+        d = c.data_spec(cfg, split)
+        given = c.get(cfg, f"DataLoader.{split}.dataset.transform_ops")
+        appended = " (ToCHWImage appended, as PaddleClas's dataset transposes to CHW)"
+        lines += [
+            f"{split.lower()} list: {d.cls_label_path} (image_root {d.image_root}), batch "
+            f"{d.batch_size}, shuffle {d.shuffle}, drop_last {d.drop_last}, workers "
+            f"{d.num_workers}",
+            f"{split.lower()} transforms: {_ops_text(d.transform_ops)}"
+            + (appended if len(d.transform_ops) > len(given) else ""),
+        ]
+    lines.append(
+        f"cache: {off['cache_dir']}, views {off['views']}, codec {off['codec']}"
+        + (f" (k {off['topk']})" if off["codec"] == "topk" else "")
+        + (f" (samples {off['samples']})" if off["codec"] == "sampled" else "")
+        + f", format {off['format']}, shard_size {off['shard_size']}, seed {off['seed']}, "
+        f"teacher batch {off['batch_size']}"
+    )
+    loss_train = (cfg.get("Loss") or {}).get("Train")
+    if loss_train:
+        loss = build_loss(loss_train)
+        terms = iter(loss.terms)
+        mapped = []
+        for i, entry in enumerate(loss_train):
+            ((name, _),) = entry.items()
+            if name == "GTFusion":
+                continue
+            kind, weight, kwargs = next(terms)
+            extra = "".join(f", {k} {v:g}" for k, v in kwargs.items())
+            mapped.append(f"Loss.Train.{i}.{name} -> {kind} (weight {weight:g}{extra})")
+        if loss.gt_alpha is not None:
+            mapped.append(f"GTFusion alpha {loss.gt_alpha:g} with ground-truth CE")
+        lines.append("losses (train-student): " + "; ".join(mapped))
+    else:
+        lines.append("losses (train-student): none (Loss.Train not given)")
+    opt = cfg.get("Optimizer") or {}
+    lr = dict(opt.get("lr") or {})
+    reg = opt.get("regularizer") or {}
+    lr_text = ", ".join(f"{k} {v}" for k, v in lr.items() if k != "name")
+    lines += [
+        f"optimizer: {opt.get('name', 'Momentum')}, momentum {opt.get('momentum', 0.9)}, "
+        + (f"{reg.get('name', 'L2')} coeff {reg.get('coeff', 0.0)}" if reg else "no regularizer"),
+        f"lr: {lr.get('name', 'Cosine')} ({lr_text}), stepped every iteration",
+        f"epochs: {glob.get('epochs', 1)}, eval every {glob.get('eval_interval', 1)}, save "
+        f"every {glob.get('save_interval', 1)}, output_dir {glob.get('output_dir', 'output')}, "
+        f"seed {glob.get('seed', 0)}, device {glob.get('device', 'gpu')}",
+        "not read: Infer (PaddleClas predict settings); mixed precision is O1 on GPU, off on CPU",
+    ]
+    return lines
+
+
+@main.command("overlay")
+@CONFIG
+@OVERRIDE
+@friendly_errors
+def overlay_cmd(configs, overrides) -> None:
+    """Print the effective config (every -c file merged left to right, then -o) as YAML,
+    followed, as YAML comments, by what each stage takes from it: teacher, its weights file,
+    student, lists, transforms, cache settings, the losses as mapped offline, optimizer,
+    schedule and epochs. A key that a stage would not honour is an error naming it, so this
+    is the dry run for an existing PaddleClas config.
+
+    \b
+    Example:
+      offline-ssld overlay -c PPLCNet_x2_5_ssld.yaml -c configs/overlays/offline_ssld.yaml \\
+          -o Offline.teacher_weights=pretrained/ResNet50_vd_ssld_pretrained
+    """
+    from offline_ssld.config import check_supported, dump_yaml
+
+    cfg = _load(configs, overrides)
+    check_supported(cfg)
+    click.echo(dump_yaml(cfg), nl=False)
+    click.echo("\n# what each stage takes from this config:")
+    for line in overlay_summary(cfg):
+        click.echo(f"#   {line}")
 
 
 if __name__ == "__main__":

@@ -195,10 +195,13 @@ class ModelSpec:
     key: str  # config path of the entry, for error messages
 
 
-def _model_entry(entry: Any, key: str) -> ModelSpec:
+PADDLECLAS_CLASS_NUM = 1000  # what a PaddleClas backbone builds when class_num is not given
+
+
+def _model_entry(entry: Any, key: str, default_class_num: Any = PADDLECLAS_CLASS_NUM) -> ModelSpec:
     if not isinstance(entry, dict) or "name" not in entry:
         raise ConfigError(f"{key}: expected a mapping with 'name' and 'class_num'")
-    class_num = entry.get("class_num")
+    class_num = entry.get("class_num", default_class_num)
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 2:
         raise ConfigError(f"{key}.class_num: expected an integer >= 2, got {class_num!r}")
     pretrained = entry.get("pretrained")
@@ -220,8 +223,53 @@ def _distillation_models(cfg: dict) -> dict[str, tuple[Any, str]]:
     return found
 
 
+def _weights_path(value: Any, key: str) -> str | None:
+    """A weights setting as a file path. PaddleClas writes paths without a suffix
+    (`./pretrained/ResNet50_vd_ssld`): we take `<path>.safetensors`, else `<path>.pdparams`,
+    which models.load_weights loads only with Offline.allow_pickle_weights (and otherwise
+    refuses, saying so)."""
+    if value is None or value is True or value is False or value == "":
+        return None  # True is PaddleClas's "download the zoo weights", impossible here
+    path = str(value)
+    if path.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: {path} is a URL; download the weights and give the local path")
+    if path.endswith((".safetensors", ".pdparams")):
+        return path
+    safe, pickled = f"{path}.safetensors", f"{path}.pdparams"
+    if Path(safe).is_file() or not Path(pickled).is_file():
+        return safe  # when missing, load_weights names the .safetensors file it looked for
+    return pickled
+
+
+def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
+    """(weights file, config key it came from): Offline.teacher_weights, else
+    Arch.pretrained_list at the Teacher's index, else the Teacher entry's (or plain Arch's)
+    `pretrained`."""
+    chosen = (cfg.get("Offline") or {}).get("teacher_weights")
+    if chosen not in (None, ""):
+        return _weights_path(chosen, "Offline.teacher_weights"), "Offline.teacher_weights"
+    arch = get(cfg, "Arch")
+    if arch.get("name") == DISTILLATION_ARCH:
+        models = _distillation_models(cfg)
+        if "Teacher" not in models:
+            raise ConfigError("Arch.models: no Teacher entry")
+        entry, key = models["Teacher"]
+        index = int(key.split(".")[2])
+        plist = arch.get("pretrained_list")
+        if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
+            where = f"Arch.pretrained_list.{index}"
+            return _weights_path(plist[index], where), where
+        where = f"{key}.pretrained"
+        value = entry.get("pretrained") if isinstance(entry, dict) else None
+    else:
+        where, value = "Arch.pretrained", arch.get("pretrained")
+    path = _weights_path(value, where)
+    return path, (where if path else None)
+
+
 def teacher_spec(cfg: dict) -> ModelSpec:
-    """The teacher: the DistillationModel's Teacher entry, or a plain Arch (a teacher config)."""
+    """The teacher: the DistillationModel's Teacher entry, or a plain Arch (a teacher config).
+    Its weights: Offline.teacher_weights > Arch.pretrained_list[Teacher] > Teacher.pretrained."""
     arch = get(cfg, "Arch")
     if arch.get("name") == DISTILLATION_ARCH:
         models = _distillation_models(cfg)
@@ -229,9 +277,15 @@ def teacher_spec(cfg: dict) -> ModelSpec:
             raise ConfigError("Arch.models: no Teacher entry")
         spec = _model_entry(*models["Teacher"])
     else:
-        spec = _model_entry(arch, "Arch")
-    weights = cfg["Offline"].get("teacher_weights") or spec.pretrained
+        spec = _plain_arch(cfg)
+    weights, _ = teacher_weights_source(cfg)
     return ModelSpec(spec.name, spec.class_num, weights, spec.key)
+
+
+def _plain_arch(cfg: dict) -> ModelSpec:
+    """A single-model Arch; PaddleClas copies the deprecated Global.class_num into it."""
+    fallback = (cfg.get("Global") or {}).get("class_num", PADDLECLAS_CLASS_NUM)
+    return _model_entry(get(cfg, "Arch"), "Arch", fallback)
 
 
 def student_spec(cfg: dict) -> ModelSpec:
@@ -242,7 +296,7 @@ def student_spec(cfg: dict) -> ModelSpec:
         if "Student" not in models:
             raise ConfigError("Arch.models: no Student entry")
         return _model_entry(*models["Student"])
-    return _model_entry(arch, "Arch")
+    return _plain_arch(cfg)
 
 
 def is_distillation(cfg: dict) -> bool:
@@ -279,7 +333,9 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
     return DataSpec(
         image_root=str(get(cfg, f"{key}.dataset.image_root")),
         cls_label_path=str(get(cfg, f"{key}.dataset.cls_label_path")),
-        transform_ops=list(get(cfg, f"{key}.dataset.transform_ops")),
+        transform_ops=_chw_output(
+            get(cfg, f"{key}.dataset.transform_ops"), f"{key}.dataset.transform_ops"
+        ),
         batch_size=batch_size,
         shuffle=bool(sampler.get("shuffle", split == "Train")),
         drop_last=bool(sampler.get("drop_last", False)),
@@ -288,5 +344,352 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
     )
 
 
+def _chw_output(transform_ops: Any, key: str) -> list:
+    """PaddleClas's ImageNetDataset transposes the ops' HWC output to CHW itself, so its
+    configs end with NormalizeImage; here the op list must produce CHW, so append ToCHWImage
+    exactly when the list ends in HWC (lists that already end in CHW are unchanged)."""
+    from offline_ssld.data.transforms import HWC, build_ops
+
+    layout = HWC
+    for op in build_ops(transform_ops, key):
+        layout = op.out_layout(layout)
+    ops = list(transform_ops)
+    return [*ops, {"ToCHWImage": None}] if layout == HWC else ops
+
+
 def dump_yaml(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- check_supported
+
+# Keys read by a stage. Everything else must be listed as harmless below or is an error, so a
+# PaddleClas config never trains something other than what it says without telling you.
+_GLOBAL_HONOURED = (
+    "device",
+    "epochs",
+    "output_dir",
+    "eval_interval",
+    "save_interval",
+    "seed",
+    "pretrained_model",
+    "use_visualdl",
+)
+_GLOBAL_HARMLESS = (
+    "print_batch_step",  # logging cadence; the progress bar and metrics.jsonl replace it
+    "save_inference_dir",  # export only
+    "image_shape",  # export only
+    "to_static",  # static-graph speed-up; same maths
+    "eval_during_train",  # we evaluate every eval_interval epochs
+    "class_num",  # deprecated alias PaddleClas copies into a plain Arch; so do we
+    "distributed",  # set by PaddleClas's engine at run time
+)
+# key -> (allowed value, hint); any other value is an error
+_GLOBAL_FIXED: dict[str, tuple[Any, str]] = {
+    "use_dali": (False, "DALI loaders are not supported; set Global.use_dali: False"),
+    "checkpoints": (None, "resume with `train-student --resume` (output_dir/latest)"),
+    "eval_mode": ("classification", "only classification is supported"),
+    "use_multilabel": (False, "multi-label training is not supported"),
+    "update_freq": (1, "gradient accumulation is not supported"),
+}
+_ARCH_DISTILL_KEYS = ("name", "models", "pretrained_list", "freeze_params_list")
+_ARCH_HARMLESS = ("class_num", "infer_model_name", "use_sync_bn")  # distillation Arch level
+_MODEL_KEYS = ("name", "class_num", "pretrained")
+_MODEL_HARMLESS = ("use_ssld", "use_sync_bn")  # use_ssld only picks the zoo download URL
+_FEATURE_MODEL_KEYS = ("return_stages", "return_patterns", "stages_pattern", "models")
+ROLES = ("Teacher", "Student")
+_DATASET_KEYS = ("name", "image_root", "cls_label_path", "transform_ops")
+_SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
+_SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
+_LOADER_KEYS = ("num_workers",)
+_LOADER_HARMLESS = ("use_shared_memory",)
+_OPTIMIZER_KEYS = ("name", "momentum", "lr", "regularizer")
+_LR_KEYS = {
+    "Cosine": ("name", "learning_rate", "warmup_epoch", "warmup_start_lr", "eta_min", "by_epoch"),
+    "Piecewise": (
+        "name",
+        "learning_rate",
+        "decay_epochs",
+        "values",
+        "warmup_epoch",
+        "warmup_start_lr",
+        "by_epoch",
+    ),
+}
+_EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss")
+_METRICS = ("TopkAcc", "DistillationTopkAcc")
+_METRIC_ARGS = ("topk", "model_key")
+_AMP_HARMLESS = (
+    "use_amp",
+    "use_fp16_test",
+    "scale_loss",
+    "use_dynamic_loss_scaling",
+    "use_promote",
+)
+_DML_NAMES = ("DistillationDMLLoss", "DMLLoss")
+
+
+def _mapping(node: Any, key: str) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
+    return node
+
+
+def _only(node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()) -> None:
+    """Every key of `node` is supported or harmless; the error names the first other one."""
+    for name in node:
+        if name not in supported and name not in harmless:
+            listed = ", ".join([*supported, *harmless])
+            raise ConfigError(f"{key}.{name}: not supported offline; supported keys: {listed}")
+
+
+def _check_global(cfg: dict) -> None:
+    glob = _mapping(cfg.get("Global"), "Global")
+    _only(glob, "Global", (*_GLOBAL_HONOURED, *_GLOBAL_FIXED), _GLOBAL_HARMLESS)
+    for name, (allowed, hint) in _GLOBAL_FIXED.items():
+        value = glob.get(name, allowed)
+        if value != allowed and not (allowed in (False, None) and not value):
+            raise ConfigError(f"Global.{name}: {glob[name]!r} is not supported; {hint}")
+
+
+def _check_model_entry(entry: Any, key: str, role: str) -> None:
+    entry = _mapping(entry, key)
+    for name in entry:
+        if name in _FEATURE_MODEL_KEYS:
+            raise ConfigError(
+                f"{key}.{name}: models that return intermediate features (for feature losses) "
+                "are not supported; offline distillation caches the teacher's logits only"
+            )
+    _only(entry, key, _MODEL_KEYS, _MODEL_HARMLESS)
+    if role == "Student" and entry.get("pretrained") not in (None, False, ""):
+        raise ConfigError(
+            f"{key}.pretrained: initialising the Student from pretrained weights is not "
+            "supported here; set it to False and use Global.pretrained_model (a checkpoint "
+            "path without .safetensors)"
+        )
+
+
+def _check_arch(cfg: dict) -> None:
+    arch = _mapping(get(cfg, "Arch"), "Arch")
+    if arch.get("name") != DISTILLATION_ARCH:  # one model: a teacher config, or supervised
+        _check_model_entry(arch, "Arch", "Teacher")
+        _plain_arch(cfg)
+        return
+    _only(arch, "Arch", _ARCH_DISTILL_KEYS, _ARCH_HARMLESS)
+    models = get(cfg, "Arch.models")
+    if not isinstance(models, list):
+        raise ConfigError("Arch.models: expected a list of {Teacher: ...}, {Student: ...}")
+    roles: list[str] = []
+    for i, item in enumerate(models):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"Arch.models.{i}: expected a one-key mapping like {{Teacher: ...}}")
+        ((role, entry),) = item.items()
+        if role not in ROLES or role in roles:
+            what = "a second" if role in roles else "model"
+            raise ConfigError(
+                f"Arch.models.{i}.{role}: {what} {role!r} entry; offline distillation takes "
+                "exactly one Teacher and one Student (supported: Teacher, Student)"
+            )
+        roles.append(role)
+        _check_model_entry(entry, f"Arch.models.{i}.{role}", role)
+    for role in ROLES:
+        if role not in roles:
+            raise ConfigError(f"Arch.models: no {role} entry")
+    for list_key in ("pretrained_list", "freeze_params_list"):
+        values = arch.get(list_key)
+        if values is not None and (not isinstance(values, list) or len(values) != len(models)):
+            raise ConfigError(
+                f"Arch.{list_key}: expected null or a list of {len(models)} entries (one per "
+                f"model), got {values!r}"
+            )
+    teacher, student = roles.index("Teacher"), roles.index("Student")
+    freeze = arch.get("freeze_params_list")
+    if freeze is not None:
+        if not freeze[teacher]:
+            raise ConfigError(
+                f"Arch.freeze_params_list.{teacher}: the Teacher must be frozen (True); "
+                "offline distillation uses a fixed teacher, so mutual learning (DML with "
+                "[False, False]) cannot run offline"
+            )
+        if freeze[student]:
+            raise ConfigError(f"Arch.freeze_params_list.{student}: a frozen Student cannot train")
+    plist = arch.get("pretrained_list")
+    if plist is not None and plist[student] not in (None, ""):
+        raise ConfigError(
+            f"Arch.pretrained_list.{student}: initialising the Student from pretrained weights "
+            "is not supported here; use Global.pretrained_model"
+        )
+    teacher_spec(cfg)
+    student_spec(cfg)
+
+
+def _check_data(cfg: dict) -> None:
+    loaders = _mapping(cfg.get("DataLoader"), "DataLoader")
+    _only(loaders, "DataLoader", ("Train", "Eval"))
+    for split in loaders:
+        key = f"DataLoader.{split}"
+        section = _mapping(loaders[split], key)
+        _only(section, key, ("dataset", "sampler", "loader"))
+        dataset = _mapping(section.get("dataset"), f"{key}.dataset")
+        if "batch_transform_ops" in dataset:
+            raise ConfigError(
+                f"{key}.dataset.batch_transform_ops: batch-level mixing (Mixup, Cutmix, ...) is "
+                "not supported offline; remove it"
+            )
+        _only(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel"))
+        if dataset.get("delimiter") not in (None, " "):
+            raise ConfigError(
+                f"{key}.dataset.delimiter: {dataset['delimiter']!r} is not supported; list "
+                "files are split on whitespace ('path label')"
+            )
+        if dataset.get("relabel"):
+            raise ConfigError(f"{key}.dataset.relabel: True is not supported")
+        sampler = _mapping(section.get("sampler"), f"{key}.sampler")
+        _only(sampler, f"{key}.sampler", _SAMPLER_KEYS)
+        if sampler.get("name", _SAMPLERS[0]) not in _SAMPLERS:
+            raise ConfigError(
+                f"{key}.sampler.name: {sampler['name']!r} is not supported; supported: "
+                f"{', '.join(_SAMPLERS)}"
+            )
+        _only(
+            _mapping(section.get("loader"), f"{key}.loader"),
+            f"{key}.loader",
+            _LOADER_KEYS,
+            _LOADER_HARMLESS,
+        )
+        data_spec(cfg, split)  # dataset name, required keys, batch size and transform ops
+
+
+def _check_optimizer(cfg: dict) -> None:
+    opt = _mapping(cfg.get("Optimizer"), "Optimizer")
+    if not opt:
+        return
+    if opt.get("name", "Momentum") != "Momentum":
+        raise ConfigError(
+            f"Optimizer.name: {opt.get('name')!r} is not supported; supported: Momentum"
+        )
+    if opt.get("no_weight_decay_name"):
+        raise ConfigError(
+            "Optimizer.no_weight_decay_name: excluding parameters from weight decay is not "
+            "supported; remove it (L2 applies to every parameter)"
+        )
+    _only(opt, "Optimizer", _OPTIMIZER_KEYS, ("no_weight_decay_name",))
+    lr = _mapping(opt.get("lr"), "Optimizer.lr")
+    name = lr.get("name", "Cosine")
+    if name not in _LR_KEYS:
+        raise ConfigError(
+            f"Optimizer.lr.name: {name!r} is not supported; supported: {', '.join(_LR_KEYS)}"
+        )
+    _only(lr, "Optimizer.lr", _LR_KEYS[name])
+    if lr.get("by_epoch"):
+        raise ConfigError(
+            "Optimizer.lr.by_epoch: True is not supported; the schedule steps every iteration"
+        )
+    if name == "Piecewise":
+        for needed in ("decay_epochs", "values"):
+            if not isinstance(lr.get(needed), list):
+                raise ConfigError(f"Optimizer.lr.{needed}: required list for Piecewise")
+    reg = _mapping(opt.get("regularizer"), "Optimizer.regularizer")
+    _only(reg, "Optimizer.regularizer", ("name", "coeff"))
+    if reg and reg.get("name", "L2") != "L2":
+        raise ConfigError(
+            f"Optimizer.regularizer.name: {reg.get('name')!r} is not supported; supported: L2"
+        )
+
+
+def _check_loss(cfg: dict) -> None:
+    loss = _mapping(cfg.get("Loss"), "Loss")
+    _only(loss, "Loss", ("Train", "Eval"))
+    if "Train" in loss:
+        from offline_ssld.losses import build_loss
+
+        build_loss(loss["Train"])  # names, arguments, feature losses: errors name the key
+        if is_distillation(cfg):
+            for i, entry in enumerate(loss["Train"]):
+                ((name, args),) = entry.items()
+                _check_loss_models(name, args or {}, f"Loss.Train.{i}.{name}")
+    eval_losses = loss.get("Eval")
+    if eval_losses is not None:
+        if not isinstance(eval_losses, list):
+            raise ConfigError("Loss.Eval: expected a list of one-key loss entries")
+        for i, entry in enumerate(eval_losses):
+            name = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
+            if name not in _EVAL_LOSSES:
+                raise ConfigError(
+                    f"Loss.Eval.{i}: {name or entry!r} is not supported; supported: "
+                    f"{', '.join(_EVAL_LOSSES)} (only reported by PaddleClas; we report top-1)"
+                )
+
+
+def _check_loss_models(name: str, args: dict, key: str) -> None:
+    """The only pair offline is (Student, Teacher): the teacher is a cached constant."""
+    pairs = args.get("model_name_pairs")
+    if pairs is not None:
+        ok = [["Student", "Teacher"]]
+        if pairs != ok and not (name in _DML_NAMES and pairs == [["Teacher", "Student"]]):
+            raise ConfigError(
+                f"{key}.model_name_pairs: {pairs!r} is not supported; offline the only pair is "
+                "[[Student, Teacher]] (the Teacher is the cached output)"
+            )
+    names = args.get("model_names")
+    if names is not None and names != ["Student"]:
+        raise ConfigError(
+            f"{key}.model_names: {names!r} is not supported; only [Student] trains offline"
+        )
+
+
+def _check_metric(cfg: dict) -> None:
+    metric = _mapping(cfg.get("Metric"), "Metric")
+    _only(metric, "Metric", ("Train", "Eval"))
+    for split, entries in metric.items():
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise ConfigError(
+                f"Metric.{split}: expected a list like [{{TopkAcc: {{topk: [1, 5]}}}}]"
+            )
+        for i, entry in enumerate(entries):
+            name = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
+            key = f"Metric.{split}.{i}"
+            if name not in _METRICS:
+                raise ConfigError(
+                    f"{key}: {name or entry!r} is not supported; supported: {', '.join(_METRICS)}"
+                )
+            args = _mapping(entry[name], f"{key}.{name}")
+            _only(args, f"{key}.{name}", _METRIC_ARGS)
+            if args.get("model_key", "Student") != "Student":
+                raise ConfigError(
+                    f"{key}.{name}.model_key: {args['model_key']!r}; we report the Student's top-1"
+                )
+
+
+def _check_amp(cfg: dict) -> None:
+    amp = _mapping(cfg.get("AMP"), "AMP")
+    _only(amp, "AMP", ("level",), _AMP_HARMLESS)
+    if amp.get("level", "O1") != "O1":
+        raise ConfigError(
+            f"AMP.level: {amp['level']!r} is not supported; training uses O1 mixed precision "
+            "on GPU (fp32 on CPU)"
+        )
+
+
+def check_supported(cfg: dict) -> None:
+    """Refuse any key a stage would not honour, naming its path and what is supported.
+
+    Called at the start of each stage (dump.plan_dump, train.train, train.evaluate_config)
+    and by `offline-ssld overlay`, not by load_config: partial configs stay loadable.
+    Known-harmless keys (export settings, logging cadence, ...) are accepted; `Infer` is
+    PaddleClas's predict settings and is not read. Offline is checked by load_config.
+    """
+    _check_global(cfg)
+    _check_arch(cfg)
+    _check_data(cfg)
+    _check_optimizer(cfg)
+    _check_loss(cfg)
+    _check_metric(cfg)
+    _check_amp(cfg)
+    policy = (cfg.get("Offline") or {}).get("view_policy", OFFLINE_DEFAULTS["view_policy"])
+    if policy != "cycle":
+        raise ConfigError(f"Offline.view_policy: {policy!r} is not supported; supported: cycle")

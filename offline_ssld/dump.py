@@ -4,6 +4,12 @@ Order of work: everything that can be checked without the teacher (config, list,
 weights, every image readable and decodable) is checked first, so a bad input fails in
 seconds, not after an hour of inference. Batches never cross a shard, so a resumed dump sees
 exactly the batches an uninterrupted one would.
+
+Under `python -m paddle.distributed.launch` the work is split by shard: rank 0 opens the
+cache (identity check, adoption of committed shards) and alone writes the manifest; every
+rank takes missing[rank::world] of the sorted missing shards and commits them; at the end
+rank 0 adopts the other ranks' shards and writes the final manifest. A killed rank is
+resumed by running the same launch command: only missing shards are reassigned.
 """
 
 from __future__ import annotations
@@ -18,14 +24,20 @@ import paddle
 from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
+from offline_ssld import distributed as dist
 from offline_ssld.cache.codecs import Codec, build_codec
-from offline_ssld.cache.format import Manifest, canonical_hash, shard_name
-from offline_ssld.cache.writer import BackgroundWriter, open_cache
+from offline_ssld.cache.format import Manifest, canonical_hash, load_manifest, shard_name
+from offline_ssld.cache.writer import (
+    BackgroundWriter,
+    adopt_shards,
+    first_difference,
+    open_cache,
+)
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
-from offline_ssld.errors import ConfigError, DataError
+from offline_ssld.errors import CacheError, ConfigError, DataError
 from offline_ssld.models import (
     build_model,
     load_weights,
@@ -63,6 +75,7 @@ def _decode_check(pipeline: Pipeline):
 
 def plan_dump(cfg: dict) -> DumpPlan:
     """Validate every input and fix the manifest of the cache this config produces."""
+    cfgmod.check_supported(cfg)
     offline = cfg["Offline"]
     for key in ("views", "shard_size", "batch_size"):
         value = offline[key]
@@ -186,21 +199,67 @@ class DumpResult:
     seconds: float
 
 
+def _follow(cache_dir: Path, manifest: Manifest) -> Manifest:
+    """A non-zero rank's view of the cache that rank 0 opened (and only rank 0 writes)."""
+    old = load_manifest(cache_dir)
+    diff = first_difference(old, manifest)
+    if diff:
+        raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
+    manifest.shards = old.shards
+    manifest.skipped = old.skipped if old.skipped else manifest.skipped
+    manifest.complete = old.complete
+    return manifest
+
+
 def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpResult:
+    """Dump the missing shards; under the launcher, this rank's share of them.
+
+    `shards_written` and `images_per_second` (views/s) count the shards of all ranks."""
     device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
+    dist.init()
     plan = plan_dump(cfg)
     cache_dir = Path(cfg["Offline"]["cache_dir"])
-    manifest = open_cache(cache_dir, plan.manifest, overwrite)
+    if dist.is_main():
+        manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys)
+    dist.barrier()
+    if not dist.is_main():
+        manifest = _follow(cache_dir, plan.manifest)
     done = {s.name for s in manifest.shards}
     ips, views = manifest.images_per_shard, manifest.views
-    todo = [j for j in range(manifest.num_shards) if shard_name(j, manifest.backend) not in done]
+    missing = [j for j in range(manifest.num_shards) if shard_name(j, manifest.backend) not in done]
+    if not missing:  # every rank reads the same manifest, so all return here together
+        return DumpResult(manifest, 0, 0.0, 0.0)
+    total = sum(min((j + 1) * ips, manifest.num_images) * views - j * ips * views for j in missing)
+    todo = missing[dist.rank() :: dist.world_size()]
     shard_items = [
         list(range(j * ips * views, min((j + 1) * ips, manifest.num_images) * views)) for j in todo
     ]
-    items = [i for chunk in shard_items for i in chunk]
-    if not items:
-        return DumpResult(manifest, 0, 0.0, 0.0)
+    teacher = _load_teacher(cfg) if todo else None
+    writer = BackgroundWriter(cache_dir, manifest, update_manifest=dist.is_main())
+    start = time.perf_counter()
+    try:
+        if todo:
+            _dump_shards(cfg, device, plan, teacher, todo, shard_items, writer, progress)
+    finally:
+        manifest = writer.close()
+    if dist.is_distributed():
+        dist.barrier()  # every rank's shards are committed
+        if dist.is_main():
+            adopt_shards(cache_dir, manifest, plan.keys)
+            manifest.save(cache_dir)
+            if not manifest.complete:  # a shard of another rank failed its check
+                raise CacheError(
+                    f"{cache_dir}: {manifest.num_shards - len(manifest.shards)} shards are "
+                    "missing after all ranks finished; run the same command to resume"
+                )
+        dist.barrier()  # the final manifest is written
+        if not dist.is_main():
+            manifest = _follow(cache_dir, manifest)
+    seconds = time.perf_counter() - start
+    return DumpResult(manifest, len(missing), total / seconds, seconds)
 
+
+def _load_teacher(cfg: dict) -> paddle.nn.Layer:
     teacher_spec = cfgmod.teacher_spec(cfg)
     teacher = build_model(teacher_spec)
     load_weights(
@@ -210,20 +269,35 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
         cfg["Offline"]["allow_pickle_weights"],
     )
     teacher.eval()
+    return teacher
+
+
+def _dump_shards(
+    cfg: dict,
+    device: str,
+    plan: DumpPlan,
+    teacher: paddle.nn.Layer,
+    todo: list[int],
+    shard_items: list[list[int]],
+    writer: BackgroundWriter,
+    progress: bool,
+) -> None:
+    """Run the teacher over the items of shards `todo` and submit each shard when whole."""
+    views = plan.manifest.views
+    items = [i for chunk in shard_items for i in chunk]
     workers = cfg["Offline"]["num_workers"]
     if workers is None:
         workers = cfgmod.data_spec(cfg, "Train").num_workers
-    dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, manifest.seed, views, items)
+    dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items)
     batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
     loader = BatchLoader(dataset, batches, workers)
-    writer = BackgroundWriter(cache_dir, manifest)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     shard_queue = list(zip(todo, shard_items, strict=True))
-    start = time.perf_counter()
+    where = f" {dist.rank()}/{dist.world_size()}" if dist.is_distributed() else ""
     bar = tqdm(
         total=len(items),
         unit="view",
-        desc="dump-teacher",
+        desc=f"dump-teacher{where}",
         disable=not progress,
         file=sys.stderr,
         dynamic_ncols=True,
@@ -246,6 +320,3 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
                     shard_queue.pop(0)
     finally:
         bar.close()
-        manifest = writer.close()
-    seconds = time.perf_counter() - start
-    return DumpResult(manifest, len(todo), len(items) / seconds, seconds)

@@ -6,6 +6,11 @@
 
 All three share the data path, optimizer, schedule, evaluation and checkpoints, so a
 benchmark between them compares like with like.
+
+Under `python -m paddle.distributed.launch` the same loop is data-parallel: each rank takes
+its slice of the epoch's global permutation (batch_size per rank, as PaddleClas's per-card
+batch), the model is wrapped in paddle.DataParallel, evaluation counts are summed over the
+ranks, and rank 0 alone writes checkpoints (of the unwrapped model) and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
+from offline_ssld import distributed as dist
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
@@ -97,29 +103,59 @@ def build_optimizer(cfg: dict, parameters, steps_per_epoch: int, epochs: int):
 
 
 class EpochBatches:
-    """Batch sampler whose order is a pure function of (seed, epoch): resumable exactly."""
+    """Batch sampler whose order is a pure function of (seed, epoch): resumable exactly.
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int):
+    With `world` > 1 rank `rank` takes order[rank::world] of the epoch's global order; with
+    `pad` that order is first wrapped round to a multiple of `world`, so every rank gets the
+    same number of samples and batches (as paddle's DistributedBatchSampler); evaluation
+    passes pad=False so no image is counted twice."""
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        pad: bool = True,
+    ):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside [0, {world})")
         self.size, self.batch_size = size, batch_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.rank, self.world, self.pad = rank, world, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def _samples(self) -> int:
+        """How many samples this rank gets per epoch."""
+        if self.world == 1:
+            return self.size
+        if self.pad:
+            return math.ceil(self.size / self.world)
+        return len(range(self.rank, self.size, self.world))
 
     def __iter__(self):
         order = np.arange(self.size)
         if self.shuffle:
             seq = np.random.SeedSequence([self.seed, 0x0DE2, self.epoch])
             order = np.random.Generator(np.random.PCG64(seq)).permutation(self.size)
-        stop = len(self) * self.batch_size if self.drop_last else self.size
+        if self.world > 1:
+            if self.pad:
+                order = np.resize(order, self._samples() * self.world)  # wraps round
+            order = order[self.rank :: self.world]
+        stop = len(self) * self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
             yield order[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:
         if self.drop_last:
-            return self.size // self.batch_size
-        return math.ceil(self.size / self.batch_size)
+            return self._samples() // self.batch_size
+        return math.ceil(self._samples() / self.batch_size)
 
 
 def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
@@ -233,6 +269,8 @@ def _labels_of(cfg: dict, mode: str) -> DistillLoss | None:
 
 
 def evaluate(model, loader) -> float:
+    """Top-1 over the loader's images; launched, each rank counts its slice and the counts
+    are summed, so every rank returns the top-1 of the whole eval list."""
     model.eval()
     correct = total = 0
     with paddle.no_grad():
@@ -241,13 +279,17 @@ def evaluate(model, loader) -> float:
             mask = label >= 0
             correct += int(((pred == label) & mask).astype("int64").sum())
             total += int(mask.astype("int64").sum())
+    correct, total = dist.all_reduce_sum([correct, total])
     return correct / total if total else float("nan")
 
 
 def make_eval_loader(cfg: dict, class_num: int):
+    """The eval list in order; launched, this rank's slice of it (no padding)."""
     source, pipeline, spec = _source(cfg, "Eval", class_num)
     dataset = AugmentDataset(source, pipeline, seed=0)
-    batches = EpochBatches(len(dataset), spec.batch_size, False, False, 0)
+    batches = EpochBatches(
+        len(dataset), spec.batch_size, False, False, 0, dist.rank(), dist.world_size(), pad=False
+    )
     return BatchLoader(dataset, batches, spec.num_workers)
 
 
@@ -260,12 +302,15 @@ def train(
     so a long run can be done in slices with --resume (and interruption can be tested)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    cfgmod.check_supported(cfg)
     glob = cfg.get("Global") or {}
     seed = int(glob.get("seed", 0))
     epochs = int(glob.get("epochs", 1))
     out = Path(glob.get("output_dir", "output"))
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(glob.get("device"))
+    dist.init()
+    main = dist.is_main()  # writes checkpoints, metrics.jsonl, VisualDL and progress
     paddle.seed(seed)
 
     student_spec = cfgmod.student_spec(cfg)
@@ -312,7 +357,15 @@ def train(
                 raise ConfigError("Offline.online_teacher_bn: expected train or eval")
             teacher.train() if bn_mode == "train" else teacher.eval()
 
-    sampler = EpochBatches(len(dataset), spec.batch_size, spec.shuffle, spec.drop_last, seed)
+    sampler = EpochBatches(
+        len(dataset),
+        spec.batch_size,
+        spec.shuffle,
+        spec.drop_last,
+        seed,
+        dist.rank(),
+        dist.world_size(),
+    )
     loader = BatchLoader(dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     model = build_model(student_spec)
@@ -328,9 +381,11 @@ def train(
         load_weights(model, out / "latest.safetensors", "--resume")
         _load_optimizer(optimizer, model, out / "latest.opt.safetensors")
         start_epoch, best = int(info["epoch"]), float(info["best_top1"])
-    elif metrics_path.exists():
+    elif main and metrics_path.exists():
         metrics_path.unlink()
-    vdl = _visualdl(glob, out)
+    vdl = _visualdl(glob, out) if main else None
+    # Forward and backward through `net`; checkpoints and eval use the plain `model`.
+    net = paddle.DataParallel(model) if dist.is_distributed() else model
 
     eval_interval = int(glob.get("eval_interval", 1))
     save_interval = int(glob.get("save_interval", 1))
@@ -347,7 +402,7 @@ def train(
             total=len(sampler),
             desc=f"{mode} {epoch + 1}/{epochs}",
             unit="batch",
-            disable=not progress,
+            disable=not (progress and main),
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -355,7 +410,7 @@ def train(
         for batch in loader:
             x, labels = batch[0], batch[-1]
             with paddle.amp.auto_cast(enable=scaler is not None):
-                logits = model(x)
+                logits = net(x)
                 if mode == "supervised":
                     loss = gt_ce_loss(logits, labels)
                 else:
@@ -380,6 +435,7 @@ def train(
             bar.update(1)
         bar.close()
         train_seconds = time.perf_counter() - tick
+        loss_sum, seen = dist.all_reduce_sum([loss_sum, seen])  # over all ranks
         seconds.append(train_seconds)
         speeds.append(seen / train_seconds)
         record = {
@@ -395,8 +451,12 @@ def train(
             record["top1"] = round(last, 5)
             if last > best:
                 best = last
-                save_checkpoint(out, "best", model, optimizer, {"epoch": epoch + 1, "top1": last})
+                if main:
+                    info = {"epoch": epoch + 1, "top1": last}
+                    save_checkpoint(out, "best", model, optimizer, info)
         record["best_top1"] = round(best, 5)
+        if not main:
+            continue
         if (epoch + 1) % save_interval == 0 or epoch + 1 == epochs:
             save_checkpoint(
                 out,
@@ -415,6 +475,7 @@ def train(
             print(json.dumps(record), file=sys.stderr)
     if vdl is not None:
         vdl.close()
+    dist.barrier()  # ranks leave together, after rank 0's last checkpoint
     return TrainResult(best, last, epochs, seconds, speeds, out)
 
 
@@ -432,8 +493,10 @@ def _visualdl(glob: dict, out: Path):
 
 def evaluate_config(cfg: dict) -> float:
     """`eval`: top-1 of Global.pretrained_model on the Eval list."""
+    cfgmod.check_supported(cfg)
     glob = cfg.get("Global") or {}
     select_device(glob.get("device"))
+    dist.init()
     spec = cfgmod.student_spec(cfg)
     weights = glob.get("pretrained_model")
     if not weights:

@@ -182,9 +182,9 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
     from conftest import make_images, transform_ops
 
     root = tmp_path / "images"
-    entries = make_images(root, 96, seed=1)
-    train_list = write_list(tmp_path / "train.txt", entries[:64])
-    val_list = write_list(tmp_path / "val.txt", entries[64:])
+    entries = make_images(root, 192, seed=1)
+    train_list = write_list(tmp_path / "train.txt", entries[:160])
+    val_list = write_list(tmp_path / "val.txt", entries[160:])
     data = {
         "Train": {
             "dataset": {
@@ -215,7 +215,7 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
     teacher_cfg = {
         "Global": {
             "device": "cpu",
-            "epochs": 6,
+            "epochs": 12,
             "seed": 0,
             "output_dir": str(tmp_path / "teacher"),
         },
