@@ -107,7 +107,23 @@ def cache_formats() -> str:
     return "\n".join(lines)
 
 
+def codec_bytes() -> str:
+    """Payload bytes per cached row, computed from the codecs themselves."""
+    from offline_ssld.cache.codecs import build_codec
+
+    lines = ["| codec (defaults) | 10 classes | 1000 classes |", "|---|---|---|"]
+    for name, label in (("fp16", "fp16"), ("topk", "topk, k=5"), ("sampled", "sampled, N=12")):
+        small, large = (build_codec(name, c).bytes_per_row() for c in (10, 1000))
+        lines.append(f"| {label} | {small} | {large} |")
+    lines += [
+        "",
+        "Each row also stores its key (16 B), label, view and view parameters (4 B each).",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "codec_bytes": codec_bytes,
     "accuracy": lambda: online_vs_offline("accuracy"),
     "speed": lambda: online_vs_offline("speed"),
     "dump_throughput": dump_throughput,
