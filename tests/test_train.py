@@ -247,3 +247,10 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
     run_dump(load_config([str(tmp_path / "t.yaml")]), progress=False)
     student = train(load_config([str(tmp_path / "s.yaml")]), "offline", progress=False)
     assert student.best_top1 >= 0.5  # chance is 0.25
+
+
+def test_visualdl_logging_writes_event_files(project):
+    path, tmp = project
+    train(_cfg(path, "Global.epochs=1", "Global.use_visualdl=True"), "supervised", progress=False)
+    logs = list((tmp / "output" / "vdl").glob("*"))
+    assert logs and any(p.stat().st_size > 0 for p in logs)
