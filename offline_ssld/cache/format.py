@@ -32,8 +32,12 @@ images, order-free, so a reordered list still finds its rows); `order` hashes th
 (resuming a dump needs the same order, because shards are cut along it).
 
 Write protocol: a shard is written to `.<name>.tmp-<pid>`, fsynced and renamed into place;
-then the manifest, listing it with its checksum, is replaced atomically the same way. A shard
-on disk but absent from the manifest is an orphan of a killed run and is rewritten.
+then the manifest, listing it with its checksum, is replaced atomically the same way. So a
+shard under its final name is always whole; one on disk but absent from the manifest (a run
+killed between the two steps, or a shard of another rank: under paddle.distributed.launch
+only rank 0 writes the manifest) is adopted on the next open of the cache, when the
+manifest's identity matches: parsed, checked against its index (rows, columns, content
+keys), checksummed and listed. A file that fails the check is removed and rewritten.
 """
 
 from __future__ import annotations
@@ -73,20 +77,21 @@ def canonical_hash(obj: Any) -> str:
     return sha256_hex(text.encode("utf-8"))
 
 
-def file_checksum(path: Path) -> str:
-    hasher = blake3.blake3()
+def _file_digest(path: Path, hasher) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             hasher.update(block)
     return hasher.hexdigest()
+
+
+def file_checksum(path: Path) -> str:
+    """BLAKE3 of a shard file: fast enough to verify every shard before it is parsed."""
+    return _file_digest(path, blake3.blake3())
 
 
 def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
+    """SHA-256 of a weights file, the digest users already know from model hubs."""
+    return _file_digest(path, hashlib.sha256())
 
 
 def fsync_dir(path: Path) -> None:
