@@ -1,0 +1,88 @@
+"""Smoke runs of the Fashion-MNIST pipeline and the online-vs-offline benchmark on real data.
+
+CI installs Debian's dataset-fashion-mnist (pipelines/setup_env.sh); these tests check that
+every stage produced its outputs and that the reported numbers are well formed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines import fashion_mnist  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (fashion_mnist.IDX_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (pipelines/setup_env.sh does it)",
+)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_pipeline_smoke_preset_runs_every_stage_and_resumes(tmp_path):
+    work, data = tmp_path / "work", tmp_path / "data"
+    args = ["--preset", "smoke", "--workdir", str(work), "--data-dir", str(data), "--quiet"]
+    result = CliRunner().invoke(fashion_mnist.main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((work / "report.json").read_text())
+    assert report["cache"]["rows"] == 256 * 2
+    for model in ("teacher", "student"):
+        assert 0.0 <= report[model]["top1"] <= 1.0
+    assert all(_finite(v) and v >= 0 for v in report["stage_seconds"].values())
+    assert len((data / "train_list.txt").read_text().splitlines()) == 256
+    for path in (
+        "teacher/best.safetensors",
+        "student/best.safetensors",
+        "cache/manifest.json",
+        "report.md",
+    ):
+        assert (work / path).exists(), path
+    # A second run finds every stage complete and redoes none of the training.
+    before = (work / "teacher" / "metrics.jsonl").read_text()
+    result = CliRunner().invoke(fashion_mnist.main, args)
+    assert result.exit_code == 0, result.output
+    assert (work / "teacher" / "metrics.jsonl").read_text() == before
+    assert json.loads((work / "report.json").read_text())["stage_seconds"]["teacher"] < 5
+
+
+def test_online_vs_offline_benchmark_smoke(tmp_path):
+    from benchmarks import online_vs_offline
+
+    out = tmp_path / "results.json"
+    args = [
+        "--pair",
+        "accuracy",
+        "--preset",
+        "smoke",
+        "--epochs",
+        "1",
+        "--views",
+        "1,2",
+        "--teacher-epochs",
+        "0",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    result = CliRunner().invoke(online_vs_offline.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["modes"]) == {"student_only", "online_bn_train", "offline_v1", "offline_v2"}
+    for mode in r["modes"].values():
+        assert 0.0 <= mode["top1"] <= 1.0
+        assert _finite(mode["median_epoch_seconds"]) and mode["median_epoch_seconds"] > 0
+    assert r["dump"]["rows"] == 256 * 2 and r["dump"]["seconds"] > 0
+    assert all(_finite(v) for v in r["summary"].values() if not isinstance(v, str))
+    assert out.with_suffix(".png").stat().st_size > 1000
