@@ -192,6 +192,36 @@ def verify_cmd(cache_dir, teacher_check, seed) -> None:
     sys.exit(0 if report.ok else 1)
 
 
+@main.command("convert-weights")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("target", type=click.Path(dir_okay=False))
+@click.option(
+    "--i-trust-this-file",
+    "trusted",
+    is_flag=True,
+    help="Required: loading a .pdparams runs pickle, which can execute code.",
+)
+@friendly_errors
+def convert_weights(source, target, trusted) -> None:
+    """Convert a PaddleClas .pdparams weights file (a pickle) you trust into .safetensors,
+    which offline-ssld loads without running any code from the file.
+
+    \b
+    Example:
+      offline-ssld convert-weights ResNet50_vd_ssld.pdparams ResNet50_vd_ssld.safetensors \\
+          --i-trust-this-file
+    """
+    from offline_ssld.models import convert_pdparams
+
+    if not trusted:
+        raise click.UsageError(
+            "loading a .pdparams runs pickle, which can execute code: pass --i-trust-this-file "
+            "only for files from a source you trust"
+        )
+    count = convert_pdparams(source, target)
+    click.echo(f"wrote {count} tensors to {target}")
+
+
 def _report(result) -> None:
     click.echo(
         f"best top-1 {result.best_top1:.4f}, last top-1 {result.last_top1:.4f}; "

@@ -86,6 +86,26 @@ def save_weights(model: paddle.nn.Layer, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def convert_pdparams(source: str | Path, target: str | Path) -> int:
+    """Rewrite a trusted PaddleClas .pdparams (a pickle) as safetensors; returns tensor count.
+
+    Loading the pickle is the one step that can run code, so it happens once, on the user's
+    explicit request, and every later load reads only tensors."""
+    source, target = Path(source), Path(target)
+    if source.suffix != ".pdparams" or target.suffix != ".safetensors":
+        raise ConfigError("convert-weights: expected IN.pdparams OUT.safetensors")
+    if not source.is_file():
+        raise ConfigError(f"convert-weights: {source} does not exist")
+    state = paddle.load(str(source))
+    if not isinstance(state, dict) or not state:
+        raise ConfigError(f"convert-weights: {source} holds no state dict")
+    arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    save_file(arrays, str(tmp))
+    os.replace(tmp, target)
+    return len(arrays)
+
+
 def teacher_identity(spec: ModelSpec, weights: str | Path | None) -> dict:
     """What makes teacher outputs what they are: backbone, classes and the exact weights."""
     digest = file_sha256(Path(weights)) if weights else None

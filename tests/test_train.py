@@ -254,3 +254,21 @@ def test_visualdl_logging_writes_event_files(project):
     train(_cfg(path, "Global.epochs=1", "Global.use_visualdl=True"), "supervised", progress=False)
     logs = list((tmp / "output" / "vdl").glob("*"))
     assert logs and any(p.stat().st_size > 0 for p in logs)
+
+
+def test_convert_weights_needs_trust_and_round_trips(project):
+    from click.testing import CliRunner
+
+    from offline_ssld.cli import main
+
+    path, tmp = project
+    train(_cfg(path, "Global.epochs=1"), "supervised", progress=False)
+    src, dst = tmp / "output" / "best.pdparams", tmp / "converted.safetensors"
+    refused = CliRunner().invoke(main, ["convert-weights", str(src), str(dst)])
+    assert refused.exit_code == 2 and not dst.exists()
+    done = CliRunner().invoke(main, ["convert-weights", str(src), str(dst), "--i-trust-this-file"])
+    assert done.exit_code == 0, done.output
+    from safetensors.numpy import load_file
+
+    a, b = load_file(str(dst)), load_file(str(tmp / "output" / "best.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
