@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -212,7 +213,10 @@ def test_resume_after_sigkill_matches_uninterrupted_dump(project):
 
     result = cli(*args[:3], "--quiet", "-o", f"Offline.cache_dir={killed}", *_o(overrides))
     assert result.exit_code == 0, result.output
-    assert f"wrote {10 - done_before} shards" in result.stdout
+    # A shard renamed into place just before the kill, but not yet in the manifest, is whole
+    # by construction and is adopted rather than rewritten: at most one fewer to write.
+    wrote = int(re.search(r"wrote (\d+) shards", result.stdout).group(1))
+    assert wrote in (10 - done_before, 10 - done_before - 1), result.stdout
 
     reference = tmp / "reference"
     result = cli(*args[:3], "--quiet", "-o", f"Offline.cache_dir={reference}", *_o(overrides))

@@ -112,10 +112,14 @@ def commit_file(tmp: Path, final: Path) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=False)
-        fh.write("\n")
-    commit_file(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+        commit_file(tmp, path)
+    except BaseException:  # a full disk, say: leave the old file, and no temporary one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -186,19 +190,34 @@ _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
     "checksum": (str,),
     "bytes": (int,),
 }
+# nested objects that readers use: field -> accepted types
+_NESTED: dict[str, dict[str, tuple[type, ...]]] = {
+    "fingerprints": {"teacher": (str,), "transforms": (str,), "dataset": (str,), "order": (str,)},
+    "teacher": {"name": (str,), "class_num": (int,), "weights_sha256": (str, type(None))},
+    "source": {
+        "image_root": (str,),
+        "cls_label_path": (str,),
+        "transform_ops": (list,),
+        "teacher_weights": (str,),
+    },
+}
 
 
-def _check_fields(obj: Any, fields: dict, where: str) -> None:
+def _check_fields(obj: Any, fields: dict, where: str, prefix: str = "") -> None:
+    """`prefix` names a nested object (`teacher.`); those may hold further keys."""
     if not isinstance(obj, dict):
-        raise CacheError(f"{where}: expected a JSON object")
+        what = f"field '{prefix[:-1]}' is not" if prefix else "expected"
+        raise CacheError(f"{where}: {what} a JSON object")
     for name, types in fields.items():
         if name not in obj:
-            raise CacheError(f"{where}: field '{name}' is missing")
+            raise CacheError(f"{where}: field '{prefix}{name}' is missing")
         value = obj[name]
         if not isinstance(value, types) or (bool in types) != isinstance(value, bool):
-            raise CacheError(f"{where}: field '{name}' has the wrong type ({type(value).__name__})")
+            raise CacheError(
+                f"{where}: field '{prefix}{name}' has the wrong type ({type(value).__name__})"
+            )
     extra = sorted(set(obj) - set(fields))
-    if extra:
+    if extra and not prefix:
         raise CacheError(f"{where}: unknown field '{extra[0]}'")
 
 
@@ -213,9 +232,11 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         raise CacheError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # also a number too long to convert
         raise CacheError(f"{path}: not valid JSON ({exc})") from None
     _check_fields(obj, _FIELDS, str(path))
+    for name, fields in _NESTED.items():
+        _check_fields(obj[name], fields, str(path), f"{name}.")
     if obj["format_version"] != FORMAT_VERSION:
         raise CacheError(
             f"{path}: field 'format_version' is {obj['format_version']}; "
@@ -230,14 +251,19 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         raise CacheError(f"{path}: field 'num_images' must not be negative")
     if not all(isinstance(p, str) for p in obj["param_names"]):
         raise CacheError(f"{path}: field 'param_names' must list strings")
+    for name in ("codec", "teacher"):
+        key = "num_classes" if name == "codec" else "class_num"
+        if obj[name].get(key) != obj["num_classes"]:
+            raise CacheError(f"{path}: field '{name}.{key}' disagrees with 'num_classes'")
     shards = []
-    expected = {
-        shard_name(i, obj["backend"])
-        for i in range(-(-obj["num_images"] // obj["images_per_shard"]))
-    }
+    num_shards = -(-obj["num_images"] // obj["images_per_shard"])
+    suffix = BACKEND_SUFFIX[obj["backend"]]
     for i, shard in enumerate(obj["shards"]):
         _check_fields(shard, _SHARD_FIELDS, f"{path}: shards[{i}]")
-        if shard["name"] not in expected:
+        # Checked by parsing, not against a set of all names: num_images may be huge.
+        digits = shard["name"].removeprefix("shard-").removesuffix(suffix)
+        number = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 12 else -1
+        if shard["name"] != shard_name(number, obj["backend"]) or not 0 <= number < num_shards:
             raise CacheError(
                 f"{path}: shards[{i}] field 'name' {shard['name']!r} is not a shard of this cache"
             )
@@ -246,7 +272,6 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         shards.append(ShardInfo(**shard))
     if len({s.name for s in shards}) != len(shards):
         raise CacheError(f"{path}: field 'shards' lists a shard twice")
-    num_shards = -(-obj["num_images"] // obj["images_per_shard"])
     if obj["complete"] != (len(shards) == num_shards):
         raise CacheError(
             f"{path}: field 'complete' is {obj['complete']} but {len(shards)} of {num_shards} "

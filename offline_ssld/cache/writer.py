@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.backends import write_columns
+from offline_ssld.cache.backends import read_columns, write_columns
+from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.format import (
     MANIFEST,
     TMP_MARK,
@@ -67,11 +68,83 @@ def _is_ours(path: Path) -> bool:
     return name == MANIFEST or name.startswith(("shard-", ".shard-", f".{MANIFEST}{TMP_MARK}"))
 
 
-def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False) -> Manifest:
+def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
+    """Why the whole-looking file `path` cannot be shard `index` of `manifest`, or None."""
+    ips, views = manifest.images_per_shard, manifest.views
+    images = min(ips, manifest.num_images - index * ips)
+    rows = images * views
+    try:
+        columns = read_columns(manifest.backend, path)
+        codec = codec_from_settings(manifest.codec)
+    except (CacheError, ValueError) as exc:
+        return str(exc)
+    expected = {
+        "key": ("uint8", 16),
+        "label": ("int32", 1),
+        "view": ("int32", 1),
+        "params": ("int32", len(manifest.param_names)),
+        **{c.name: (c.dtype, c.width) for c in codec.columns()},
+    }
+    for name, (dtype, width) in expected.items():
+        col = columns.get(name)
+        if col is None or col.dtype != np.dtype(dtype) or col.shape != (rows, width):
+            return f"column '{name}' is missing or not {dtype}[{rows}, {width}]"
+    if len(columns.get("path", ())) != rows:
+        return "column 'path' is missing or has the wrong length"
+    if not np.array_equal(columns["view"][:, 0], np.tile(np.arange(views), images)):
+        return "column 'view' is not in image-major view order"
+    if keys is not None:
+        first = index * ips
+        own = [np.frombuffer(k, dtype=np.uint8) for k in keys[first : first + images]]
+        want = np.repeat(np.stack(own), views, axis=0)
+        if not np.array_equal(columns["key"], want):
+            return "its content keys are not the images of this shard"
+    return None
+
+
+def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
+    """List in `manifest` the whole shard files on disk that it does not list yet.
+
+    A shard appears under its final name only whole (tmp, fsync, rename), so a shard that a
+    killed run, or another rank of a launched dump, committed without listing it is kept:
+    it is parsed, checked against its index (rows, images, columns and, given the dump's
+    ordered content `keys`, its keys), checksummed and added. A file that fails the check is
+    removed and will be rewritten. Returns the names adopted; `manifest` is not saved here.
+    """
+    listed = {s.name for s in manifest.shards}
+    names = {shard_name(j, manifest.backend): j for j in range(manifest.num_shards)}
+    adopted: list[ShardInfo] = []
+    for path in sorted(cache_dir.iterdir()):
+        if not path.name.startswith("shard-") or path.name in listed:
+            continue
+        index = names.get(path.name)
+        if index is None or _shard_problem(path, manifest, index, keys) is not None:
+            path.unlink()
+            continue
+        images = min(
+            manifest.images_per_shard, manifest.num_images - index * manifest.images_per_shard
+        )
+        adopted.append(
+            ShardInfo(
+                path.name,
+                images * manifest.views,
+                images,
+                file_checksum(path),
+                path.stat().st_size,
+            )
+        )
+    if adopted:
+        manifest.shards = sorted([*manifest.shards, *adopted], key=lambda s: s.name)
+        manifest.complete = len(manifest.shards) == manifest.num_shards
+    return [s.name for s in adopted]
+
+
+def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False, keys=None) -> Manifest:
     """Return the manifest to continue from: a fresh one, or the matching existing one.
 
-    Leftover temporary files and shards the manifest does not list (a run killed between
-    rename and manifest update) are removed; they are rewritten deterministically.
+    Leftover temporary files are removed. Whole shards the manifest does not list (a run
+    killed between rename and manifest update, or the shards of other ranks) are adopted
+    when the existing manifest's identity matches (see `adopt_shards`).
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     entries = list(cache_dir.iterdir())
@@ -81,9 +154,8 @@ def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False) -> 
         diff = first_difference(old, manifest)
         if diff:
             raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
-        listed = {s.name for s in old.shards}
         for path in entries:
-            if _is_ours(path) and path.name != MANIFEST and path.name not in listed:
+            if _is_ours(path) and path.name.startswith("."):  # temporary: never committed
                 path.unlink()
         for shard in old.shards:
             path = cache_dir / shard.name
@@ -95,6 +167,8 @@ def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False) -> 
         manifest.shards = old.shards
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
+        if adopt_shards(cache_dir, manifest, keys):
+            manifest.save(cache_dir)
         return manifest
     if foreign and not (cache_dir / MANIFEST).exists():
         raise CacheError(
@@ -131,12 +205,14 @@ class BackgroundWriter:
     """Commits shards and the manifest on a thread, so inference never waits on disk.
 
     The queue is bounded (two shards) to cap memory; an error on the thread is re-raised in
-    the caller at the next `submit` or at `close`.
+    the caller at the next `submit` or at `close`. With `update_manifest=False` (the non-zero
+    ranks of a launched dump) shards are only committed; rank 0 adopts them at the end.
     """
 
-    def __init__(self, cache_dir: Path, manifest: Manifest):
+    def __init__(self, cache_dir: Path, manifest: Manifest, update_manifest: bool = True):
         self.cache_dir = cache_dir
         self.manifest = manifest
+        self.update_manifest = update_manifest
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
@@ -152,6 +228,8 @@ class BackgroundWriter:
             index, columns, images = item
             try:
                 info = write_shard(self.cache_dir, self.manifest.backend, index, columns, images)
+                if not self.update_manifest:
+                    continue
                 self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)
                 self.manifest.complete = len(self.manifest.shards) == self.manifest.num_shards
                 self.manifest.save(self.cache_dir)
