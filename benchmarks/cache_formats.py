@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -38,6 +36,10 @@ import click
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_info  # noqa: E402
+
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_formats.json"
 BACKENDS = ("arrow", "hdf5")
 # (label, codec name, num_classes, codec settings)
@@ -54,32 +56,6 @@ PARAM_NAMES = [
     "RandCropImage.h",
     "RandFlipImage.flip",
 ]
-
-
-def machine_info() -> dict:
-    import h5py
-    import pyarrow
-
-    model = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "pyarrow": pyarrow.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-    }
 
 
 class Synthetic:

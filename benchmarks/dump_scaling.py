@@ -17,7 +17,6 @@ Each process gets OMP_NUM_THREADS = cores // N unless --threads says otherwise.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -33,17 +32,14 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import dump_throughput as throughput  # noqa: E402
+from benchmarks.common import machine_info  # noqa: E402
+
 DEFAULT_OUT = ROOT / "benchmarks/results/dump_scaling.json"
 CLI = Path(sys.executable).with_name("offline-ssld")
 SPEED = re.compile(r"wrote (\d+) shards \((\d+) rows.* at ([0-9.]+) views/s")
-
-
-def _sibling(name: str):
-    """Another benchmark script as a module (for its data preparation and machine info)."""
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def dump_command(procs: int, log_dir: Path, args: list[str]) -> list[str]:
@@ -173,7 +169,6 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
     from offline_ssld.errors import OfflineSSLDError
     from offline_ssld.models import build_model, save_weights
 
-    throughput = _sibling("dump_throughput.py")
     counts = [int(p) for p in procs.split(",") if p.strip()]
     if not counts or min(counts) < 1:
         raise click.BadParameter("expected positive counts, e.g. 1,2", param_hint="--procs")
@@ -259,7 +254,7 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
             "repeats": repeats,
             "threads": threads,
         },
-        "machine": throughput.machine_info(),
+        "machine": machine_info(),
         "teacher": spec.name,
         "weights": weights,
         "rows": runs[counts[0]][0]["rows"],

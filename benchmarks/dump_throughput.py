@@ -16,10 +16,8 @@ medians over --repeats are reported, with their ratio dump/bare (goal: >= 0.90).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -31,43 +29,21 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_info  # noqa: E402
+
 DEFAULT_CONFIG = ROOT / "configs/fashion_mnist/resnet18_teacher.yaml"
 DEFAULT_DATA = ROOT / "data/fashion_mnist/small"
 DEFAULT_OUT = ROOT / "benchmarks/results/dump_throughput.json"
 GOAL = 0.90
 
 
-def machine_info() -> dict:
-    import paddle
-
-    model = None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "paddle": paddle.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
-
-
 def prepare_fashion_mnist(data_dir: Path) -> None:
     """Convert Debian's Fashion-MNIST with the pipeline's 'small' preset (idempotent)."""
-    path = ROOT / "pipelines/fashion_mnist.py"
-    spec = importlib.util.spec_from_file_location("_fashion_mnist_pipeline", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    module.prepare(data_dir, module.PRESETS["small"])
+    from pipelines.fashion_mnist import PRESETS, prepare
+
+    prepare(data_dir, PRESETS["small"])
 
 
 def first_lines(list_path: Path, count: int, out: Path) -> int:

@@ -13,8 +13,6 @@ tables. Example:
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -26,6 +24,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import machine_info  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 PAIRS = {
@@ -33,24 +32,6 @@ PAIRS = {
     "accuracy": ("resnet18_teacher.yaml", "mnv3_x0_35_student.yaml"),
     "speed": ("resnet50_vd_teacher.yaml", "mnv3_small_student.yaml"),
 }
-
-
-def machine() -> dict:
-    import paddle
-
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "paddle": paddle.__version__,
-        "device": "cpu",
-    }
 
 
 def summarize(result, seconds: float | None = None) -> dict:
@@ -149,7 +130,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
     results: dict = {
         "pair": pair,
         "preset": preset,
-        "machine": machine(),
+        "machine": machine_info(),
         "command": shlex.join(sys.argv),
         "settings": dataclasses.asdict(preset_obj),
         "modes": {},

@@ -40,6 +40,7 @@ from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import CacheError, ConfigError, DataError
 from offline_ssld.models import (
     build_model,
+    load_teacher,
     load_weights,
     select_device,
     teacher_fingerprint,
@@ -234,7 +235,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     shard_items = [
         list(range(j * ips * views, min((j + 1) * ips, manifest.num_images) * views)) for j in todo
     ]
-    teacher = _load_teacher(cfg) if todo else None
+    teacher = load_teacher(cfg) if todo else None
     writer = BackgroundWriter(cache_dir, manifest, update_manifest=dist.is_main())
     start = time.perf_counter()
     try:
@@ -257,19 +258,6 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
             manifest = _follow(cache_dir, manifest)
     seconds = time.perf_counter() - start
     return DumpResult(manifest, len(missing), total / seconds, seconds)
-
-
-def _load_teacher(cfg: dict) -> paddle.nn.Layer:
-    teacher_spec = cfgmod.teacher_spec(cfg)
-    teacher = build_model(teacher_spec)
-    load_weights(
-        teacher,
-        teacher_spec.pretrained,
-        "Offline.teacher_weights",
-        cfg["Offline"]["allow_pickle_weights"],
-    )
-    teacher.eval()
-    return teacher
 
 
 def _dump_shards(

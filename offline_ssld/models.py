@@ -78,6 +78,26 @@ def load_weights(
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
 
 
+def load_teacher(cfg: dict) -> paddle.nn.Layer:
+    """The config's teacher with its weights, frozen and in eval mode (as a cache holds it)."""
+    from offline_ssld.config import teacher_spec
+
+    spec = teacher_spec(cfg)
+    if not spec.pretrained:
+        raise ConfigError(
+            "Offline.teacher_weights: no teacher weights given (set Offline.teacher_weights or "
+            "the Teacher entry's pretrained); a random teacher would teach nothing"
+        )
+    teacher = build_model(spec)
+    load_weights(
+        teacher, spec.pretrained, "Offline.teacher_weights", cfg["Offline"]["allow_pickle_weights"]
+    )
+    for param in teacher.parameters():
+        param.stop_gradient = True
+    teacher.eval()
+    return teacher
+
+
 def save_weights(model: paddle.nn.Layer, path: str | Path) -> None:
     """Write safetensors atomically (tmp + rename), so a kill never leaves half a file."""
     path = Path(path)

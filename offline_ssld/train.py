@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from offline_ssld.errors import CacheError, ConfigError
 from offline_ssld.losses import DistillLoss, build_loss, gt_ce_loss, needs_dense_target
 from offline_ssld.models import (
     build_model,
+    load_teacher,
     load_weights,
     save_weights,
     select_device,
@@ -239,14 +241,42 @@ def _load_optimizer(optimizer, model, path: Path) -> None:
     optimizer.set_state_dict(state)
 
 
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)`, then rename over `path`: a kill never leaves half a file."""
+    tmp = path.with_name(f".tmp-{os.getpid()}.{path.name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
     """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
-    plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles)."""
+    plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles).
+    Each file is replaced atomically, the .json last."""
+    text = json.dumps(info, indent=1) + "\n"
     save_weights(model, out / f"{tag}.safetensors")
-    _save_optimizer(optimizer, model, out / f"{tag}.opt.safetensors")
-    paddle.save(model.state_dict(), str(out / f"{tag}.pdparams"))
-    paddle.save(optimizer.state_dict(), str(out / f"{tag}.pdopt"))
-    (out / f"{tag}.json").write_text(json.dumps(info, indent=1) + "\n")
+    opt_path = out / f"{tag}.opt.safetensors"
+    _write_atomically(opt_path, lambda p: _save_optimizer(optimizer, model, p))
+    _write_atomically(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
+    _write_atomically(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
+    _write_atomically(out / f"{tag}.json", lambda p: p.write_text(text))
+
+
+def _keep_metrics_through(path: Path, epoch: int) -> None:
+    """On --resume from `epoch`, drop the lines of later epochs (a killed run logs an epoch
+    before checkpointing it) and a line cut short, so each epoch appears once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["epoch"]) <= epoch:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    _write_atomically(path, lambda p: p.write_text("".join(kept)))
 
 
 # ------------------------------------------------------------------------- loop
@@ -340,18 +370,7 @@ def train(
     else:
         dataset = AugmentDataset(source, pipeline, seed)
         if mode == "online":
-            teacher_spec = cfgmod.teacher_spec(cfg)
-            if not teacher_spec.pretrained:
-                raise ConfigError("Offline.teacher_weights: online mode needs teacher weights")
-            teacher = build_model(teacher_spec)
-            load_weights(
-                teacher,
-                teacher_spec.pretrained,
-                "Offline.teacher_weights",
-                cfg["Offline"]["allow_pickle_weights"],
-            )
-            for p in teacher.parameters():
-                p.stop_gradient = True
+            teacher = load_teacher(cfg)
             bn_mode = cfg["Offline"]["online_teacher_bn"]
             if bn_mode not in ("train", "eval"):
                 raise ConfigError("Offline.online_teacher_bn: expected train or eval")
@@ -381,6 +400,8 @@ def train(
         load_weights(model, out / "latest.safetensors", "--resume")
         _load_optimizer(optimizer, model, out / "latest.opt.safetensors")
         start_epoch, best = int(info["epoch"]), float(info["best_top1"])
+        if main:
+            _keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
         metrics_path.unlink()
     vdl = _visualdl(glob, out) if main else None
@@ -457,6 +478,9 @@ def train(
         record["best_top1"] = round(best, 5)
         if not main:
             continue
+        # The epoch's line before its checkpoint: --resume drops lines past the checkpoint.
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
         if (epoch + 1) % save_interval == 0 or epoch + 1 == epochs:
             save_checkpoint(
                 out,
@@ -465,8 +489,6 @@ def train(
                 optimizer,
                 {"epoch": epoch + 1, "best_top1": best, "mode": mode},
             )
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
         if vdl is not None:
             for key in ("loss", "lr", "top1", "images_per_second"):
                 if key in record:
