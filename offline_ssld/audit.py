@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.format import file_checksum, load_manifest, shard_name
+from offline_ssld.cache.format import canonical_hash, file_checksum, load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
 
@@ -86,25 +86,43 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
             f"incomplete: {len(manifest.shards)} of {manifest.num_shards} shards written"
         )
     listed = {s.name for s in manifest.shards}
-    for j in range(manifest.num_shards):
-        name = shard_name(j, manifest.backend)
-        if name not in listed and (cache_dir / name).exists():
-            report.problems.append(f"{name}: on disk but not in the manifest")
+    suffix = shard_name(0, manifest.backend)[len("shard-00000") :]
+    for path in sorted(cache_dir.glob(f"shard-*{suffix}")):  # not a loop over num_shards
+        if path.name not in listed:
+            report.problems.append(f"{path.name}: on disk but not in the manifest")
+    if canonical_hash(manifest.teacher) != manifest.fingerprints["teacher"]:  # see models.py
+        report.problems.append("manifest: field 'teacher' does not match 'fingerprints.teacher'")
     reader = CacheReader(cache_dir, require_complete=False)
+    keys: list[bytes] = []
     for number, info in enumerate(manifest.shards):
         path = cache_dir / info.name
         if not path.exists():
             report.problems.append(f"{info.name}: missing")
             continue
+        size = path.stat().st_size
+        if size != info.bytes:
+            report.problems.append(
+                f"{info.name}: size mismatch ({size} bytes, manifest field 'bytes' says "
+                f"{info.bytes}): damaged or replaced"
+            )
+            continue
         if file_checksum(path) != info.checksum:
             report.problems.append(f"{info.name}: checksum mismatch (damaged or replaced)")
             continue
         try:
-            reader.load_shard(number, verify=False)
+            columns = reader.load_shard(number, verify=False)
         except CacheError as exc:
             report.problems.append(f"{info.name}: {exc}")
             continue
+        keys += [k.tobytes() for k in columns["key"][:: manifest.views]]
         report.shards_ok += 1
+    if manifest.complete and report.ok:  # the fingerprints must describe the stored images
+        if canonical_hash([k.hex() for k in keys]) != manifest.fingerprints["order"]:
+            report.problems.append("manifest: field 'fingerprints.order' does not match the shards")
+        if canonical_hash(sorted(k.hex() for k in keys)) != manifest.fingerprints["dataset"]:
+            report.problems.append(
+                "manifest: field 'fingerprints.dataset' does not match the shards"
+            )
     if teacher_check and report.ok:
         _teacher_check(reader, teacher_check, seed, report)
     return report

@@ -38,6 +38,9 @@ def _read_arrow(path: Path) -> dict[str, np.ndarray]:
     # bytes were just checksummed, so a later change of the file cannot reach the parser.
     with pa.memory_map(str(path), "r") as source:
         table = pa.ipc.open_file(source).read_all()
+        # Bounds-check every offset and length first: pyarrow trusts them otherwise, and a
+        # damaged or hostile file could make the conversions below read out of bounds.
+        table.validate(full=True)
     out: dict[str, np.ndarray] = {}
     for name in table.column_names:
         column = table.column(name).combine_chunks()
@@ -56,9 +59,11 @@ def _write_hdf5(path: Path, columns: dict[str, np.ndarray]) -> None:
     with h5py.File(path, "w") as fh:
         for name, values in columns.items():
             if name in STRING_COLUMNS:
-                fh.create_dataset(
-                    name, data=[str(v) for v in values], dtype=h5py.string_dtype("utf-8")
-                )
+                # Fixed-length, not variable-length: those live in HDF5's global heap, and a
+                # damaged heap can make libhdf5 loop forever. Raw UTF-8 bytes, decoded on read.
+                encoded = [str(v).encode("utf-8") for v in values]
+                width = max([1, *map(len, encoded)])
+                fh.create_dataset(name, data=np.array(encoded, dtype=f"S{width}"))
             else:
                 fh.create_dataset(name, data=np.ascontiguousarray(values))
 
@@ -66,13 +71,21 @@ def _write_hdf5(path: Path, columns: dict[str, np.ndarray]) -> None:
 def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
     # One read per column: whole-shard reads avoid HDF5's slow per-row access.
     out: dict[str, np.ndarray] = {}
+    file_bytes = path.stat().st_size
     with h5py.File(path, "r") as fh:
         for name in fh:
             dataset = fh[name]
             if not isinstance(dataset, h5py.Dataset):
                 raise CacheError(f"{path}: '{name}' is not a dataset")
+            # Shards are written uncompressed: a column claiming more bytes than the file
+            # holds is damaged, and reading it would allocate that much memory first.
+            if dataset.size * dataset.dtype.itemsize > file_bytes:
+                raise CacheError(f"{path}: column '{name}' claims more bytes than the file holds")
             if name in STRING_COLUMNS:
-                out[name] = np.array(dataset.asstr()[()], dtype=object)
+                strings = np.array(dataset.asstr("utf-8")[()], dtype=object)
+                if strings.ndim != 1:
+                    raise CacheError(f"{path}: column '{name}' is not 1-D")
+                out[name] = strings
             else:
                 data = dataset[()]
                 if data.ndim != 2:
@@ -96,7 +109,17 @@ def read_columns(backend: str, path: Path) -> dict[str, np.ndarray]:
         raise
     except FileNotFoundError:
         raise CacheError(f"{path}: shard file is missing") from None
-    except (OSError, ValueError, TypeError, KeyError, IndexError, pa.ArrowException) as exc:
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        RuntimeError,  # h5py: corrupt B-tree, heap or link structures
+        OverflowError,
+        MemoryError,
+        pa.ArrowException,
+    ) as exc:
         raise CacheError(
             f"{path}: cannot parse {backend} shard ({type(exc).__name__}: {exc})"
         ) from None

@@ -269,6 +269,12 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
             )
         if shard["rows"] != shard["images"] * obj["views"] or shard["rows"] < 1:
             raise CacheError(f"{path}: shards[{i}] field 'rows' disagrees with images x views")
+        images = min(obj["images_per_shard"], obj["num_images"] - number * obj["images_per_shard"])
+        if shard["images"] != images:
+            raise CacheError(
+                f"{path}: shards[{i}] field 'images' is {shard['images']}, but 'num_images' and "
+                f"'images_per_shard' give {images}"
+            )
         shards.append(ShardInfo(**shard))
     if len({s.name for s in shards}) != len(shards):
         raise CacheError(f"{path}: field 'shards' lists a shard twice")

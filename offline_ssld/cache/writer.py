@@ -168,21 +168,30 @@ def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False, key
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
         if adopt_shards(cache_dir, manifest, keys):
-            manifest.save(cache_dir)
+            _save(manifest, cache_dir)
         return manifest
     if foreign and not (cache_dir / MANIFEST).exists():
         raise CacheError(
             f"{cache_dir} holds files that are not an offline-ssld cache ({foreign[0].name}); "
             "choose an empty or new cache_dir"
         )
-    if overwrite:  # only our own files: anything else in the directory is left alone
-        for path in entries:
-            if _is_ours(path) and path.is_file():
-                path.unlink()
+    for path in entries:  # only our own files: anything else in the directory is left alone
+        if _is_ours(path) and path.is_file() and (overwrite or path.name.startswith(".")):
+            path.unlink()  # with --overwrite all of them; otherwise a killed first write's tmp
     manifest.shards = []
     manifest.complete = manifest.num_shards == 0
-    manifest.save(cache_dir)
+    _save(manifest, cache_dir)
     return manifest
+
+
+def _save(manifest: Manifest, cache_dir: Path) -> None:
+    try:
+        manifest.save(cache_dir)
+    except OSError as exc:
+        raise CacheError(
+            f"{cache_dir}: cannot write {MANIFEST} ({exc.strerror or exc}); free space or fix "
+            "permissions and run the same command again"
+        ) from None
 
 
 def write_shard(

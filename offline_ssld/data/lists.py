@@ -36,6 +36,8 @@ def content_key(data: bytes) -> bytes:
 
 
 def _safe_relpath(raw: str, where: str) -> str:
+    if "\0" in raw:  # the OS cannot open such a path (Python raises ValueError, not OSError)
+        raise DataError(f"{where}: path {raw!r} contains a NUL byte")
     if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":"):
         raise DataError(f"{where}: path {raw!r} is absolute; paths must be relative to image_root")
     norm = os.path.normpath(raw)
