@@ -214,7 +214,12 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     help="Converted images and lists (default data/fashion_mnist/<preset>).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def main(preset, workdir, data_dir, quiet) -> None:
+@click.option(
+    "--prepare-only",
+    is_flag=True,
+    help="Only convert the data (images + PaddleClas lists) into --data-dir.",
+)
+def main(preset, workdir, data_dir, quiet, prepare_only) -> None:
     """Fashion-MNIST end to end: prepare, train the teacher, dump it, train the student
     offline, evaluate, report (workdir/report.json and report.md). Re-running skips the
     stages that are complete.
@@ -225,6 +230,10 @@ def main(preset, workdir, data_dir, quiet) -> None:
     """
     workdir = (workdir or Path("output/pipeline") / preset).resolve()
     data_dir = (data_dir or Path("data/fashion_mnist") / preset).resolve()
+    if prepare_only:
+        prepare(data_dir, PRESETS[preset])
+        click.echo(f"prepared {data_dir} (train_list.txt, val_list.txt, images/)")
+        return
     from offline_ssld.errors import OfflineSSLDError
 
     try:
