@@ -125,7 +125,8 @@ def cache_formats() -> str:
         )
     lines += [
         "",
-        f"Chosen default: **{r['recommendation']['default']}**. Reproduce: `{r['command']}`",
+        f"Chosen default: **{r['recommendation']['default']}** (rule: "
+        f"{r['recommendation']['criterion']}). Reproduce: `{r['command']}`",
     ]
     return "\n".join(lines)
 
@@ -145,7 +146,27 @@ def codec_bytes() -> str:
     return "\n".join(lines)
 
 
+def dump_scaling() -> str:
+    r = _load("dump_scaling.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/dump_scaling.py`_"
+    lines = ["| processes | views/s (median) | speedup | OMP_NUM_THREADS |", "|---|---|---|---|"]
+    for procs, v in sorted(r["procs"].items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"| {procs} | {v['median_views_per_s']:.1f} | {v['speedup']:.2f}x | "
+            f"{v['omp_num_threads']} |"
+        )
+    lines += [
+        "",
+        f"{r['teacher']} ({r['weights']} weights), {r['rows']} views in {r['shards']} "
+        f"shards; caches identical across process counts: {r['identical_caches']}. "
+        f"Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "dump_scaling": dump_scaling,
     "codec_bytes": codec_bytes,
     "accuracy": lambda: online_vs_offline("accuracy"),
     "speed": lambda: online_vs_offline("speed"),
