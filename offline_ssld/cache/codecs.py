@@ -22,6 +22,7 @@ checker recomputes teacher logits for some stored rows and accepts the cache whe
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +122,7 @@ def _fp16_rounding(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- base
 
 
-class Codec:
+class Codec(ABC):
     """Base class. Subclasses set ``name`` and implement columns/encode/decode/compare."""
 
     name: str = ""
@@ -130,19 +131,23 @@ class Codec:
         self.num_classes = _check_int(num_classes, "num_classes", 1)
 
     # -- interface
+    @abstractmethod
     def columns(self) -> list[Column]:
-        raise NotImplementedError
+        """See the subclasses."""
 
+    @abstractmethod
     def encode(
         self, logits: np.ndarray, rng: np.random.Generator | None = None
     ) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """See the subclasses."""
 
+    @abstractmethod
     def decode(self, payload: dict[str, np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        """See the subclasses."""
 
+    @abstractmethod
     def compare(self, payload: dict[str, np.ndarray], logits: np.ndarray) -> float:
-        raise NotImplementedError
+        """See the subclasses."""
 
     def tolerance(self) -> float:
         raise NotImplementedError
