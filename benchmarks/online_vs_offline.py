@@ -7,7 +7,7 @@ offline SSLD from the cache using the first V views for each V in --views.
 Writes a results JSON and a PNG chart; `benchmarks/report.py` turns results into README
 tables. Example:
 
-    python benchmarks/online_vs_offline.py --pair accuracy --preset small
+    python benchmarks/online_vs_offline.py --pair accuracy --preset bench
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def timed(fn, *args, **kwargs):
 @click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),
-    default="small",
+    default="bench",
     show_default=True,
     help="Data size (as pipelines/fashion_mnist.py).",
 )
@@ -103,7 +103,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
 
     \b
     Example:
-      python benchmarks/online_vs_offline.py --pair accuracy --preset small --epochs 8
+      python benchmarks/online_vs_offline.py --pair accuracy --preset bench --epochs 8
     """
     import dataclasses
 
