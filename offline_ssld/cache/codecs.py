@@ -149,8 +149,9 @@ class Codec(ABC):
     def compare(self, payload: dict[str, np.ndarray], logits: np.ndarray) -> float:
         """See the subclasses."""
 
+    @abstractmethod
     def tolerance(self) -> float:
-        raise NotImplementedError
+        """The largest `compare` value a re-run teacher may show; see the subclasses."""
 
     def settings(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes}

@@ -19,6 +19,7 @@ import numbers
 import os
 import re
 import struct
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -230,7 +231,7 @@ def _check_pixels(w: int, h: int) -> None:
 # ops
 
 
-class Op:
+class Op(ABC):
     """One transform op. `draw` picks the random params, `apply` is pure given them."""
 
     name: str = ""
@@ -240,6 +241,7 @@ class Op:
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         """Validate config arguments; `key` is the op's config key path for error messages."""
+        self.key = key
 
     def out_layout(self, layout: str) -> str:
         """Layout of the output given the input layout; lets build_ops reject bad orders."""
@@ -249,9 +251,9 @@ class Op:
         """Random params for this image; deterministic ops draw nothing."""
         return ()
 
+    @abstractmethod
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
         """Transform `img` using `params`; must not consult any random state."""
-        raise NotImplementedError
 
     def spec(self) -> dict:
         """Resolved arguments as plain data, so equal specs mean equal outputs."""
