@@ -9,13 +9,13 @@ PaddleClas tools can use them, but never read those back.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import numpy as np
 import paddle
 from safetensors.numpy import load_file, save_file
 
+from offline_ssld.atomic import atomic_write
 from offline_ssld.cache.format import canonical_hash, file_sha256
 from offline_ssld.config import ModelSpec
 from offline_ssld.errors import ConfigError
@@ -99,11 +99,9 @@ def load_teacher(cfg: dict) -> paddle.nn.Layer:
 
 
 def save_weights(model: paddle.nn.Layer, path: str | Path) -> None:
-    """Write safetensors atomically (tmp + rename), so a kill never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    """Write safetensors through the durable atomic write: a kill never leaves half a file."""
+    state = {k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def convert_pdparams(source: str | Path, target: str | Path) -> int:
@@ -120,9 +118,7 @@ def convert_pdparams(source: str | Path, target: str | Path) -> int:
     if not isinstance(state, dict) or not state:
         raise ConfigError(f"convert-weights: {source} holds no state dict")
     arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    save_file(arrays, str(tmp))
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: save_file(arrays, str(tmp)))
     return len(arrays)
 
 

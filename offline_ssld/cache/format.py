@@ -44,27 +44,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import blake3
 
+from offline_ssld.atomic import TMP_MARK, commit_file, fsync_dir, tmp_path  # noqa: F401
 from offline_ssld.errors import CacheError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BACKEND_SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
-TMP_MARK = ".tmp-"
 
 
 def shard_name(index: int, backend: str) -> str:
     return f"shard-{index:05d}{BACKEND_SUFFIX[backend]}"
-
-
-def tmp_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -92,22 +87,6 @@ def file_checksum(path: Path) -> str:
 def file_sha256(path: Path) -> str:
     """SHA-256 of a weights file, the digest users already know from model hubs."""
     return _file_digest(path, hashlib.sha256())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def commit_file(tmp: Path, final: Path) -> None:
-    """Make a fully written temporary file visible under its final name, durably."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
