@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
+from offline_ssld.atomic import atomic_write
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
@@ -241,16 +241,6 @@ def _load_optimizer(optimizer, model, path: Path) -> None:
     optimizer.set_state_dict(state)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp)`, then rename over `path`: a kill never leaves half a file."""
-    tmp = path.with_name(f".tmp-{os.getpid()}.{path.name}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
     """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
     plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles).
@@ -258,10 +248,10 @@ def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
     text = json.dumps(info, indent=1) + "\n"
     save_weights(model, out / f"{tag}.safetensors")
     opt_path = out / f"{tag}.opt.safetensors"
-    _write_atomically(opt_path, lambda p: _save_optimizer(optimizer, model, p))
-    _write_atomically(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
-    _write_atomically(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
-    _write_atomically(out / f"{tag}.json", lambda p: p.write_text(text))
+    atomic_write(opt_path, lambda p: _save_optimizer(optimizer, model, p))
+    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
+    atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
+    atomic_write(out / f"{tag}.json", lambda p: p.write_text(text))
 
 
 def _keep_metrics_through(path: Path, epoch: int) -> None:
@@ -276,7 +266,7 @@ def _keep_metrics_through(path: Path, epoch: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    _write_atomically(path, lambda p: p.write_text("".join(kept)))
+    atomic_write(path, lambda p: p.write_text("".join(kept)))
 
 
 # ------------------------------------------------------------------------- loop
@@ -296,6 +286,42 @@ def _labels_of(cfg: dict, mode: str) -> DistillLoss | None:
     if mode == "supervised":
         return None
     return build_loss(cfgmod.get(cfg, "Loss.Train"))
+
+
+def _batch_norms(model) -> list:
+    from paddle.nn.layer.norm import _BatchNormBase
+
+    return [m for m in model.sublayers() if isinstance(m, (paddle.nn.BatchNorm, _BatchNormBase))]
+
+
+def recalibrate_batch_norm(model, loader, batches: int) -> int:
+    """Recompute every BatchNorm's running statistics as the plain mean over the first
+    `batches` training batches, with the weights as they are now ("precise BN").
+
+    The running statistics PaddleClas evaluates with are an exponential average (momentum
+    0.9) of the last ~10 batches, each taken with other weights. With few or small batches,
+    or feature maps of 1x1 at the last stages, that estimate is noisy, and eval top-1 then
+    swings between epochs by tens of points although the weights barely move. Returns the
+    number of batches used (0: nothing to do)."""
+    layers = _batch_norms(model)
+    if batches <= 0 or not layers:
+        return 0
+    saved = [layer._momentum for layer in layers]
+    model.train()
+    used = 0
+    try:
+        with paddle.no_grad():
+            for batch in loader:
+                for layer in layers:  # running = m*running + (1-m)*batch: a cumulative mean
+                    layer._momentum = used / (used + 1)
+                model(batch[0])
+                used += 1
+                if used >= batches:
+                    break
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer._momentum = momentum
+    return used
 
 
 def evaluate(model, loader) -> float:
@@ -468,6 +494,7 @@ def train(
             "images_per_second": round(seen / train_seconds, 2),
         }
         if (epoch + 1) % eval_interval == 0 or epoch + 1 == epochs:
+            recalibrate_batch_norm(model, loader, cfg["Offline"]["precise_bn_batches"])
             last = evaluate(model, eval_loader)
             record["top1"] = round(last, 5)
             if last > best:
