@@ -177,12 +177,27 @@ def test_checkpoint_loads_without_pickle(project):
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_student_beats_chance(tmp_path):
-    """Supervised teacher -> dump -> offline student, on 4 separable classes."""
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
+    """Supervised teacher -> dump -> offline student, on 4 separable classes, for 5 data and
+    model seeds: the margin must not depend on one lucky draw or on the CPU."""
     from conftest import make_images, transform_ops
 
+    def ops(random: bool) -> list:
+        """32 px views of 40 px images, crops of at least 80% of the side: at 16 px the
+        stride-32 backbones see 1x1 maps from the third stage on, where BatchNorm's batch
+        statistics (16 values per channel) differ so much from the population's that eval
+        top-1 swung between 0.25 and 1.0 from one epoch to the next."""
+        out = transform_ops(random)
+        for op in out:
+            if "RandCropImage" in op:
+                op["RandCropImage"].update(size=32, scale=[0.8, 1.0])
+            if "ResizeImage" in op:
+                op["ResizeImage"]["size"] = 32
+        return out
+
     root = tmp_path / "images"
-    entries = make_images(root, 192, seed=1)
+    entries = make_images(root, 192, seed=seed, size=40)
     train_list = write_list(tmp_path / "train.txt", entries[:160])
     val_list = write_list(tmp_path / "val.txt", entries[160:])
     data = {
@@ -191,7 +206,7 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
                 "name": "ImageNetDataset",
                 "image_root": str(root),
                 "cls_label_path": str(train_list),
-                "transform_ops": transform_ops(True),
+                "transform_ops": ops(True),
             },
             "sampler": {"batch_size": 16, "shuffle": True},
             "loader": {"num_workers": 0},
@@ -201,22 +216,24 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
                 "name": "ImageNetDataset",
                 "image_root": str(root),
                 "cls_label_path": str(val_list),
-                "transform_ops": transform_ops(False),
+                "transform_ops": ops(False),
             },
             "sampler": {"batch_size": 32},
             "loader": {"num_workers": 0},
         },
     }
+    # PaddleClas's linear scaling rule (0.1 per 256 images) for batch 16, with a warmup: the
+    # 0.05 used before is 8x that and diverged early on some CPUs' floating-point paths.
     opt = {
         "name": "Momentum",
         "momentum": 0.9,
-        "lr": {"name": "Cosine", "learning_rate": 0.05, "warmup_epoch": 0},
+        "lr": {"name": "Cosine", "learning_rate": 0.1 * 16 / 256, "warmup_epoch": 1},
     }
     teacher_cfg = {
         "Global": {
             "device": "cpu",
             "epochs": 12,
-            "seed": 0,
+            "seed": seed,
             "output_dir": str(tmp_path / "teacher"),
         },
         "Arch": {"name": TEACHER, "class_num": CLASSES},
@@ -243,10 +260,10 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(teacher_cfg))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(student_cfg))
     teacher = train(load_config([str(tmp_path / "t.yaml")]), "supervised", progress=False)
-    assert teacher.best_top1 >= 0.6
+    assert teacher.best_top1 >= 0.9
     run_dump(load_config([str(tmp_path / "t.yaml")]), progress=False)
     student = train(load_config([str(tmp_path / "s.yaml")]), "offline", progress=False)
-    assert student.best_top1 >= 0.5  # chance is 0.25
+    assert student.best_top1 >= 0.75  # chance is 0.25
 
 
 def test_visualdl_logging_writes_event_files(project):
