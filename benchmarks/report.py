@@ -165,7 +165,40 @@ def dump_scaling() -> str:
     return "\n".join(lines)
 
 
+def codec_loss() -> str:
+    """Every codec x loss pair and its status, from the rule train-student applies."""
+    from offline_ssld.cache.codecs import CODEC_NAMES, build_codec
+    from offline_ssld.losses import LOSSES, pairing
+
+    codecs = [build_codec(name, 10) for name in CODEC_NAMES]
+    rows = []
+    for entry in LOSSES.values():
+        settings = [entry.params]
+        if "temperature" in entry.params:
+            other = 1.0 if entry.params["temperature"] != 1.0 else 4.0
+            settings = sorted(
+                [entry.params, {**entry.params, "temperature": other}],
+                key=lambda a: a["temperature"],
+            )
+        for args in settings:
+            label = entry.paddleclas_names[0]
+            if "temperature" in args:
+                label += f", T={args['temperature']:g}"
+            cells = [pairing(c.target, entry.kind, args)[0] for c in codecs]
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    head = "| loss | " + " | ".join(c.name for c in codecs) + " |"
+    notes = [
+        "",
+        "exact: the loss sees the teacher's distribution; unbiased: an unbiased estimate of it, "
+        "for losses linear in the target; approximate: exact on the k stored classes and the "
+        "rest mass, the rest spread evenly; refused: train-student stops before the first "
+        "batch, naming the loss, the codec and what to use instead.",
+    ]
+    return "\n".join([head, "|---|" + "---|" * len(codecs), *rows, *notes])
+
+
 BLOCKS = {
+    "codec_loss": codec_loss,
     "dump_scaling": dump_scaling,
     "codec_bytes": codec_bytes,
     "accuracy": lambda: online_vs_offline("accuracy"),

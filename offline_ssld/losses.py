@@ -12,6 +12,8 @@ terms with ground-truth cross-entropy row by row (see `DistillLoss`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paddle
@@ -34,6 +36,10 @@ __all__ = [
     "js_loss",
     "kl_loss",
     "needs_dense_target",
+    "LOSSES",
+    "LossKind",
+    "check_pairing",
+    "pairing",
 ]
 
 
@@ -226,41 +232,92 @@ def dkd_loss(
 
 # --------------------------------------------------------------------------- combined loss
 
+
 # kind -> (allowed kwargs, needs labels)
-_KINDS: dict[str, tuple[frozenset[str], bool]] = {
-    "dml": (frozenset(), False),
-    "js": (frozenset(), False),
-    "kl": (frozenset({"temperature"}), False),
-    "ce_soft": (frozenset(), False),
-    "gt_ce": (frozenset(), True),
-    "dkd": (frozenset({"temperature", "alpha", "beta"}), True),
+@dataclass(frozen=True)
+class LossKind:
+    """One way of scoring the student against its target. Everything else about a loss (the
+    PaddleClas names it answers to, its arguments and defaults, the overlay summary, which
+    codecs can feed it) is derived from this entry, so adding a loss is one entry here."""
+
+    kind: str
+    rows: Callable[[Tensor, Tensor, Tensor, dict[str, float]], tuple[Tensor, Tensor | None]]
+    params: dict[str, float]  # argument -> default
+    paddleclas_names: tuple[str, ...]
+    needs_labels: bool
+    summary: str
+    # True if the loss is linear in the target for these arguments: then a sampled target
+    # (counts / N, an unbiased estimate of t) gives an unbiased loss and gradient.
+    linear: Callable[[dict[str, float]], bool] = lambda _: False
+    # True if the loss raises the target to 1/T with T != 1: that needs every class's true
+    # probability, so a target whose tail is invented (topk) would be changed, not tempered.
+    tempers: Callable[[dict[str, float]], bool] = lambda _: False
+    uses_target: bool = True
+
+
+def _t(args: dict[str, float]) -> float:
+    return float(args["temperature"])
+
+
+LOSSES: dict[str, LossKind] = {
+    entry.kind: entry
+    for entry in (
+        LossKind(
+            "dml",
+            lambda s, t, y, a: (_dml_rows(s, t), None),
+            {},
+            ("DistillationDMLLoss", "DMLLoss"),
+            False,
+            "symmetric KL (SSLD's JS loss), PaddleClas DMLLoss",
+        ),
+        LossKind(
+            "js",
+            lambda s, t, y, a: (_js_rows(s, t), None),
+            {},
+            ("DistillationJSLoss", "JSLoss"),
+            False,
+            "Jensen-Shannon divergence, mixture form",
+        ),
+        LossKind(
+            "kl",
+            lambda s, t, y, a: (_kl_rows(s, t, _t(a)), None),
+            {"temperature": 4.0},
+            ("DistillationKLDivLoss", "KLDivLoss"),
+            False,
+            "Hinton KD: KL(t_T || s_T) * T^2",
+            linear=lambda a: _t(a) == 1.0,
+            tempers=lambda a: _t(a) != 1.0,
+        ),
+        LossKind(
+            "ce_soft",
+            lambda s, t, y, a: (_ce_soft_rows(s, t), None),
+            {},
+            ("DistillationCELoss",),
+            False,
+            "soft cross-entropy -sum t log s",
+            linear=lambda _: True,
+        ),
+        LossKind(
+            "gt_ce",
+            lambda s, t, y, a: _gt_ce_rows(s, y),
+            {},
+            ("DistillationGTCELoss", "CELoss"),
+            True,
+            "cross-entropy with the ground-truth label (labeled rows only)",
+            linear=lambda _: True,
+            uses_target=False,
+        ),
+        LossKind(
+            "dkd",
+            lambda s, t, y, a: _dkd_rows(s, t, y, _t(a), float(a["alpha"]), float(a["beta"])),
+            {"temperature": 1.0, "alpha": 1.0, "beta": 1.0},
+            ("DistillationDKDLoss", "DKDLoss"),
+            True,
+            "decoupled KD (target and non-target parts), labeled rows only",
+            tempers=lambda a: _t(a) != 1.0,
+        ),
+    )
 }
-
-
-def _term_rows(
-    kind: str, kwargs: dict, student_logits: Tensor, teacher_probs: Tensor, labels: Tensor
-) -> tuple[Tensor, Tensor | None]:
-    """Per-row values of one term and, for label-dependent terms, the labeled mask."""
-    if kind == "dml":
-        return _dml_rows(student_logits, teacher_probs), None
-    if kind == "js":
-        return _js_rows(student_logits, teacher_probs), None
-    if kind == "kl":
-        return _kl_rows(student_logits, teacher_probs, float(kwargs.get("temperature", 4.0))), None
-    if kind == "ce_soft":
-        return _ce_soft_rows(student_logits, teacher_probs), None
-    if kind == "gt_ce":
-        return _gt_ce_rows(student_logits, labels)
-    if kind == "dkd":
-        return _dkd_rows(
-            student_logits,
-            teacher_probs,
-            labels,
-            float(kwargs.get("temperature", 1.0)),
-            float(kwargs.get("alpha", 1.0)),
-            float(kwargs.get("beta", 1.0)),
-        )
-    raise ConfigError(f"unknown loss kind {kind!r}")  # unreachable: checked in __init__
 
 
 class DistillLoss:
@@ -285,14 +342,14 @@ class DistillLoss:
             raise ConfigError("DistillLoss needs at least one loss term")
         checked: list[tuple[str, float, dict]] = []
         for kind, weight, kwargs in terms:
-            if kind not in _KINDS:
+            if kind not in LOSSES:
                 raise ConfigError(
-                    f"unknown loss kind {kind!r}; supported: {', '.join(sorted(_KINDS))}"
+                    f"unknown loss kind {kind!r}; supported: {', '.join(sorted(LOSSES))}"
                 )
-            extra = set(kwargs) - _KINDS[kind][0]
+            extra = set(kwargs) - set(LOSSES[kind].params)
             if extra:
                 raise ConfigError(f"loss kind {kind!r} does not take {sorted(extra)}")
-            checked.append((kind, float(weight), dict(kwargs)))
+            checked.append((kind, float(weight), {**LOSSES[kind].params, **kwargs}))
         if gt_alpha is not None and not 0.0 <= float(gt_alpha) <= 1.0:
             raise ConfigError(f"GTFusion alpha must be in [0, 1], got {gt_alpha}")
         self.terms = checked
@@ -307,7 +364,7 @@ class DistillLoss:
     @property
     def uses_labels(self) -> bool:
         """True if any term or the fusion needs ground-truth labels."""
-        return self.gt_alpha is not None or any(_KINDS[k][1] for k, _, _ in self.terms)
+        return self.gt_alpha is not None or any(LOSSES[k].needs_labels for k, _, _ in self.terms)
 
     def __repr__(self) -> str:
         return f"DistillLoss(terms={self.terms!r}, gt_alpha={self.gt_alpha!r})"
@@ -321,7 +378,7 @@ class DistillLoss:
         kd_total: Tensor | None = None
         kd_rows: Tensor | None = None
         for (kind, weight, kwargs), name in zip(self.terms, self._log_names, strict=True):
-            rows, mask = _term_rows(kind, kwargs, student_logits, teacher_probs, labels)
+            rows, mask = LOSSES[kind].rows(student_logits, teacher_probs, labels, kwargs)
             value = rows.mean() if mask is None else _masked_mean(rows, mask)
             logs[name] = float(value.item())
             kd_total = weight * value if kd_total is None else kd_total + weight * value
@@ -345,19 +402,8 @@ class DistillLoss:
 
 # --------------------------------------------------------------------------- config mapping
 
-# PaddleClas name -> (kind, extra args this loss accepts beyond the harmless ones)
-_NAME_MAP: dict[str, tuple[str, tuple[str, ...]]] = {
-    "DistillationDMLLoss": ("dml", ()),
-    "DMLLoss": ("dml", ()),
-    "DistillationJSLoss": ("js", ()),
-    "JSLoss": ("js", ()),
-    "DistillationKLDivLoss": ("kl", ("temperature",)),
-    "KLDivLoss": ("kl", ("temperature",)),
-    "DistillationCELoss": ("ce_soft", ()),
-    "DistillationGTCELoss": ("gt_ce", ()),
-    "CELoss": ("gt_ce", ()),
-    "DistillationDKDLoss": ("dkd", ("temperature", "alpha", "beta")),
-    "DKDLoss": ("dkd", ("temperature", "alpha", "beta")),
+_NAME_MAP: dict[str, str] = {
+    name: entry.kind for entry in LOSSES.values() for name in entry.paddleclas_names
 }
 _GT_FUSION = "GTFusion"
 
@@ -387,9 +433,6 @@ _FEATURE_LOSSES = frozenset(
 # Args that do not change the maths here; `key` and `act` are checked for their value.
 _HARMLESS = frozenset({"weight", "model_name_pairs", "model_names", "key", "name", "act"})
 
-_DEFAULTS: dict[str, float] = {"temperature": 4.0}  # KL default; DKD's default is 1.0
-_DKD_DEFAULTS: dict[str, float] = {"temperature": 1.0, "alpha": 1.0, "beta": 1.0}
-
 
 def _number(value: Any, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
     """A finite real number from YAML (bools rejected), with the key path in the error."""
@@ -417,19 +460,19 @@ def _parse_gt_fusion(args: dict, where: str) -> float:
     return alpha
 
 
-def _parse_term(kind: str, extras: tuple[str, ...], args: dict, where: str) -> tuple[float, dict]:
+def _parse_term(kind: str, args: dict, where: str) -> tuple[float, dict]:
+    defaults = LOSSES[kind].params
     for arg in args:
-        if arg not in _HARMLESS and arg not in extras:
+        if arg not in _HARMLESS and arg not in defaults:
             raise ConfigError(f"{where}.{arg}: unsupported argument for offline distillation")
     if args.get("key") is not None:
         raise ConfigError(f"{where}.key: only null is supported (students output plain logits)")
     if "act" in args and args["act"] != "softmax":
         raise ConfigError(f"{where}.act: only 'softmax' is supported, got {args['act']!r}")
     weight = _number(args.get("weight", 1.0), f"{where}.weight", nonneg=True)
-    defaults = _DKD_DEFAULTS if kind == "dkd" else _DEFAULTS
     kwargs: dict[str, float] = {}
-    for arg in extras:
-        value = args.get(arg, defaults[arg])
+    for arg, default in defaults.items():
+        value = args.get(arg, default)
         kwargs[arg] = _number(value, f"{where}.{arg}", positive=(arg == "temperature"))
     return weight, kwargs
 
@@ -468,8 +511,8 @@ def build_loss(loss_train: list, key: str = "Loss.Train") -> DistillLoss:
             )
         if name not in _NAME_MAP:
             raise ConfigError(f"{where}: unknown loss {name!r}; supported: {supported}")
-        kind, extras = _NAME_MAP[name]
-        weight, kwargs = _parse_term(kind, extras, args, loc)
+        kind = _NAME_MAP[name]
+        weight, kwargs = _parse_term(kind, args, loc)
         terms.append((kind, weight, kwargs))
     if not terms:
         raise ConfigError(f"{key}: GTFusion needs at least one distillation loss to fuse with")
@@ -483,9 +526,55 @@ def needs_dense_target(loss: DistillLoss) -> bool:
     estimate of t. DML and JS take logs of t; KL at T != 1 and DKD (both tempering t ** (1/T)
     and renormalising the non-target mass) are non-linear too.
     """
-    for kind, _, kwargs in loss.terms:
-        if kind in ("dml", "js", "dkd"):
-            return True
-        if kind == "kl" and float(kwargs.get("temperature", 4.0)) != 1.0:
-            return True
-    return False
+    return any(not LOSSES[kind].linear(kwargs) for kind, _, kwargs in loss.terms)
+
+
+# ------------------------------------------------------------------ codec x loss pairing
+
+EXACT, UNBIASED, APPROXIMATE, REFUSED = "exact", "unbiased", "approximate", "refused"
+
+
+def pairing(target: str, kind: str, args: dict[str, float]) -> tuple[str, str]:
+    """(status, why) of feeding a codec whose decoded target is `target` (a Codec.target:
+    exact, topk or sampled) to the loss `kind` with `args`. One rule for train-student, the
+    overlay summary and the README table."""
+    entry = LOSSES[kind]
+    if not entry.uses_target:
+        return EXACT, "uses the labels only"
+    if target == "exact":
+        return EXACT, "the full distribution is stored"
+    if target == "sampled":
+        if entry.linear(args):
+            return UNBIASED, "linear in the target, so counts/N give an unbiased loss"
+        return REFUSED, "not linear in the target, so a sampled target biases it"
+    if target == "topk":
+        if entry.tempers(args):
+            return REFUSED, (
+                "tempering (T != 1) would give the evenly spread tail far more mass than the "
+                "teacher's tail has"
+            )
+        return APPROXIMATE, "exact on the k stored classes and the rest mass; tail spread evenly"
+    raise ValueError(f"unknown codec target {target!r}")
+
+
+def check_pairing(codec_name: str, target: str, loss: DistillLoss, key: str) -> None:
+    """Refuse a cache whose codec would silently change what `loss` computes."""
+    for i, (kind, _, kwargs) in enumerate(loss.terms):
+        status, why = pairing(target, kind, kwargs)
+        if status == REFUSED:
+            name = LOSSES[kind].paddleclas_names[0]
+            raise ConfigError(
+                f"{key}.{i}: {name}{_args_text(kwargs)} with codec {codec_name!r}: {why}; "
+                "dump the cache with Offline.codec=fp16"
+                + (", or use temperature 1" if LOSSES[kind].tempers(kwargs) else "")
+                + (
+                    ", or a loss linear in the target (DistillationCELoss, KLDivLoss at "
+                    "temperature 1)"
+                    if target == "sampled"
+                    else ""
+                )
+            )
+
+
+def _args_text(args: dict[str, float]) -> str:
+    return f" ({', '.join(f'{k} {v:g}' for k, v in args.items())})" if args else ""

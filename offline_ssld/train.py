@@ -31,13 +31,14 @@ from tqdm import tqdm
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
 from offline_ssld.atomic import atomic_write
+from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset, epoch_views
 from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.losses import DistillLoss, build_loss, gt_ce_loss, needs_dense_target
+from offline_ssld.losses import DistillLoss, build_loss, check_pairing, gt_ce_loss
 from offline_ssld.models import (
     build_model,
     load_teacher,
@@ -380,11 +381,8 @@ def train(
                 f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
                 f"{student_spec.key}.class_num is {student_spec.class_num}"
             )
-        if reader.manifest.codec["name"] == "sampled" and needs_dense_target(loss_fn):
-            raise ConfigError(
-                "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
-                "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
-            )
+        codec = codec_from_settings(reader.manifest.codec)
+        check_pairing(codec.name, codec.target, loss_fn, "Loss.Train")
         views_used = cfg["Offline"]["views"]
         if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
             raise ConfigError(

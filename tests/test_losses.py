@@ -400,3 +400,35 @@ def test_needs_dense_target():
     # tempering t ** (1/T) and DKD's renormalised non-target part are non-linear in t
     assert needs_dense_target(build_loss([{"KLDivLoss": {"temperature": 4}}]))
     assert needs_dense_target(build_loss([{"DKDLoss": {}}]))
+
+
+@pytest.mark.parametrize(
+    ("target", "entry", "status"),
+    [
+        ("exact", {"DistillationKLDivLoss": {"temperature": 4}}, "exact"),
+        ("topk", {"DistillationDMLLoss": {}}, "approximate"),
+        ("topk", {"DistillationKLDivLoss": {"temperature": 1}}, "approximate"),
+        ("topk", {"DistillationKLDivLoss": {"temperature": 4}}, "refused"),
+        ("topk", {"DistillationDKDLoss": {"temperature": 2}}, "refused"),
+        ("topk", {"CELoss": {}}, "exact"),
+        ("sampled", {"DistillationCELoss": {}}, "unbiased"),
+        ("sampled", {"DistillationKLDivLoss": {"temperature": 1}}, "unbiased"),
+        ("sampled", {"DistillationJSLoss": {}}, "refused"),
+        ("sampled", {"DistillationDKDLoss": {}}, "refused"),
+    ],
+)
+def test_pairing_of_codec_target_and_loss(target, entry, status):
+    from offline_ssld.losses import pairing
+
+    ((kind, _, kwargs),) = build_loss([entry]).terms
+    assert pairing(target, kind, kwargs)[0] == status
+
+
+def test_check_pairing_names_loss_codec_and_remedy():
+    from offline_ssld.errors import ConfigError
+    from offline_ssld.losses import check_pairing
+
+    loss = build_loss([{"CELoss": {}}, {"DistillationKLDivLoss": {"temperature": 4}}])
+    with pytest.raises(ConfigError, match=r"Loss.Train.1: DistillationKLDivLoss.*'topk'.*fp16.*1"):
+        check_pairing("topk", "topk", loss, "Loss.Train")
+    check_pairing("fp16", "exact", loss, "Loss.Train")  # accepted

@@ -96,6 +96,14 @@ def test_sampled_codec_refused_with_dml(project):
         train(cfg, "offline", progress=False)
 
 
+def test_topk_codec_refused_with_tempered_kl(project):
+    _dumped(project, "Offline.codec=topk")
+    kl = "Loss.Train=[{'DistillationKLDivLoss': {'temperature': 4}}]"
+    path, _ = project
+    with pytest.raises(ConfigError, match="KLDivLoss.*'topk'.*fp16"):
+        train(_cfg(path, "Offline.codec=topk", kl), "offline", progress=False)
+
+
 def test_unlabeled_rows_train_with_kd_only(project):
     path, tmp = project
     cfg = _cfg(path)

@@ -126,6 +126,10 @@ class Codec(ABC):
     """Base class. Subclasses set ``name`` and implement columns/encode/decode/compare."""
 
     name: str = ""
+    # What decode() gives the losses: "exact" (the teacher's distribution), "topk" (exact on
+    # k classes and the rest mass, rest spread evenly) or "sampled" (an unbiased estimate).
+    # losses.pairing() decides from it which losses a cache of this codec can feed.
+    target: str = ""
 
     def __init__(self, num_classes: int):
         self.num_classes = _check_int(num_classes, "num_classes", 1)
@@ -218,6 +222,7 @@ class FP16Codec(Codec):
     """All C logits as float16 (2*C bytes a row); decode = stable float32 softmax."""
 
     name = "fp16"
+    target = "exact"
 
     def columns(self) -> list[Column]:
         return [Column("logits", "float16", self.num_classes)]
@@ -255,6 +260,7 @@ class TopKCodec(Codec):
     """The k largest logits, their ids and the logsumexp of all C logits."""
 
     name = "topk"
+    target = "topk"
 
     def __init__(self, num_classes: int, k: int = 5):
         super().__init__(num_classes)
@@ -342,6 +348,7 @@ class SampledCodec(Codec):
     """N class ids drawn i.i.d. from softmax(logits), stored as unique ids + counts."""
 
     name = "sampled"
+    target = "sampled"
 
     def __init__(self, num_classes: int, samples: int = 12):
         super().__init__(num_classes)
