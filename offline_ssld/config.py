@@ -194,6 +194,10 @@ class ModelSpec:
     class_num: int
     pretrained: str | None
     key: str  # config path of the entry, for error messages
+    # Further constructor arguments of the backbone as the config gives them (dropout_prob,
+    # stride_list, ...), passed through as PaddleClas's build_model does.
+    args: tuple[tuple[str, Any], ...] = ()
+    weights_key: str | None = None  # the config key `pretrained` was read from
 
 
 PADDLECLAS_CLASS_NUM = 1000  # what a PaddleClas backbone builds when class_num is not given
@@ -208,7 +212,19 @@ def _model_entry(entry: Any, key: str, default_class_num: Any = PADDLECLAS_CLASS
     pretrained = entry.get("pretrained")
     if pretrained is False or pretrained is True:
         pretrained = None  # PaddleClas's True means "download", which cannot happen here
-    return ModelSpec(str(entry["name"]), class_num, pretrained, key)
+    args = tuple(
+        sorted(
+            (k, _frozen(v))
+            for k, v in entry.items()
+            if k not in (*_MODEL_KEYS, *_MODEL_HARMLESS, *_FEATURE_MODEL_KEYS)
+        )
+    )
+    return ModelSpec(str(entry["name"]), class_num, pretrained, key, args)
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples, so a spec stays hashable; the backbone takes either."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def _distillation_models(cfg: dict) -> dict[str, tuple[Any, str]]:
@@ -280,7 +296,7 @@ def teacher_spec(cfg: dict) -> ModelSpec:
     else:
         spec = _plain_arch(cfg)
     weights, _ = teacher_weights_source(cfg)
-    return ModelSpec(spec.name, spec.class_num, weights, spec.key)
+    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args)
 
 
 def _plain_arch(cfg: dict) -> ModelSpec:
@@ -290,14 +306,30 @@ def _plain_arch(cfg: dict) -> ModelSpec:
 
 
 def student_spec(cfg: dict) -> ModelSpec:
-    """The model being trained: the Student entry, or a plain Arch (supervised training)."""
+    """The model being trained: the Student entry, or a plain Arch (supervised training).
+    Its `pretrained` is the file of initial weights (SSLD's fine-tuning stage starts from
+    one): Arch.pretrained_list at the Student's index, else the entry's `pretrained`."""
     arch = get(cfg, "Arch")
-    if arch.get("name") == DISTILLATION_ARCH:
-        models = _distillation_models(cfg)
-        if "Student" not in models:
-            raise ConfigError("Arch.models: no Student entry")
-        return _model_entry(*models["Student"])
-    return _plain_arch(cfg)
+    if arch.get("name") != DISTILLATION_ARCH:
+        return _plain_arch(cfg)
+    models = _distillation_models(cfg)
+    if "Student" not in models:
+        raise ConfigError("Arch.models: no Student entry")
+    entry, key = models["Student"]
+    spec = _model_entry(entry, key)
+    index = int(key.split(".")[2])
+    plist = arch.get("pretrained_list")
+    if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
+        where, value = f"Arch.pretrained_list.{index}", plist[index]
+    else:
+        where, value = f"{key}.pretrained", entry.get("pretrained")
+    if value is True:
+        raise ConfigError(
+            f"{where}: True asks PaddleClas to download the model zoo's weights, which cannot "
+            "happen here; download them and set this key to the file's path"
+        )
+    weights = _weights_path(value, where)
+    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args, where)
 
 
 def is_distillation(cfg: dict) -> bool:
@@ -455,7 +487,7 @@ def _check_global(cfg: dict) -> None:
             raise ConfigError(f"Global.{name}: {glob[name]!r} is not supported; {hint}")
 
 
-def _check_model_entry(entry: Any, key: str, role: str) -> None:
+def _check_model_entry(entry: Any, key: str) -> None:
     entry = _mapping(entry, key)
     for name in entry:
         if name in _FEATURE_MODEL_KEYS:
@@ -463,19 +495,23 @@ def _check_model_entry(entry: Any, key: str, role: str) -> None:
                 f"{key}.{name}: models that return intermediate features (for feature losses) "
                 "are not supported; offline distillation caches the teacher's logits only"
             )
-    _only(entry, key, _MODEL_KEYS, _MODEL_HARMLESS)
-    if role == "Student" and entry.get("pretrained") not in (None, False, ""):
-        raise ConfigError(
-            f"{key}.pretrained: initialising the Student from pretrained weights is not "
-            "supported here; set it to False and use Global.pretrained_model (a checkpoint "
-            "path without .safetensors)"
-        )
+    extra = [k for k in entry if k not in (*_MODEL_KEYS, *_MODEL_HARMLESS)]
+    if extra and isinstance(entry.get("name"), str):
+        from offline_ssld.models import backbone_arguments
+
+        honoured = backbone_arguments(entry["name"])
+        for name in extra:
+            if name not in honoured:
+                raise ConfigError(
+                    f"{key}.{name}: {entry['name']} takes no argument {name!r}; it takes: "
+                    f"{', '.join(sorted(honoured)) or 'none'}"
+                )
 
 
 def _check_arch(cfg: dict) -> None:
     arch = _mapping(get(cfg, "Arch"), "Arch")
     if arch.get("name") != DISTILLATION_ARCH:  # one model: a teacher config, or supervised
-        _check_model_entry(arch, "Arch", "Teacher")
+        _check_model_entry(arch, "Arch")
         _plain_arch(cfg)
         return
     _only(arch, "Arch", _ARCH_DISTILL_KEYS, _ARCH_HARMLESS)
@@ -494,7 +530,7 @@ def _check_arch(cfg: dict) -> None:
                 "exactly one Teacher and one Student (supported: Teacher, Student)"
             )
         roles.append(role)
-        _check_model_entry(entry, f"Arch.models.{i}.{role}", role)
+        _check_model_entry(entry, f"Arch.models.{i}.{role}")
     for role in ROLES:
         if role not in roles:
             raise ConfigError(f"Arch.models: no {role} entry")
@@ -516,12 +552,6 @@ def _check_arch(cfg: dict) -> None:
             )
         if freeze[student]:
             raise ConfigError(f"Arch.freeze_params_list.{student}: a frozen Student cannot train")
-    plist = arch.get("pretrained_list")
-    if plist is not None and plist[student] not in (None, ""):
-        raise ConfigError(
-            f"Arch.pretrained_list.{student}: initialising the Student from pretrained weights "
-            "is not supported here; use Global.pretrained_model"
-        )
     teacher_spec(cfg)
     student_spec(cfg)
 

@@ -9,6 +9,8 @@ PaddleClas tools can use them, but never read those back.
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,40 @@ def build_model(spec: ModelSpec) -> paddle.nn.Layer:
         close = difflib.get_close_matches(spec.name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"{spec.key}.name: {spec.name!r} is not a PaddleClas backbone{hint}")
-    return factory(class_num=spec.class_num)
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
+    try:
+        return factory(class_num=spec.class_num, **args)
+    except TypeError as exc:
+        bad = next((k for k in args if repr(k) in str(exc)), None)
+        if bad is None:
+            raise
+        raise ConfigError(f"{spec.key}.{bad}: {spec.name} takes no argument {bad!r}") from None
+
+
+def backbone_arguments(name: str) -> frozenset[str]:
+    """The constructor arguments a PaddleClas backbone honours: the named parameters of its
+    factory and of the model classes the factory calls. PaddleClas's classes also take
+    **kwargs and drop what they do not know; we name such a key instead of ignoring it."""
+    zoo = _zoo()
+    factory = getattr(zoo, name, None)
+    if factory is None or not callable(factory):
+        return frozenset()
+    module = inspect.getmodule(factory)
+    source = inspect.getsource(factory)
+    names: set[str] = set()
+    candidates = [factory] + [
+        cls
+        for cls_name, cls in vars(module).items()
+        if inspect.isclass(cls)
+        and issubclass(cls, paddle.nn.Layer)
+        and re.search(rf"\b{cls_name}\s*\(", source)
+    ]
+    for fn in candidates:
+        target = fn.__init__ if inspect.isclass(fn) else fn
+        for param in inspect.signature(target).parameters.values():
+            if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL) and param.name != "self":
+                names.add(param.name)
+    return frozenset(names - {"pretrained", "use_ssld", "class_num"})
 
 
 def load_weights(
@@ -125,7 +160,10 @@ def convert_pdparams(source: str | Path, target: str | Path) -> int:
 def teacher_identity(spec: ModelSpec, weights: str | Path | None) -> dict:
     """What makes teacher outputs what they are: backbone, classes and the exact weights."""
     digest = file_sha256(Path(weights)) if weights else None
-    return {"name": spec.name, "class_num": spec.class_num, "weights_sha256": digest}
+    identity: dict = {"name": spec.name, "class_num": spec.class_num, "weights_sha256": digest}
+    if spec.args:  # only when given, so caches of plain backbones keep their fingerprint
+        identity["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
+    return identity
 
 
 def teacher_fingerprint(identity: dict) -> str:

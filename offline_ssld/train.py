@@ -414,6 +414,9 @@ def train(
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
+    elif student_spec.pretrained and cfgmod.is_distillation(cfg):  # SSLD's fine-tuning stage
+        allow = cfg["Offline"]["allow_pickle_weights"]
+        load_weights(model, student_spec.pretrained, str(student_spec.weights_key), allow)
     optimizer, scheduler = build_optimizer(cfg, model.parameters(), len(sampler), epochs)
     scaler = paddle.amp.GradScaler() if device == "gpu" else None
 
