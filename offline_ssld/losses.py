@@ -230,10 +230,87 @@ def dkd_loss(
     return _masked_mean(rows, mask)
 
 
+def _argmax_where_unlabeled(teacher_probs: Tensor, labels: Tensor, always: bool) -> Tensor:
+    """The hard target of SKD/WSL: the label, or the teacher's argmax where there is none
+    (PaddleClas's target=None path) or when `use_target_as_gt` asks for it."""
+    mask, safe = _labels_1d(labels)
+    top = teacher_probs.argmax(axis=1).astype("int64")
+    return top if always else paddle.where(mask, safe, top)
+
+
+def _pick(log_probs: Tensor, index: Tensor) -> Tensor:
+    return paddle.take_along_axis(log_probs, index.unsqueeze(1), axis=1).squeeze(1)
+
+
+def _dist_rows(
+    student_logits: Tensor, teacher_probs: Tensor, beta: float, gamma: float
+) -> tuple[Tensor, None]:
+    """PaddleClas DISTLoss: beta*(1 - mean row Pearson) + gamma*(1 - mean column Pearson) of
+    the two probability matrices. Row r carries beta*(1 - rho_r) + gamma*intra, so the mean
+    of the rows is the loss."""
+    y_s = F.softmax(student_logits, axis=1)
+    y_t = _as_target(teacher_probs, y_s)
+
+    def pearson(a: Tensor, b: Tensor) -> Tensor:
+        a = a - a.mean(axis=1, keepdim=True)
+        b = b - b.mean(axis=1, keepdim=True)
+        return (a * b).sum(axis=1) / (a.norm(axis=1) * b.norm(axis=1) + 1e-8)
+
+    intra = 1.0 - pearson(y_s.transpose([1, 0]), y_t.transpose([1, 0])).mean()
+    return beta * (1.0 - pearson(y_s, y_t)) + gamma * intra, None
+
+
+def _skd_rows(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    labels: Tensor,
+    temperature: float,
+    multiplier: float,
+    alpha: float,
+    use_target_as_gt: bool,
+) -> tuple[Tensor, None]:
+    """PaddleClas SKDLoss per row. The teacher's logits are log t up to a per-row constant,
+    which the layer norm removes, so LN(log t) is exactly LN(teacher logits)."""
+    t = _as_target(teacher_probs, student_logits)
+    target = _argmax_where_unlabeled(t, labels, use_target_as_gt)
+
+    def norm(x: Tensor) -> Tensor:
+        mean = x.mean(axis=1, keepdim=True)
+        var = ((x - mean) ** 2).mean(axis=1, keepdim=True)
+        return (x - mean) / paddle.sqrt(var + 1e-7) * multiplier
+
+    z_t = norm(paddle.log(paddle.clip(t, min=_TINY)))
+    z_s = norm(student_logits)
+    kd = -(F.softmax(z_t / temperature, axis=1) * F.log_softmax(z_s / temperature, axis=1)).sum(
+        axis=1
+    )
+    ce = -_pick(F.log_softmax(student_logits, axis=1), target)
+    return alpha * kd * temperature**2 + (1.0 - alpha) * ce, None
+
+
+def _wsl_rows(
+    student_logits: Tensor,
+    teacher_probs: Tensor,
+    labels: Tensor,
+    temperature: float,
+    use_target_as_gt: bool,
+) -> tuple[Tensor, None]:
+    """PaddleClas WSLLoss per row: T^2 * KL-style soft CE at T, weighted by
+    1 - exp(-CE_student / CE_teacher) on the hard target (no gradient through the weight)."""
+    t = _as_target(teacher_probs, student_logits)
+    target = _argmax_where_unlabeled(t, labels, use_target_as_gt)
+    ce_s = -_pick(F.log_softmax(student_logits.detach(), axis=1), target)
+    ce_t = -_pick(paddle.log(paddle.clip(t, min=_TINY)), target)
+    ratio = paddle.clip(ce_s / (ce_t + 1e-7), min=0.0)
+    kd = -(_temper(t, temperature) * F.log_softmax(student_logits / temperature, axis=1)).sum(
+        axis=1
+    )
+    return temperature**2 * kd * (1.0 - paddle.exp(-ratio)), None
+
+
 # --------------------------------------------------------------------------- combined loss
 
 
-# kind -> (allowed kwargs, needs labels)
 @dataclass(frozen=True)
 class LossKind:
     """One way of scoring the student against its target. Everything else about a loss (the
@@ -249,14 +326,28 @@ class LossKind:
     # True if the loss is linear in the target for these arguments: then a sampled target
     # (counts / N, an unbiased estimate of t) gives an unbiased loss and gradient.
     linear: Callable[[dict[str, float]], bool] = lambda _: False
-    # True if the loss raises the target to 1/T with T != 1: that needs every class's true
-    # probability, so a target whose tail is invented (topk) would be changed, not tempered.
-    tempers: Callable[[dict[str, float]], bool] = lambda _: False
+    # Why the loss needs every class's true probability for these arguments (tempering
+    # t ** (1/T), logs of tail classes, a layer norm over all logits), or None. A target whose
+    # tail is invented (topk) would then be changed, so such pairs are refused.
+    needs_full: Callable[[dict[str, float]], str | None] = lambda _: None
     uses_target: bool = True
+    # False if the loss couples the rows of a batch (DIST's per-class correlation): its rows
+    # then only carry the batch value, and GTFusion's per-row fusion is refused.
+    per_row: bool = True
 
 
 def _t(args: dict[str, float]) -> float:
     return float(args["temperature"])
+
+
+def _tempering(args: dict[str, float]) -> str | None:
+    if _t(args) == 1.0:
+        return None
+    return "tempering (T != 1) would give the evenly spread tail far more mass than the teacher's"
+
+
+def _always(reason: str) -> Callable[[dict[str, float]], str | None]:
+    return lambda _: reason
 
 
 LOSSES: dict[str, LossKind] = {
@@ -286,7 +377,7 @@ LOSSES: dict[str, LossKind] = {
             False,
             "Hinton KD: KL(t_T || s_T) * T^2",
             linear=lambda a: _t(a) == 1.0,
-            tempers=lambda a: _t(a) != 1.0,
+            needs_full=_tempering,
         ),
         LossKind(
             "ce_soft",
@@ -314,7 +405,42 @@ LOSSES: dict[str, LossKind] = {
             ("DistillationDKDLoss", "DKDLoss"),
             True,
             "decoupled KD (target and non-target parts), labeled rows only",
-            tempers=lambda a: _t(a) != 1.0,
+            needs_full=_tempering,
+        ),
+        LossKind(
+            "dist",
+            lambda s, t, y, a: _dist_rows(s, t, float(a["beta"]), float(a["gamma"])),
+            {"beta": 1.0, "gamma": 1.0},
+            ("DistillationDISTLoss", "DISTLoss"),
+            False,
+            "DIST: Pearson correlation between and within classes (batch-level)",
+            per_row=False,
+        ),
+        LossKind(
+            "skd",
+            lambda s, t, y, a: _skd_rows(
+                s,
+                t,
+                y,
+                _t(a),
+                float(a["multiplier"]),
+                float(a["alpha"]),
+                bool(a["use_target_as_gt"]),
+            ),
+            {"temperature": 1.0, "multiplier": 2.0, "alpha": 0.9, "use_target_as_gt": False},
+            ("DistillationSKDLoss", "SKDLoss"),
+            False,
+            "spherical KD: CE between layer-normed logits, plus hard CE",
+            needs_full=_always("it layer-normalises all of the teacher's logits"),
+        ),
+        LossKind(
+            "wsl",
+            lambda s, t, y, a: _wsl_rows(s, t, y, _t(a), bool(a["use_target_as_gt"])),
+            {"temperature": 2.0, "use_target_as_gt": False},
+            ("DistillationWSLLoss", "WSLLoss"),
+            False,
+            "weighted soft labels: KD weighted by the student/teacher CE ratio",
+            needs_full=_always("it reads the teacher's log-probability of the label class"),
         ),
     )
 }
@@ -352,6 +478,12 @@ class DistillLoss:
             checked.append((kind, float(weight), {**LOSSES[kind].params, **kwargs}))
         if gt_alpha is not None and not 0.0 <= float(gt_alpha) <= 1.0:
             raise ConfigError(f"GTFusion alpha must be in [0, 1], got {gt_alpha}")
+        coupled = [k for k, _, _ in checked if not LOSSES[k].per_row]
+        if gt_alpha is not None and coupled:
+            raise ConfigError(
+                f"GTFusion fuses per row, and loss kind {coupled[0]!r} couples the rows of a "
+                "batch; list its CE term separately instead"
+            )
         self.terms = checked
         self.gt_alpha = None if gt_alpha is None else float(gt_alpha)
         self._log_names = self._unique_names([k for k, _, _ in checked])
@@ -425,8 +557,6 @@ _FEATURE_LOSSES = frozenset(
         "CRDLoss",
         "DistanceLoss",
         "DistillationMultiLabelLoss",
-        "DistillationDISTLoss",
-        "DISTLoss",
     }
 )
 
@@ -473,6 +603,11 @@ def _parse_term(kind: str, args: dict, where: str) -> tuple[float, dict]:
     kwargs: dict[str, float] = {}
     for arg, default in defaults.items():
         value = args.get(arg, default)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}.{arg} must be true or false, got {value!r}")
+            kwargs[arg] = value
+            continue
         kwargs[arg] = _number(value, f"{where}.{arg}", positive=(arg == "temperature"))
     return weight, kwargs
 
@@ -548,11 +683,9 @@ def pairing(target: str, kind: str, args: dict[str, float]) -> tuple[str, str]:
             return UNBIASED, "linear in the target, so counts/N give an unbiased loss"
         return REFUSED, "not linear in the target, so a sampled target biases it"
     if target == "topk":
-        if entry.tempers(args):
-            return REFUSED, (
-                "tempering (T != 1) would give the evenly spread tail far more mass than the "
-                "teacher's tail has"
-            )
+        reason = entry.needs_full(args)
+        if reason:
+            return REFUSED, reason
         return APPROXIMATE, "exact on the k stored classes and the rest mass; tail spread evenly"
     raise ValueError(f"unknown codec target {target!r}")
 
@@ -566,7 +699,7 @@ def check_pairing(codec_name: str, target: str, loss: DistillLoss, key: str) -> 
             raise ConfigError(
                 f"{key}.{i}: {name}{_args_text(kwargs)} with codec {codec_name!r}: {why}; "
                 "dump the cache with Offline.codec=fp16"
-                + (", or use temperature 1" if LOSSES[kind].tempers(kwargs) else "")
+                + (", or use temperature 1" if _tempering_only(kind, kwargs) else "")
                 + (
                     ", or a loss linear in the target (DistillationCELoss, KLDivLoss at "
                     "temperature 1)"
@@ -576,5 +709,13 @@ def check_pairing(codec_name: str, target: str, loss: DistillLoss, key: str) -> 
             )
 
 
+def _tempering_only(kind: str, args: dict[str, float]) -> bool:
+    return (
+        LOSSES[kind].needs_full(args) is not None
+        and LOSSES[kind].needs_full({**args, "temperature": 1.0}) is None
+    )
+
+
 def _args_text(args: dict[str, float]) -> str:
-    return f" ({', '.join(f'{k} {v:g}' for k, v in args.items())})" if args else ""
+    shown = [f"{k} {v}" if isinstance(v, bool) else f"{k} {v:g}" for k, v in args.items()]
+    return f" ({', '.join(shown)})" if args else ""

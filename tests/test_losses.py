@@ -432,3 +432,90 @@ def test_check_pairing_names_loss_codec_and_remedy():
     with pytest.raises(ConfigError, match=r"Loss.Train.1: DistillationKLDivLoss.*'topk'.*fp16.*1"):
         check_pairing("topk", "topk", loss, "Loss.Train")
     check_pairing("fp16", "exact", loss, "Loss.Train")  # accepted
+
+
+def _reference(name: str, s, z_t, labels, **kw):
+    """PaddleClas's DIST/SKD/WSL forward on teacher LOGITS, restated from ppcls/loss
+    (dist_loss.py, skdloss.py, wslloss.py; the paddleclas wheel does not ship ppcls.loss)."""
+    import paddle.nn.functional as F
+
+    if name == "dist":
+
+        def pearson(a, b):
+            a, b = a - a.mean(1).unsqueeze(1), b - b.mean(1).unsqueeze(1)
+            return (a * b).sum(1) / (a.norm(axis=1) * b.norm(axis=1) + 1e-8)
+
+        y_s, y_t = F.softmax(s, axis=-1), F.softmax(z_t, axis=-1)
+        inter = 1 - pearson(y_s, y_t).mean()
+        intra = 1 - pearson(y_s.transpose([1, 0]), y_t.transpose([1, 0])).mean()
+        return kw["beta"] * inter + kw["gamma"] * intra
+    one_hot = F.one_hot(labels, num_classes=s.shape[1])
+    temp = kw["temperature"]
+    if name == "skd":
+        m = kw["multiplier"]
+        ls = F.layer_norm(s, s.shape[1:], weight=None, bias=None, epsilon=1e-7) * m
+        lt = F.layer_norm(z_t, z_t.shape[1:], weight=None, bias=None, epsilon=1e-7) * m
+        kd = -paddle.sum(F.softmax(lt / temp) * F.log_softmax(ls / temp), axis=1)
+        ce = paddle.mean(-paddle.sum(one_hot * F.log_softmax(s), axis=1))
+        return paddle.mean(kd) * temp**2 * kw["alpha"] + ce * (1 - kw["alpha"])
+    ce_s = -paddle.sum(one_hot * F.log_softmax(s.detach()), axis=1)
+    ce_t = -paddle.sum(one_hot * F.log_softmax(z_t.detach()), axis=1)
+    ratio = paddle.maximum(ce_s / (ce_t + 1e-7), paddle.zeros_like(ce_s))
+    kd = -paddle.sum(F.softmax(z_t / temp) * F.log_softmax(s / temp), axis=1)
+    return temp**2 * paddle.mean(kd * (1 - paddle.exp(-ratio)))
+
+
+@pytest.mark.parametrize(
+    ("entry", "name", "kwargs"),
+    [
+        (
+            {"DistillationDISTLoss": {"beta": 1.5, "gamma": 0.5}},
+            "dist",
+            {"beta": 1.5, "gamma": 0.5},
+        ),
+        (
+            {"DistillationSKDLoss": {"temperature": 2.0, "multiplier": 2.0, "alpha": 0.9}},
+            "skd",
+            {"temperature": 2.0, "multiplier": 2.0, "alpha": 0.9},
+        ),
+        ({"DistillationWSLLoss": {"temperature": 2.0}}, "wsl", {"temperature": 2.0}),
+    ],
+)
+def test_logit_losses_match_paddleclas_from_probabilities(entry, name, kwargs):
+    """Our losses see the teacher's probabilities, PaddleClas's see its logits: on the same
+    teacher the values agree, and so do the student's gradients."""
+    rng = np.random.default_rng(3)
+    student = rng.normal(size=(6, 5)).astype("float32") * 2
+    teacher = rng.normal(size=(6, 5)).astype("float32") * 3
+    labels = rng.integers(0, 5, size=6).astype("int64")
+    probs = np.exp(teacher - teacher.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    ours_in = paddle.to_tensor(student, stop_gradient=False)
+    ours, _ = build_loss([entry])(ours_in, T(probs), T(labels, "int64"))
+    ours.backward()
+    theirs_in = paddle.to_tensor(student, stop_gradient=False)
+    value = _reference(name, theirs_in, T(teacher), T(labels, "int64"), **kwargs)
+    value.backward()
+    assert val(ours) == pytest.approx(float(value), rel=1e-4)
+    np.testing.assert_allclose(ours_in.grad.numpy(), theirs_in.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_unlabeled_rows_take_the_teachers_argmax_in_skd_and_wsl():
+    """PaddleClas's target=None path: with every row unlabeled the hard target is the
+    teacher's argmax, as if those labels had been given."""
+    rng = np.random.default_rng(4)
+    student = T(rng.normal(size=(4, 3)).astype("float32"))
+    probs = rng.dirichlet(np.ones(3), size=4).astype("float32")
+    argmax = probs.argmax(1).astype("int64")
+    for entry in ({"DistillationSKDLoss": {}}, {"DistillationWSLLoss": {}}):
+        loss = build_loss([entry])
+        unlabeled, _ = loss(student, T(probs), T([-1] * 4, "int64"))
+        labeled, _ = loss(student, T(probs), T(argmax, "int64"))
+        assert val(unlabeled) == pytest.approx(val(labeled), rel=1e-6)
+
+
+def test_gt_fusion_refuses_batch_coupled_loss():
+    from offline_ssld.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="couples the rows"):
+        build_loss([{"DistillationDISTLoss": {}}, {"GTFusion": {"alpha": 0.5}}])
