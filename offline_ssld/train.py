@@ -31,6 +31,12 @@ from tqdm import tqdm
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
 from offline_ssld.atomic import atomic_write
+from offline_ssld.cache.fingerprint import (
+    first_difference,
+    teacher_fingerprint,
+    teacher_identity,
+    transforms_fingerprint,
+)
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
@@ -44,8 +50,6 @@ from offline_ssld.models import (
     load_weights,
     save_weights,
     select_device,
-    teacher_fingerprint,
-    teacher_identity,
 )
 
 MODES = ("offline", "online", "supervised")
@@ -174,26 +178,18 @@ def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     other transforms than this config (naming the differing field)."""
     cache_dir = cfg["Offline"]["cache_dir"]
     reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
-    m = reader.manifest
-    if m.fingerprints["transforms"] != pipeline.fingerprint():
-        raise CacheError(
-            f"{cache_dir}: cache was dumped with other transforms (fingerprints.transforms); "
-            "DataLoader.Train.dataset.transform_ops must equal the dump's"
-        )
     teacher = cfgmod.teacher_spec(cfg)
-    for field in ("name", "class_num"):
-        if m.teacher[field] != getattr(teacher, field):
-            raise CacheError(
-                f"{cache_dir}: cache holds another teacher (teacher.{field}: cache has "
-                f"{m.teacher[field]!r}, config gives {getattr(teacher, field)!r})"
-            )
+    expected = {
+        "fingerprints.transforms": transforms_fingerprint(pipeline),
+        "teacher.name": teacher.name,
+        "teacher.class_num": teacher.class_num,
+    }
     if teacher.pretrained and Path(teacher.pretrained).is_file():
         identity = teacher_identity(teacher, teacher.pretrained)
-        if teacher_fingerprint(identity) != m.fingerprints["teacher"]:
-            raise CacheError(
-                f"{cache_dir}: cache holds another teacher (fingerprints.teacher: the weights "
-                f"file {teacher.pretrained} differs from the one dumped)"
-            )
+        expected["fingerprints.teacher"] = teacher_fingerprint(identity)
+    diff = first_difference(reader.manifest, expected)
+    if diff is not None:
+        raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
     return reader
 
 
