@@ -51,58 +51,9 @@ from offline_ssld.models import (
     save_weights,
     select_device,
 )
+from offline_ssld.optim import build_optimizer
 
 MODES = ("offline", "online", "supervised")
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-
-
-def build_optimizer(cfg: dict, parameters, steps_per_epoch: int, epochs: int):
-    """PaddleClas `Optimizer` section: Momentum, lr Cosine/Piecewise with warmup, L2."""
-    opt = cfgmod.get(cfg, "Optimizer")
-    if opt.get("name", "Momentum") != "Momentum":
-        raise ConfigError(f"Optimizer.name: {opt.get('name')!r}; supported: Momentum")
-    lr_cfg = dict(opt.get("lr") or {})
-    name = lr_cfg.pop("name", "Cosine")
-    base = float(lr_cfg.pop("learning_rate", 0.1))
-    warmup_epoch = lr_cfg.pop("warmup_epoch", 0)
-    warmup_start = float(lr_cfg.pop("warmup_start_lr", 0.0))
-    total = steps_per_epoch * epochs
-    warmup = int(round(warmup_epoch * steps_per_epoch))
-    if name == "Cosine":
-        eta_min = float(lr_cfg.pop("eta_min", 0.0))
-        sched = paddle.optimizer.lr.CosineAnnealingDecay(base, max(1, total - warmup), eta_min)
-    elif name == "Piecewise":
-        decay_epochs = lr_cfg.pop("decay_epochs")
-        values = lr_cfg.pop("values")
-        sched = paddle.optimizer.lr.PiecewiseDecay(
-            [int(e * steps_per_epoch) - warmup for e in decay_epochs], values
-        )
-        base = values[0]
-    else:
-        raise ConfigError(f"Optimizer.lr.name: {name!r}; supported: Cosine, Piecewise")
-    lr_cfg.pop("by_epoch", None)
-    if lr_cfg:
-        raise ConfigError(f"Optimizer.lr.{sorted(lr_cfg)[0]}: unsupported key for {name}")
-    if warmup:
-        sched = paddle.optimizer.lr.LinearWarmup(sched, warmup, warmup_start, base)
-    reg = opt.get("regularizer") or {}
-    decay = None
-    if reg:
-        if reg.get("name", "L2") != "L2":
-            raise ConfigError(f"Optimizer.regularizer.name: {reg.get('name')!r}; supported: L2")
-        decay = paddle.regularizer.L2Decay(float(reg.get("coeff", 0.0)))
-    extra = set(opt) - {"name", "momentum", "lr", "regularizer", "no_weight_decay_name"}
-    if extra:
-        raise ConfigError(f"Optimizer.{sorted(extra)[0]}: unsupported key")
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=sched,
-        momentum=float(opt.get("momentum", 0.9)),
-        parameters=parameters,
-        weight_decay=decay,
-    )
-    return optimizer, sched
 
 
 # ------------------------------------------------------------------------ data
