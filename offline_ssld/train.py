@@ -25,12 +25,10 @@ from pathlib import Path
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
-from offline_ssld.atomic import atomic_write
 from offline_ssld.cache.fingerprint import (
     first_difference,
     teacher_fingerprint,
@@ -38,6 +36,12 @@ from offline_ssld.cache.fingerprint import (
     transforms_fingerprint,
 )
 from offline_ssld.cache.reader import CacheReader
+from offline_ssld.checkpoint import (
+    has_checkpoint,
+    keep_metrics_through,
+    load_checkpoint,
+    save_checkpoint,
+)
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.transforms import Pipeline, build_ops
@@ -48,7 +52,6 @@ from offline_ssld.models import (
     build_model,
     load_teacher,
     load_weights,
-    save_weights,
     select_device,
 )
 from offline_ssld.optim import build_optimizer
@@ -142,78 +145,6 @@ def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     if diff is not None:
         raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
     return reader
-
-
-# ------------------------------------------------------------------- checkpoints
-
-
-def _param_names(model) -> dict[str, str]:
-    """Paddle's generated parameter name (e.g. conv2d_204.w_0, differs per model instance)
-    -> the structured name from state_dict() (stable), used to key optimizer state."""
-    return {p.name: k for k, p in model.state_dict().items()}
-
-
-def _rename(key: str, names: dict[str, str]) -> str:
-    for generated in sorted(names, key=len, reverse=True):
-        if key.startswith(generated + "_"):
-            return f"{names[generated]}::{key[len(generated) + 1 :]}"
-    raise KeyError(key)
-
-
-def _save_optimizer(optimizer, model, path: Path) -> None:
-    state = optimizer.state_dict()
-    names = _param_names(model)
-    tensors = {
-        _rename(k, names): np.ascontiguousarray(v.numpy())
-        for k, v in state.items()
-        if isinstance(v, paddle.Tensor)
-    }
-    scheduler = state.get("LR_Scheduler", {})
-    save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
-
-
-def _load_optimizer(optimizer, model, path: Path) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as fh:
-        meta = fh.metadata() or {}
-    generated = {k: p.name for k, p in model.state_dict().items()}
-    state: dict = {}
-    for key, value in load_file(str(path)).items():
-        structured, _, suffix = key.partition("::")
-        if structured not in generated:
-            raise ConfigError(f"--resume: {path} holds state for unknown parameter {structured}")
-        state[f"{generated[structured]}_{suffix}"] = paddle.to_tensor(value)
-    state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
-    optimizer.set_state_dict(state)
-
-
-def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
-    """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
-    plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles).
-    Each file is replaced atomically, the .json last."""
-    text = json.dumps(info, indent=1) + "\n"
-    save_weights(model, out / f"{tag}.safetensors")
-    opt_path = out / f"{tag}.opt.safetensors"
-    atomic_write(opt_path, lambda p: _save_optimizer(optimizer, model, p))
-    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
-    atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
-    atomic_write(out / f"{tag}.json", lambda p: p.write_text(text))
-
-
-def _keep_metrics_through(path: Path, epoch: int) -> None:
-    """On --resume from `epoch`, drop the lines of later epochs (a killed run logs an epoch
-    before checkpointing it) and a line cut short, so each epoch appears once."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["epoch"]) <= epoch:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    atomic_write(path, lambda p: p.write_text("".join(kept)))
 
 
 # ------------------------------------------------------------------------- loop
@@ -368,13 +299,11 @@ def train(
 
     start_epoch, best = 0, -1.0
     metrics_path = out / "metrics.jsonl"
-    if resume and (out / "latest.json").exists():
-        info = json.loads((out / "latest.json").read_text())
-        load_weights(model, out / "latest.safetensors", "--resume")
-        _load_optimizer(optimizer, model, out / "latest.opt.safetensors")
+    if resume and has_checkpoint(out, "latest"):
+        info = load_checkpoint(out, "latest", model, optimizer)
         start_epoch, best = int(info["epoch"]), float(info["best_top1"])
         if main:
-            _keep_metrics_through(metrics_path, start_epoch)
+            keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
         metrics_path.unlink()
     vdl = _visualdl(glob, out) if main else None
