@@ -38,6 +38,7 @@ from offline_ssld.cache.format import Manifest, load_manifest, shard_name
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
+from offline_ssld.data.samplers import ShardBatches
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import CacheError, ConfigError, DataError
@@ -142,30 +143,6 @@ def plan_dump(cfg: dict) -> DumpPlan:
     return DumpPlan(
         ImageSource(data.image_root, data.cls_label_path, kept), keys, pipeline, codec, manifest
     )
-
-
-class ShardBatches:
-    """Batch sampler over the items of the missing shards; a batch never crosses a shard."""
-
-    def __init__(self, shard_items: list[list[int]], batch_size: int):
-        self.batches = [
-            list(range(start, min(start + batch_size, stop)))
-            for start, stop in _spans(shard_items)
-            for start in range(start, stop, batch_size)
-        ]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _spans(shard_items: list[list[int]]):
-    position = 0
-    for items in shard_items:
-        yield position, position + len(items)
-        position += len(items)
 
 
 def shard_columns(

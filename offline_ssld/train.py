@@ -16,13 +16,11 @@ ranks, and rank 0 alone writes checkpoints (of the unwrapped model) and metrics.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
@@ -44,8 +42,9 @@ from offline_ssld.checkpoint import (
 )
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
+from offline_ssld.data.samplers import EpochBatches, epoch_views
 from offline_ssld.data.transforms import Pipeline, build_ops
-from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset, epoch_views
+from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import CacheError, ConfigError
 from offline_ssld.losses import DistillLoss, build_loss, gt_ce_loss, needs_dense_target
 from offline_ssld.models import (
@@ -60,62 +59,6 @@ MODES = ("offline", "online", "supervised")
 
 
 # ------------------------------------------------------------------------ data
-
-
-class EpochBatches:
-    """Batch sampler whose order is a pure function of (seed, epoch): resumable exactly.
-
-    With `world` > 1 rank `rank` takes order[rank::world] of the epoch's global order; with
-    `pad` that order is first wrapped round to a multiple of `world`, so every rank gets the
-    same number of samples and batches (as paddle's DistributedBatchSampler); evaluation
-    passes pad=False so no image is counted twice."""
-
-    def __init__(
-        self,
-        size: int,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        pad: bool = True,
-    ):
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside [0, {world})")
-        self.size, self.batch_size = size, batch_size
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.rank, self.world, self.pad = rank, world, pad
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _samples(self) -> int:
-        """How many samples this rank gets per epoch."""
-        if self.world == 1:
-            return self.size
-        if self.pad:
-            return math.ceil(self.size / self.world)
-        return len(range(self.rank, self.size, self.world))
-
-    def __iter__(self):
-        order = np.arange(self.size)
-        if self.shuffle:
-            seq = np.random.SeedSequence([self.seed, 0x0DE2, self.epoch])
-            order = np.random.Generator(np.random.PCG64(seq)).permutation(self.size)
-        if self.world > 1:
-            if self.pad:
-                order = np.resize(order, self._samples() * self.world)  # wraps round
-            order = order[self.rank :: self.world]
-        stop = len(self) * self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self._samples() // self.batch_size
-        return math.ceil(self._samples() / self.batch_size)
 
 
 def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
