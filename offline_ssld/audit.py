@@ -13,11 +13,10 @@ import numpy as np
 
 from offline_ssld.cache.fingerprint import (
     dataset_fingerprint,
+    expected_identity,
     first_difference,
     order_fingerprint,
     teacher_fingerprint,
-    teacher_identity,
-    transforms_fingerprint,
 )
 from offline_ssld.cache.format import file_checksum, load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
@@ -150,13 +149,7 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
     src = m.source
     pipeline = Pipeline(build_ops(src["transform_ops"], "manifest.source.transform_ops"))
     spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher")
-    diff = first_difference(
-        m,
-        {
-            "fingerprints.teacher": teacher_fingerprint(teacher_identity(spec, spec.pretrained)),
-            "fingerprints.transforms": transforms_fingerprint(pipeline),
-        },
-    )
+    diff = first_difference(m, expected_identity(spec, pipeline))
     if diff is not None and diff.field == "fingerprints.transforms":
         report.problems.append("transforms: this offline-ssld replays views differently")
         return

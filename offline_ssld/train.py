@@ -1,11 +1,8 @@
-"""Stage 2 and its baselines: one trainer, three sources of targets.
+"""Stage 2 and its baselines: one training loop over any source of targets (targets.py).
 
-- offline:    teacher probabilities decoded from the cache, on the replayed cached view;
-- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
-- supervised: ground-truth labels only (how the pipelines train their teachers).
-
-All three share the data path, optimizer, schedule, evaluation and checkpoints, so a
-benchmark between them compares like with like.
+offline (the cache), online (the teacher in the loop) and supervised (labels) share the data
+path, optimizer, schedule, evaluation and checkpoints, so a benchmark between them compares
+like with like; the loop itself never asks which one it runs.
 
 Under `python -m paddle.distributed.launch` the same loop is data-parallel: each rank takes
 its slice of the epoch's global permutation (batch_size per rank, as PaddleClas's per-card
@@ -20,20 +17,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paddle
-import paddle.nn.functional as F
 from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
-from offline_ssld.cache.fingerprint import (
-    first_difference,
-    teacher_fingerprint,
-    teacher_identity,
-    transforms_fingerprint,
-)
-from offline_ssld.cache.reader import CacheReader
 from offline_ssld.checkpoint import (
     has_checkpoint,
     keep_metrics_through,
@@ -42,20 +32,15 @@ from offline_ssld.checkpoint import (
 )
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
-from offline_ssld.data.samplers import EpochBatches, epoch_views
+from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.data.transforms import Pipeline, build_ops
-from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
-from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.losses import DistillLoss, build_loss, gt_ce_loss, needs_dense_target
-from offline_ssld.models import (
-    build_model,
-    load_teacher,
-    load_weights,
-    select_device,
-)
+from offline_ssld.data.views import AugmentDataset, ImageSource
+from offline_ssld.errors import ConfigError
+from offline_ssld.models import build_model, load_weights, select_device
 from offline_ssld.optim import build_optimizer
+from offline_ssld.targets import TARGET_SOURCES
 
-MODES = ("offline", "online", "supervised")
+MODES = tuple(TARGET_SOURCES)
 
 
 # ------------------------------------------------------------------------ data
@@ -68,26 +53,6 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
     )
     samples = read_list(spec.cls_label_path, class_num)
     return ImageSource(spec.image_root, spec.cls_label_path, samples), pipeline, spec
-
-
-def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
-    """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
-    other transforms than this config (naming the differing field)."""
-    cache_dir = cfg["Offline"]["cache_dir"]
-    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
-    teacher = cfgmod.teacher_spec(cfg)
-    expected = {
-        "fingerprints.transforms": transforms_fingerprint(pipeline),
-        "teacher.name": teacher.name,
-        "teacher.class_num": teacher.class_num,
-    }
-    if teacher.pretrained and Path(teacher.pretrained).is_file():
-        identity = teacher_identity(teacher, teacher.pretrained)
-        expected["fingerprints.teacher"] = teacher_fingerprint(identity)
-    diff = first_difference(reader.manifest, expected)
-    if diff is not None:
-        raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
-    return reader
 
 
 # ------------------------------------------------------------------------- loop
@@ -103,19 +68,13 @@ class TrainResult:
     output_dir: Path
 
 
-def _labels_of(cfg: dict, mode: str) -> DistillLoss | None:
-    if mode == "supervised":
-        return None
-    return build_loss(cfgmod.get(cfg, "Loss.Train"))
-
-
-def _batch_norms(model) -> list:
+def _batch_norms(model: paddle.nn.Layer) -> list[paddle.nn.Layer]:
     from paddle.nn.layer.norm import _BatchNormBase
 
     return [m for m in model.sublayers() if isinstance(m, (paddle.nn.BatchNorm, _BatchNormBase))]
 
 
-def recalibrate_batch_norm(model, loader, batches: int) -> int:
+def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches: int) -> int:
     """Recompute every BatchNorm's running statistics as the plain mean over the first
     `batches` training batches, with the weights as they are now ("precise BN").
 
@@ -145,7 +104,7 @@ def recalibrate_batch_norm(model, loader, batches: int) -> int:
     return used
 
 
-def evaluate(model, loader) -> float:
+def evaluate(model: paddle.nn.Layer, loader: BatchLoader) -> float:
     """Top-1 over the loader's images; launched, each rank counts its slice and the counts
     are summed, so every rank returns the top-1 of the whole eval list."""
     model.eval()
@@ -160,7 +119,7 @@ def evaluate(model, loader) -> float:
     return correct / total if total else float("nan")
 
 
-def make_eval_loader(cfg: dict, class_num: int):
+def make_eval_loader(cfg: dict, class_num: int) -> BatchLoader:
     """The eval list in order; launched, this rank's slice of it (no padding)."""
     source, pipeline, spec = _source(cfg, "Eval", class_num)
     dataset = AugmentDataset(source, pipeline, seed=0)
@@ -191,40 +150,10 @@ def train(
     paddle.seed(seed)
 
     student_spec = cfgmod.student_spec(cfg)
-    loss_fn = _labels_of(cfg, mode)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
-    reader = teacher = None
-    if mode == "offline":
-        reader = open_matching_cache(cfg, pipeline)
-        if reader.manifest.num_classes != student_spec.class_num:
-            raise CacheError(
-                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
-                f"{student_spec.key}.class_num is {student_spec.class_num}"
-            )
-        if reader.manifest.codec["name"] == "sampled" and needs_dense_target(loss_fn):
-            raise ConfigError(
-                "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
-                "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
-            )
-        views_used = cfg["Offline"]["views"]
-        if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
-            raise ConfigError(
-                f"Offline.views: {views_used!r}; this cache holds {reader.views} views per image "
-                "and train-student uses the first Offline.views of them"
-            )
-        reader.index()  # built once here, shared copy-on-write by the loader workers
-        dataset = ReplayDataset(source, pipeline, reader)
-    else:
-        dataset = AugmentDataset(source, pipeline, seed)
-        if mode == "online":
-            teacher = load_teacher(cfg)
-            bn_mode = cfg["Offline"]["online_teacher_bn"]
-            if bn_mode not in ("train", "eval"):
-                raise ConfigError("Offline.online_teacher_bn: expected train or eval")
-            teacher.train() if bn_mode == "train" else teacher.eval()
-
+    targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
     sampler = EpochBatches(
-        len(dataset),
+        len(targets.dataset),
         spec.batch_size,
         spec.shuffle,
         spec.drop_last,
@@ -232,7 +161,7 @@ def train(
         dist.rank(),
         dist.world_size(),
     )
-    loader = BatchLoader(dataset, sampler, spec.num_workers)
+    loader = BatchLoader(targets.dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
@@ -259,10 +188,7 @@ def train(
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
         sampler.set_epoch(epoch)
-        if reader is not None:
-            dataset.set_epoch_views(epoch_views(seed, epoch, len(dataset), views_used))
-        else:
-            dataset.set_epoch(epoch)
+        targets.set_epoch(epoch)
         model.train()
         bar = tqdm(
             total=len(sampler),
@@ -274,18 +200,9 @@ def train(
         )
         tick, seen, loss_sum = time.perf_counter(), 0, 0.0
         for batch in loader:
-            x, labels = batch[0], batch[-1]
+            x = batch[0]
             with paddle.amp.auto_cast(enable=scaler is not None):
-                logits = net(x)
-                if mode == "supervised":
-                    loss = gt_ce_loss(logits, labels)
-                else:
-                    if mode == "offline":
-                        target = batch[1]
-                    else:
-                        with paddle.no_grad():
-                            target = F.softmax(teacher(x).astype("float32"), axis=-1)
-                    loss, _ = loss_fn(logits.astype("float32"), target, labels)
+                loss = targets.loss(net(x), batch)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.minimize(optimizer, loss)
@@ -347,7 +264,8 @@ def train(
     return TrainResult(best, last, epochs, seconds, speeds, out)
 
 
-def _visualdl(glob: dict, out: Path):
+def _visualdl(glob: dict, out: Path) -> Any:
+    """A VisualDL LogWriter when Global.use_visualdl asks for one (imported only then)."""
     if not glob.get("use_visualdl"):
         return None
     try:

@@ -67,6 +67,20 @@ def order_fingerprint(keys: Iterable[bytes]) -> str:
     return canonical_hash([k.hex() for k in keys])
 
 
+def expected_identity(teacher: ModelSpec, pipeline: Pipeline) -> dict[str, Any]:
+    """The identity fields a teacher and a pipeline fix, for `first_difference`. The teacher
+    fingerprint needs its weights file; without one, name and class count still must match."""
+    expected: dict[str, Any] = {
+        "teacher.name": teacher.name,
+        "teacher.class_num": teacher.class_num,
+        "fingerprints.transforms": transforms_fingerprint(pipeline),
+    }
+    if teacher.pretrained and Path(teacher.pretrained).is_file():
+        identity = teacher_identity(teacher, teacher.pretrained)
+        expected["fingerprints.teacher"] = teacher_fingerprint(identity)
+    return expected
+
+
 # Manifest fields that identify what a cache holds, in the order they are compared, with what
 # each means for a user.
 IDENTITY_FIELDS: dict[str, str] = {
