@@ -36,6 +36,8 @@ LR_KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 REGULARIZERS = ("L2",)
+DEFAULT_LR = "Cosine"
+DEFAULT_MOMENTUM = 0.9
 REGULARIZER_KEYS = ("name", "coeff")
 
 
@@ -56,7 +58,7 @@ def check_optimizer(cfg: dict) -> None:
         )
     only_keys(opt, "Optimizer", OPTIMIZER_KEYS, ("no_weight_decay_name",))
     lr = as_mapping(opt.get("lr"), "Optimizer.lr")
-    name = lr.get("name", "Cosine")
+    name = lr.get("name", DEFAULT_LR)
     if name not in LR_KEYS:
         raise ConfigError(
             f"Optimizer.lr.name: {name!r} is not supported; supported: {', '.join(LR_KEYS)}"
@@ -79,12 +81,26 @@ def check_optimizer(cfg: dict) -> None:
         )
 
 
+def describe_optimizer(cfg: dict) -> list[str]:
+    """What training takes from the Optimizer section, for `offline-ssld overlay`."""
+    opt = cfg.get("Optimizer") or {}
+    lr = dict(opt.get("lr") or {})
+    reg = opt.get("regularizer") or {}
+    lr_text = ", ".join(f"{k} {v}" for k, v in lr.items() if k != "name")
+    regularizer = f"{reg.get('name', REGULARIZERS[0])} coeff {reg.get('coeff', 0.0)}"
+    return [
+        f"optimizer: {opt.get('name', OPTIMIZERS[0])}, momentum "
+        f"{opt.get('momentum', DEFAULT_MOMENTUM)}, " + (regularizer if reg else "no regularizer"),
+        f"lr: {lr.get('name', DEFAULT_LR)} ({lr_text}), stepped every iteration",
+    ]
+
+
 def build_schedule(lr: dict, steps_per_epoch: int, epochs: int) -> LRScheduler:
     """The per-iteration schedule of a checked `Optimizer.lr` section.
 
     Warmup takes the first `warmup_epoch` epochs and the decay the rest: Cosine anneals over
     the remaining steps, Piecewise boundaries stay at their epochs of the whole run."""
-    name = lr.get("name", "Cosine")
+    name = lr.get("name", DEFAULT_LR)
     total = steps_per_epoch * epochs
     warmup = int(round(lr.get("warmup_epoch", 0) * steps_per_epoch))
     sched: LRScheduler
@@ -113,7 +129,7 @@ def build_optimizer(
     decay = paddle.regularizer.L2Decay(float(reg.get("coeff", 0.0))) if reg else None
     optimizer = paddle.optimizer.Momentum(
         learning_rate=sched,
-        momentum=float(opt.get("momentum", 0.9)),
+        momentum=float(opt.get("momentum", DEFAULT_MOMENTUM)),
         parameters=parameters,
         weight_decay=decay,
     )

@@ -110,7 +110,7 @@ RESUME_FIELDS = (
 )
 
 
-def manifest_field(manifest: Manifest, dotted: str) -> Any:
+def _manifest_field(manifest: Manifest, dotted: str) -> Any:
     value: Any = manifest.to_json()
     for part in dotted.split("."):
         value = value[part]
@@ -139,13 +139,13 @@ def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -
     and transforms, not the dump's list order); a Manifest stands for the RESUME_FIELDS of
     the dump it describes."""
     if not isinstance(expected, Mapping):
-        expected = {f: manifest_field(expected, f) for f in RESUME_FIELDS}
+        expected = {f: _manifest_field(expected, f) for f in RESUME_FIELDS}
     unknown = set(expected) - set(IDENTITY_FIELDS)
     if unknown:
         raise ValueError(f"not an identity field: {sorted(unknown)[0]}")
     for dotted in IDENTITY_FIELDS:
         if dotted in expected:
-            have = manifest_field(cached, dotted)
+            have = _manifest_field(cached, dotted)
             if have != expected[dotted]:
                 return Difference(dotted, have, expected[dotted])
     return None
