@@ -47,6 +47,7 @@ MODES = tuple(TARGET_SOURCES)
 
 
 def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
+    """A split's images, pipeline and loader settings: train and eval read lists one way."""
     spec = cfgmod.data_spec(cfg, split)
     pipeline = Pipeline(
         build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
@@ -60,6 +61,8 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
 
 @dataclass
 class TrainResult:
+    """What a run reports (CLI summary, benchmarks); per-epoch detail is in metrics.jsonl."""
+
     best_top1: float
     last_top1: float
     epochs: int
