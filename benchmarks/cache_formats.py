@@ -98,9 +98,14 @@ class Synthetic:
 
 def manifest_for(backend: str, codec, data: Synthetic):
     """A manifest with the fields plan_dump fills, describing the synthetic cache."""
-    from offline_ssld.cache.format import Manifest, canonical_hash
+    from offline_ssld.cache.fingerprint import (
+        canonical_hash,
+        dataset_fingerprint,
+        order_fingerprint,
+        teacher_fingerprint,
+    )
+    from offline_ssld.cache.format import Manifest
 
-    hexes = [k.hex() for k in data.key_bytes]
     teacher = {"name": "synthetic", "class_num": codec.num_classes, "weights_sha256": None}
     return Manifest(
         backend=backend,
@@ -111,10 +116,10 @@ def manifest_for(backend: str, codec, data: Synthetic):
         param_names=list(PARAM_NAMES),
         codec=codec.settings(),
         fingerprints={
-            "teacher": canonical_hash(teacher),
-            "transforms": canonical_hash(PARAM_NAMES),
-            "dataset": canonical_hash(sorted(hexes)),
-            "order": canonical_hash(hexes),
+            "teacher": teacher_fingerprint(teacher),
+            "transforms": canonical_hash(PARAM_NAMES),  # stands in for a pipeline's specs
+            "dataset": dataset_fingerprint(data.key_bytes),
+            "order": order_fingerprint(data.key_bytes),
         },
         teacher=teacher,
         num_images=data.num_images,

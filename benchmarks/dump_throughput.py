@@ -71,8 +71,9 @@ def build_teacher(cfg: dict):
 def prebuilt_batches(cfg: dict) -> tuple[list, int, int]:
     """The dump's teacher inputs, batch for batch as run_dump cuts them; (batches, rows, images)."""
     from offline_ssld.data.loader import BatchLoader
+    from offline_ssld.data.samplers import ShardBatches
     from offline_ssld.data.views import DumpDataset
-    from offline_ssld.dump import ShardBatches, plan_dump
+    from offline_ssld.dump import plan_dump
 
     plan = plan_dump(cfg)
     m = plan.manifest

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.format import canonical_hash, file_checksum, load_manifest, shard_name
+from offline_ssld.cache.fingerprint import (
+    dataset_fingerprint,
+    expected_identity,
+    first_difference,
+    order_fingerprint,
+    teacher_fingerprint,
+)
+from offline_ssld.cache.format import file_checksum, load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
 
@@ -90,7 +97,7 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
     for path in sorted(cache_dir.glob(f"shard-*{suffix}")):  # not a loop over num_shards
         if path.name not in listed:
             report.problems.append(f"{path.name}: on disk but not in the manifest")
-    if canonical_hash(manifest.teacher) != manifest.fingerprints["teacher"]:  # see models.py
+    if first_difference(manifest, {"fingerprints.teacher": teacher_fingerprint(manifest.teacher)}):
         report.problems.append("manifest: field 'teacher' does not match 'fingerprints.teacher'")
     reader = CacheReader(cache_dir, require_complete=False)
     keys: list[bytes] = []
@@ -117,12 +124,13 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
         keys += [k.tobytes() for k in columns["key"][:: manifest.views]]
         report.shards_ok += 1
     if manifest.complete and report.ok:  # the fingerprints must describe the stored images
-        if canonical_hash([k.hex() for k in keys]) != manifest.fingerprints["order"]:
-            report.problems.append("manifest: field 'fingerprints.order' does not match the shards")
-        if canonical_hash(sorted(k.hex() for k in keys)) != manifest.fingerprints["dataset"]:
-            report.problems.append(
-                "manifest: field 'fingerprints.dataset' does not match the shards"
-            )
+        stored = {
+            "fingerprints.order": order_fingerprint(keys),
+            "fingerprints.dataset": dataset_fingerprint(keys),
+        }
+        for name, value in stored.items():
+            if first_difference(manifest, {name: value}):
+                report.problems.append(f"manifest: field '{name}' does not match the shards")
     if teacher_check and report.ok:
         _teacher_check(reader, teacher_check, seed, report)
     return report
@@ -135,16 +143,17 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
     from offline_ssld.config import ModelSpec
     from offline_ssld.data.lists import content_key
     from offline_ssld.data.transforms import Pipeline, build_ops
-    from offline_ssld.models import build_model, load_weights, teacher_fingerprint, teacher_identity
+    from offline_ssld.models import build_model, load_weights
 
     m = reader.manifest
     src = m.source
     pipeline = Pipeline(build_ops(src["transform_ops"], "manifest.source.transform_ops"))
-    if pipeline.fingerprint() != m.fingerprints["transforms"]:
+    spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher")
+    diff = first_difference(m, expected_identity(spec, pipeline))
+    if diff is not None and diff.field == "fingerprints.transforms":
         report.problems.append("transforms: this offline-ssld replays views differently")
         return
-    spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher")
-    if teacher_fingerprint(teacher_identity(spec, spec.pretrained)) != m.fingerprints["teacher"]:
+    if diff is not None:
         report.problems.append(f"teacher: weights file {spec.pretrained} changed since the dump")
         return
     model = build_model(spec)

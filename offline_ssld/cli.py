@@ -309,6 +309,7 @@ def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
     from offline_ssld import config as c
     from offline_ssld.losses import build_loss
+    from offline_ssld.optim import describe_optimizer
 
     teacher = c.teacher_spec(cfg)
     weights, source = c.teacher_weights_source(cfg)
@@ -366,14 +367,8 @@ def overlay_summary(cfg: dict) -> list[str]:
         lines.append("losses (train-student): " + "; ".join(mapped))
     else:
         lines.append("losses (train-student): none (Loss.Train not given)")
-    opt = cfg.get("Optimizer") or {}
-    lr = dict(opt.get("lr") or {})
-    reg = opt.get("regularizer") or {}
-    lr_text = ", ".join(f"{k} {v}" for k, v in lr.items() if k != "name")
     lines += [
-        f"optimizer: {opt.get('name', 'Momentum')}, momentum {opt.get('momentum', 0.9)}, "
-        + (f"{reg.get('name', 'L2')} coeff {reg.get('coeff', 0.0)}" if reg else "no regularizer"),
-        f"lr: {lr.get('name', 'Cosine')} ({lr_text}), stepped every iteration",
+        *describe_optimizer(cfg),
         f"epochs: {glob.get('epochs', 1)}, eval every {glob.get('eval_interval', 1)}, save "
         f"every {glob.get('save_interval', 1)}, output_dir {glob.get('output_dir', 'output')}, "
         f"seed {glob.get('seed', 0)}, device {glob.get('device', 'gpu')}",

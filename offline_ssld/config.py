@@ -436,19 +436,6 @@ _SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
 _SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 _LOADER_KEYS = ("num_workers",)
 _LOADER_HARMLESS = ("use_shared_memory",)
-_OPTIMIZER_KEYS = ("name", "momentum", "lr", "regularizer")
-_LR_KEYS = {
-    "Cosine": ("name", "learning_rate", "warmup_epoch", "warmup_start_lr", "eta_min", "by_epoch"),
-    "Piecewise": (
-        "name",
-        "learning_rate",
-        "decay_epochs",
-        "values",
-        "warmup_epoch",
-        "warmup_start_lr",
-        "by_epoch",
-    ),
-}
 _EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss")
 _METRICS = ("TopkAcc", "DistillationTopkAcc")
 _METRIC_ARGS = ("topk", "model_key")
@@ -462,7 +449,7 @@ _AMP_HARMLESS = (
 _DML_NAMES = ("DistillationDMLLoss", "DMLLoss")
 
 
-def _mapping(node: Any, key: str) -> dict:
+def as_mapping(node: Any, key: str) -> dict:
     if node is None:
         return {}
     if not isinstance(node, dict):
@@ -470,7 +457,9 @@ def _mapping(node: Any, key: str) -> dict:
     return node
 
 
-def _only(node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()) -> None:
+def only_keys(
+    node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()
+) -> None:
     """Every key of `node` is supported or harmless; the error names the first other one."""
     for name in node:
         if name not in supported and name not in harmless:
@@ -479,8 +468,8 @@ def _only(node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str,
 
 
 def _check_global(cfg: dict) -> None:
-    glob = _mapping(cfg.get("Global"), "Global")
-    _only(glob, "Global", (*_GLOBAL_HONOURED, *_GLOBAL_FIXED), _GLOBAL_HARMLESS)
+    glob = as_mapping(cfg.get("Global"), "Global")
+    only_keys(glob, "Global", (*_GLOBAL_HONOURED, *_GLOBAL_FIXED), _GLOBAL_HARMLESS)
     for name, (allowed, hint) in _GLOBAL_FIXED.items():
         value = glob.get(name, allowed)
         if value != allowed and not (allowed in (False, None) and not value):
@@ -488,7 +477,7 @@ def _check_global(cfg: dict) -> None:
 
 
 def _check_model_entry(entry: Any, key: str) -> None:
-    entry = _mapping(entry, key)
+    entry = as_mapping(entry, key)
     for name in entry:
         if name in _FEATURE_MODEL_KEYS:
             raise ConfigError(
@@ -509,12 +498,12 @@ def _check_model_entry(entry: Any, key: str) -> None:
 
 
 def _check_arch(cfg: dict) -> None:
-    arch = _mapping(get(cfg, "Arch"), "Arch")
+    arch = as_mapping(get(cfg, "Arch"), "Arch")
     if arch.get("name") != DISTILLATION_ARCH:  # one model: a teacher config, or supervised
         _check_model_entry(arch, "Arch")
         _plain_arch(cfg)
         return
-    _only(arch, "Arch", _ARCH_DISTILL_KEYS, _ARCH_HARMLESS)
+    only_keys(arch, "Arch", _ARCH_DISTILL_KEYS, _ARCH_HARMLESS)
     models = get(cfg, "Arch.models")
     if not isinstance(models, list):
         raise ConfigError("Arch.models: expected a list of {Teacher: ...}, {Student: ...}")
@@ -557,19 +546,19 @@ def _check_arch(cfg: dict) -> None:
 
 
 def _check_data(cfg: dict) -> None:
-    loaders = _mapping(cfg.get("DataLoader"), "DataLoader")
-    _only(loaders, "DataLoader", ("Train", "Eval"))
+    loaders = as_mapping(cfg.get("DataLoader"), "DataLoader")
+    only_keys(loaders, "DataLoader", ("Train", "Eval"))
     for split in loaders:
         key = f"DataLoader.{split}"
-        section = _mapping(loaders[split], key)
-        _only(section, key, ("dataset", "sampler", "loader"))
-        dataset = _mapping(section.get("dataset"), f"{key}.dataset")
+        section = as_mapping(loaders[split], key)
+        only_keys(section, key, ("dataset", "sampler", "loader"))
+        dataset = as_mapping(section.get("dataset"), f"{key}.dataset")
         if "batch_transform_ops" in dataset:
             raise ConfigError(
                 f"{key}.dataset.batch_transform_ops: batch-level mixing (Mixup, Cutmix, ...) is "
                 "not supported offline; remove it"
             )
-        _only(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel"))
+        only_keys(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel"))
         if dataset.get("delimiter") not in (None, " "):
             raise ConfigError(
                 f"{key}.dataset.delimiter: {dataset['delimiter']!r} is not supported; list "
@@ -577,15 +566,15 @@ def _check_data(cfg: dict) -> None:
             )
         if dataset.get("relabel"):
             raise ConfigError(f"{key}.dataset.relabel: True is not supported")
-        sampler = _mapping(section.get("sampler"), f"{key}.sampler")
-        _only(sampler, f"{key}.sampler", _SAMPLER_KEYS)
+        sampler = as_mapping(section.get("sampler"), f"{key}.sampler")
+        only_keys(sampler, f"{key}.sampler", _SAMPLER_KEYS)
         if sampler.get("name", _SAMPLERS[0]) not in _SAMPLERS:
             raise ConfigError(
                 f"{key}.sampler.name: {sampler['name']!r} is not supported; supported: "
                 f"{', '.join(_SAMPLERS)}"
             )
-        _only(
-            _mapping(section.get("loader"), f"{key}.loader"),
+        only_keys(
+            as_mapping(section.get("loader"), f"{key}.loader"),
             f"{key}.loader",
             _LOADER_KEYS,
             _LOADER_HARMLESS,
@@ -593,46 +582,9 @@ def _check_data(cfg: dict) -> None:
         data_spec(cfg, split)  # dataset name, required keys, batch size and transform ops
 
 
-def _check_optimizer(cfg: dict) -> None:
-    opt = _mapping(cfg.get("Optimizer"), "Optimizer")
-    if not opt:
-        return
-    if opt.get("name", "Momentum") != "Momentum":
-        raise ConfigError(
-            f"Optimizer.name: {opt.get('name')!r} is not supported; supported: Momentum"
-        )
-    if opt.get("no_weight_decay_name"):
-        raise ConfigError(
-            "Optimizer.no_weight_decay_name: excluding parameters from weight decay is not "
-            "supported; remove it (L2 applies to every parameter)"
-        )
-    _only(opt, "Optimizer", _OPTIMIZER_KEYS, ("no_weight_decay_name",))
-    lr = _mapping(opt.get("lr"), "Optimizer.lr")
-    name = lr.get("name", "Cosine")
-    if name not in _LR_KEYS:
-        raise ConfigError(
-            f"Optimizer.lr.name: {name!r} is not supported; supported: {', '.join(_LR_KEYS)}"
-        )
-    _only(lr, "Optimizer.lr", _LR_KEYS[name])
-    if lr.get("by_epoch"):
-        raise ConfigError(
-            "Optimizer.lr.by_epoch: True is not supported; the schedule steps every iteration"
-        )
-    if name == "Piecewise":
-        for needed in ("decay_epochs", "values"):
-            if not isinstance(lr.get(needed), list):
-                raise ConfigError(f"Optimizer.lr.{needed}: required list for Piecewise")
-    reg = _mapping(opt.get("regularizer"), "Optimizer.regularizer")
-    _only(reg, "Optimizer.regularizer", ("name", "coeff"))
-    if reg and reg.get("name", "L2") != "L2":
-        raise ConfigError(
-            f"Optimizer.regularizer.name: {reg.get('name')!r} is not supported; supported: L2"
-        )
-
-
 def _check_loss(cfg: dict) -> None:
-    loss = _mapping(cfg.get("Loss"), "Loss")
-    _only(loss, "Loss", ("Train", "Eval"))
+    loss = as_mapping(cfg.get("Loss"), "Loss")
+    only_keys(loss, "Loss", ("Train", "Eval"))
     if "Train" in loss:
         from offline_ssld.losses import build_loss
 
@@ -672,8 +624,8 @@ def _check_loss_models(name: str, args: dict, key: str) -> None:
 
 
 def _check_metric(cfg: dict) -> None:
-    metric = _mapping(cfg.get("Metric"), "Metric")
-    _only(metric, "Metric", ("Train", "Eval"))
+    metric = as_mapping(cfg.get("Metric"), "Metric")
+    only_keys(metric, "Metric", ("Train", "Eval"))
     for split, entries in metric.items():
         if entries is None:
             continue
@@ -688,8 +640,8 @@ def _check_metric(cfg: dict) -> None:
                 raise ConfigError(
                     f"{key}: {name or entry!r} is not supported; supported: {', '.join(_METRICS)}"
                 )
-            args = _mapping(entry[name], f"{key}.{name}")
-            _only(args, f"{key}.{name}", _METRIC_ARGS)
+            args = as_mapping(entry[name], f"{key}.{name}")
+            only_keys(args, f"{key}.{name}", _METRIC_ARGS)
             if args.get("model_key", "Student") != "Student":
                 raise ConfigError(
                     f"{key}.{name}.model_key: {args['model_key']!r}; we report the Student's top-1"
@@ -697,8 +649,8 @@ def _check_metric(cfg: dict) -> None:
 
 
 def _check_amp(cfg: dict) -> None:
-    amp = _mapping(cfg.get("AMP"), "AMP")
-    _only(amp, "AMP", ("level",), _AMP_HARMLESS)
+    amp = as_mapping(cfg.get("AMP"), "AMP")
+    only_keys(amp, "AMP", ("level",), _AMP_HARMLESS)
     if amp.get("level", "O1") != "O1":
         raise ConfigError(
             f"AMP.level: {amp['level']!r} is not supported; training uses O1 mixed precision "
@@ -714,10 +666,12 @@ def check_supported(cfg: dict) -> None:
     Known-harmless keys (export settings, logging cadence, ...) are accepted; `Infer` is
     PaddleClas's predict settings and is not read. Offline is checked by load_config.
     """
+    from offline_ssld.optim import check_optimizer  # optim imports this module
+
     _check_global(cfg)
     _check_arch(cfg)
     _check_data(cfg)
-    _check_optimizer(cfg)
+    check_optimizer(cfg)
     _check_loss(cfg)
     _check_metric(cfg)
     _check_amp(cfg)

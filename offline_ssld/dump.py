@@ -26,26 +26,23 @@ from tqdm import tqdm
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
 from offline_ssld.cache.codecs import Codec, build_codec
-from offline_ssld.cache.format import Manifest, canonical_hash, load_manifest, shard_name
-from offline_ssld.cache.writer import (
-    BackgroundWriter,
-    adopt_shards,
+from offline_ssld.cache.fingerprint import (
+    dataset_fingerprint,
     first_difference,
-    open_cache,
+    order_fingerprint,
+    teacher_fingerprint,
+    teacher_identity,
+    transforms_fingerprint,
 )
+from offline_ssld.cache.format import Manifest, load_manifest, shard_name
+from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
+from offline_ssld.data.samplers import ShardBatches
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import CacheError, ConfigError, DataError
-from offline_ssld.models import (
-    build_model,
-    load_teacher,
-    load_weights,
-    select_device,
-    teacher_fingerprint,
-    teacher_identity,
-)
+from offline_ssld.models import build_model, load_teacher, load_weights, select_device
 
 
 @dataclass
@@ -129,9 +126,9 @@ def plan_dump(cfg: dict) -> DumpPlan:
         codec=codec.settings(),
         fingerprints={
             "teacher": teacher_fingerprint(identity),
-            "transforms": pipeline.fingerprint(),
-            "dataset": canonical_hash(sorted(k.hex() for k in keys)),
-            "order": canonical_hash([k.hex() for k in keys]),
+            "transforms": transforms_fingerprint(pipeline),
+            "dataset": dataset_fingerprint(keys),
+            "order": order_fingerprint(keys),
         },
         teacher=identity,
         num_images=len(keys),
@@ -146,30 +143,6 @@ def plan_dump(cfg: dict) -> DumpPlan:
     return DumpPlan(
         ImageSource(data.image_root, data.cls_label_path, kept), keys, pipeline, codec, manifest
     )
-
-
-class ShardBatches:
-    """Batch sampler over the items of the missing shards; a batch never crosses a shard."""
-
-    def __init__(self, shard_items: list[list[int]], batch_size: int):
-        self.batches = [
-            list(range(start, min(start + batch_size, stop)))
-            for start, stop in _spans(shard_items)
-            for start in range(start, stop, batch_size)
-        ]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _spans(shard_items: list[list[int]]):
-    position = 0
-    for items in shard_items:
-        yield position, position + len(items)
-        position += len(items)
 
 
 def shard_columns(

@@ -18,7 +18,6 @@ import paddle
 from safetensors.numpy import load_file, save_file
 
 from offline_ssld.atomic import atomic_write
-from offline_ssld.cache.format import canonical_hash, file_sha256
 from offline_ssld.config import ModelSpec
 from offline_ssld.errors import ConfigError
 
@@ -155,19 +154,6 @@ def convert_pdparams(source: str | Path, target: str | Path) -> int:
     arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
     atomic_write(target, lambda tmp: save_file(arrays, str(tmp)))
     return len(arrays)
-
-
-def teacher_identity(spec: ModelSpec, weights: str | Path | None) -> dict:
-    """What makes teacher outputs what they are: backbone, classes and the exact weights."""
-    digest = file_sha256(Path(weights)) if weights else None
-    identity: dict = {"name": spec.name, "class_num": spec.class_num, "weights_sha256": digest}
-    if spec.args:  # only when given, so caches of plain backbones keep their fingerprint
-        identity["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
-    return identity
-
-
-def teacher_fingerprint(identity: dict) -> str:
-    return canonical_hash(identity)
 
 
 def select_device(preference: str | None = None) -> str:

@@ -1,11 +1,8 @@
-"""Stage 2 and its baselines: one trainer, three sources of targets.
+"""Stage 2 and its baselines: one training loop over any source of targets (targets.py).
 
-- offline:    teacher probabilities decoded from the cache, on the replayed cached view;
-- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
-- supervised: ground-truth labels only (how the pipelines train their teachers).
-
-All three share the data path, optimizer, schedule, evaluation and checkpoints, so a
-benchmark between them compares like with like.
+offline (the cache), online (the teacher in the loop) and supervised (labels) share the data
+path, optimizer, schedule, evaluation and checkpoints, so a benchmark between them compares
+like with like; the loop itself never asks which one it runs.
 
 Under `python -m paddle.distributed.launch` the same loop is data-parallel: each rank takes
 its slice of the epoch's global permutation (batch_size per rank, as PaddleClas's per-card
@@ -16,152 +13,41 @@ ranks, and rank 0 alone writes checkpoints (of the unwrapped model) and metrics.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import paddle
-import paddle.nn.functional as F
-from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
-from offline_ssld.atomic import atomic_write
-from offline_ssld.cache.codecs import codec_from_settings
-from offline_ssld.cache.reader import CacheReader
+from offline_ssld.checkpoint import (
+    has_checkpoint,
+    keep_metrics_through,
+    load_checkpoint,
+    save_checkpoint,
+)
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
+from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.data.transforms import Pipeline, build_ops
-from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset, epoch_views
-from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.losses import DistillLoss, build_loss, check_pairing, gt_ce_loss
-from offline_ssld.models import (
-    build_model,
-    load_teacher,
-    load_weights,
-    save_weights,
-    select_device,
-    teacher_fingerprint,
-    teacher_identity,
-)
+from offline_ssld.data.views import AugmentDataset, ImageSource
+from offline_ssld.errors import ConfigError
+from offline_ssld.models import build_model, load_weights, select_device
+from offline_ssld.optim import build_optimizer
+from offline_ssld.targets import TARGET_SOURCES
 
-MODES = ("offline", "online", "supervised")
-
-
-# ---------------------------------------------------------------- optimizer and schedule
-
-
-def build_optimizer(cfg: dict, parameters, steps_per_epoch: int, epochs: int):
-    """PaddleClas `Optimizer` section: Momentum, lr Cosine/Piecewise with warmup, L2."""
-    opt = cfgmod.get(cfg, "Optimizer")
-    if opt.get("name", "Momentum") != "Momentum":
-        raise ConfigError(f"Optimizer.name: {opt.get('name')!r}; supported: Momentum")
-    lr_cfg = dict(opt.get("lr") or {})
-    name = lr_cfg.pop("name", "Cosine")
-    base = float(lr_cfg.pop("learning_rate", 0.1))
-    warmup_epoch = lr_cfg.pop("warmup_epoch", 0)
-    warmup_start = float(lr_cfg.pop("warmup_start_lr", 0.0))
-    total = steps_per_epoch * epochs
-    warmup = int(round(warmup_epoch * steps_per_epoch))
-    if name == "Cosine":
-        eta_min = float(lr_cfg.pop("eta_min", 0.0))
-        sched = paddle.optimizer.lr.CosineAnnealingDecay(base, max(1, total - warmup), eta_min)
-    elif name == "Piecewise":
-        decay_epochs = lr_cfg.pop("decay_epochs")
-        values = lr_cfg.pop("values")
-        sched = paddle.optimizer.lr.PiecewiseDecay(
-            [int(e * steps_per_epoch) - warmup for e in decay_epochs], values
-        )
-        base = values[0]
-    else:
-        raise ConfigError(f"Optimizer.lr.name: {name!r}; supported: Cosine, Piecewise")
-    lr_cfg.pop("by_epoch", None)
-    if lr_cfg:
-        raise ConfigError(f"Optimizer.lr.{sorted(lr_cfg)[0]}: unsupported key for {name}")
-    if warmup:
-        sched = paddle.optimizer.lr.LinearWarmup(sched, warmup, warmup_start, base)
-    reg = opt.get("regularizer") or {}
-    decay = None
-    if reg:
-        if reg.get("name", "L2") != "L2":
-            raise ConfigError(f"Optimizer.regularizer.name: {reg.get('name')!r}; supported: L2")
-        decay = paddle.regularizer.L2Decay(float(reg.get("coeff", 0.0)))
-    extra = set(opt) - {"name", "momentum", "lr", "regularizer", "no_weight_decay_name"}
-    if extra:
-        raise ConfigError(f"Optimizer.{sorted(extra)[0]}: unsupported key")
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=sched,
-        momentum=float(opt.get("momentum", 0.9)),
-        parameters=parameters,
-        weight_decay=decay,
-    )
-    return optimizer, sched
+MODES = tuple(TARGET_SOURCES)
 
 
 # ------------------------------------------------------------------------ data
 
 
-class EpochBatches:
-    """Batch sampler whose order is a pure function of (seed, epoch): resumable exactly.
-
-    With `world` > 1 rank `rank` takes order[rank::world] of the epoch's global order; with
-    `pad` that order is first wrapped round to a multiple of `world`, so every rank gets the
-    same number of samples and batches (as paddle's DistributedBatchSampler); evaluation
-    passes pad=False so no image is counted twice."""
-
-    def __init__(
-        self,
-        size: int,
-        batch_size: int,
-        shuffle: bool,
-        drop_last: bool,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        pad: bool = True,
-    ):
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside [0, {world})")
-        self.size, self.batch_size = size, batch_size
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
-        self.rank, self.world, self.pad = rank, world, pad
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _samples(self) -> int:
-        """How many samples this rank gets per epoch."""
-        if self.world == 1:
-            return self.size
-        if self.pad:
-            return math.ceil(self.size / self.world)
-        return len(range(self.rank, self.size, self.world))
-
-    def __iter__(self):
-        order = np.arange(self.size)
-        if self.shuffle:
-            seq = np.random.SeedSequence([self.seed, 0x0DE2, self.epoch])
-            order = np.random.Generator(np.random.PCG64(seq)).permutation(self.size)
-        if self.world > 1:
-            if self.pad:
-                order = np.resize(order, self._samples() * self.world)  # wraps round
-            order = order[self.rank :: self.world]
-        stop = len(self) * self.batch_size if self.drop_last else len(order)
-        for start in range(0, stop, self.batch_size):
-            yield order[start : start + self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self._samples() // self.batch_size
-        return math.ceil(self._samples() / self.batch_size)
-
-
 def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
+    """A split's images, pipeline and loader settings: train and eval read lists one way."""
     spec = cfgmod.data_spec(cfg, split)
     pipeline = Pipeline(
         build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
@@ -170,111 +56,13 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
     return ImageSource(spec.image_root, spec.cls_label_path, samples), pipeline, spec
 
 
-def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
-    """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
-    other transforms than this config (naming the differing field)."""
-    cache_dir = cfg["Offline"]["cache_dir"]
-    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
-    m = reader.manifest
-    if m.fingerprints["transforms"] != pipeline.fingerprint():
-        raise CacheError(
-            f"{cache_dir}: cache was dumped with other transforms (fingerprints.transforms); "
-            "DataLoader.Train.dataset.transform_ops must equal the dump's"
-        )
-    teacher = cfgmod.teacher_spec(cfg)
-    for field in ("name", "class_num"):
-        if m.teacher[field] != getattr(teacher, field):
-            raise CacheError(
-                f"{cache_dir}: cache holds another teacher (teacher.{field}: cache has "
-                f"{m.teacher[field]!r}, config gives {getattr(teacher, field)!r})"
-            )
-    if teacher.pretrained and Path(teacher.pretrained).is_file():
-        identity = teacher_identity(teacher, teacher.pretrained)
-        if teacher_fingerprint(identity) != m.fingerprints["teacher"]:
-            raise CacheError(
-                f"{cache_dir}: cache holds another teacher (fingerprints.teacher: the weights "
-                f"file {teacher.pretrained} differs from the one dumped)"
-            )
-    return reader
-
-
-# ------------------------------------------------------------------- checkpoints
-
-
-def _param_names(model) -> dict[str, str]:
-    """Paddle's generated parameter name (e.g. conv2d_204.w_0, differs per model instance)
-    -> the structured name from state_dict() (stable), used to key optimizer state."""
-    return {p.name: k for k, p in model.state_dict().items()}
-
-
-def _rename(key: str, names: dict[str, str]) -> str:
-    for generated in sorted(names, key=len, reverse=True):
-        if key.startswith(generated + "_"):
-            return f"{names[generated]}::{key[len(generated) + 1 :]}"
-    raise KeyError(key)
-
-
-def _save_optimizer(optimizer, model, path: Path) -> None:
-    state = optimizer.state_dict()
-    names = _param_names(model)
-    tensors = {
-        _rename(k, names): np.ascontiguousarray(v.numpy())
-        for k, v in state.items()
-        if isinstance(v, paddle.Tensor)
-    }
-    scheduler = state.get("LR_Scheduler", {})
-    save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
-
-
-def _load_optimizer(optimizer, model, path: Path) -> None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as fh:
-        meta = fh.metadata() or {}
-    generated = {k: p.name for k, p in model.state_dict().items()}
-    state: dict = {}
-    for key, value in load_file(str(path)).items():
-        structured, _, suffix = key.partition("::")
-        if structured not in generated:
-            raise ConfigError(f"--resume: {path} holds state for unknown parameter {structured}")
-        state[f"{generated[structured]}_{suffix}"] = paddle.to_tensor(value)
-    state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
-    optimizer.set_state_dict(state)
-
-
-def save_checkpoint(out: Path, tag: str, model, optimizer, info: dict) -> None:
-    """`tag`.safetensors (weights), .opt.safetensors (optimizer), .json (epoch, metrics);
-    plus .pdparams/.pdopt for PaddleClas tools (written, never read back: they are pickles).
-    Each file is replaced atomically, the .json last."""
-    text = json.dumps(info, indent=1) + "\n"
-    save_weights(model, out / f"{tag}.safetensors")
-    opt_path = out / f"{tag}.opt.safetensors"
-    atomic_write(opt_path, lambda p: _save_optimizer(optimizer, model, p))
-    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
-    atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
-    atomic_write(out / f"{tag}.json", lambda p: p.write_text(text))
-
-
-def _keep_metrics_through(path: Path, epoch: int) -> None:
-    """On --resume from `epoch`, drop the lines of later epochs (a killed run logs an epoch
-    before checkpointing it) and a line cut short, so each epoch appears once."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["epoch"]) <= epoch:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    atomic_write(path, lambda p: p.write_text("".join(kept)))
-
-
 # ------------------------------------------------------------------------- loop
 
 
 @dataclass
 class TrainResult:
+    """What a run reports (CLI summary, benchmarks); per-epoch detail is in metrics.jsonl."""
+
     best_top1: float
     last_top1: float
     epochs: int
@@ -283,19 +71,13 @@ class TrainResult:
     output_dir: Path
 
 
-def _labels_of(cfg: dict, mode: str) -> DistillLoss | None:
-    if mode == "supervised":
-        return None
-    return build_loss(cfgmod.get(cfg, "Loss.Train"))
-
-
-def _batch_norms(model) -> list:
+def _batch_norms(model: paddle.nn.Layer) -> list[paddle.nn.Layer]:
     from paddle.nn.layer.norm import _BatchNormBase
 
     return [m for m in model.sublayers() if isinstance(m, (paddle.nn.BatchNorm, _BatchNormBase))]
 
 
-def recalibrate_batch_norm(model, loader, batches: int) -> int:
+def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches: int) -> int:
     """Recompute every BatchNorm's running statistics as the plain mean over the first
     `batches` training batches, with the weights as they are now ("precise BN").
 
@@ -325,7 +107,7 @@ def recalibrate_batch_norm(model, loader, batches: int) -> int:
     return used
 
 
-def evaluate(model, loader) -> float:
+def evaluate(model: paddle.nn.Layer, loader: BatchLoader) -> float:
     """Top-1 over the loader's images; launched, each rank counts its slice and the counts
     are summed, so every rank returns the top-1 of the whole eval list."""
     model.eval()
@@ -340,7 +122,7 @@ def evaluate(model, loader) -> float:
     return correct / total if total else float("nan")
 
 
-def make_eval_loader(cfg: dict, class_num: int):
+def make_eval_loader(cfg: dict, class_num: int) -> BatchLoader:
     """The eval list in order; launched, this rank's slice of it (no padding)."""
     source, pipeline, spec = _source(cfg, "Eval", class_num)
     dataset = AugmentDataset(source, pipeline, seed=0)
@@ -371,37 +153,10 @@ def train(
     paddle.seed(seed)
 
     student_spec = cfgmod.student_spec(cfg)
-    loss_fn = _labels_of(cfg, mode)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
-    reader = teacher = None
-    if mode == "offline":
-        reader = open_matching_cache(cfg, pipeline)
-        if reader.manifest.num_classes != student_spec.class_num:
-            raise CacheError(
-                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
-                f"{student_spec.key}.class_num is {student_spec.class_num}"
-            )
-        codec = codec_from_settings(reader.manifest.codec)
-        check_pairing(codec.name, codec.target, loss_fn, "Loss.Train")
-        views_used = cfg["Offline"]["views"]
-        if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
-            raise ConfigError(
-                f"Offline.views: {views_used!r}; this cache holds {reader.views} views per image "
-                "and train-student uses the first Offline.views of them"
-            )
-        reader.index()  # built once here, shared copy-on-write by the loader workers
-        dataset = ReplayDataset(source, pipeline, reader)
-    else:
-        dataset = AugmentDataset(source, pipeline, seed)
-        if mode == "online":
-            teacher = load_teacher(cfg)
-            bn_mode = cfg["Offline"]["online_teacher_bn"]
-            if bn_mode not in ("train", "eval"):
-                raise ConfigError("Offline.online_teacher_bn: expected train or eval")
-            teacher.train() if bn_mode == "train" else teacher.eval()
-
+    targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
     sampler = EpochBatches(
-        len(dataset),
+        len(targets.dataset),
         spec.batch_size,
         spec.shuffle,
         spec.drop_last,
@@ -409,7 +164,7 @@ def train(
         dist.rank(),
         dist.world_size(),
     )
-    loader = BatchLoader(dataset, sampler, spec.num_workers)
+    loader = BatchLoader(targets.dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
@@ -422,13 +177,11 @@ def train(
 
     start_epoch, best = 0, -1.0
     metrics_path = out / "metrics.jsonl"
-    if resume and (out / "latest.json").exists():
-        info = json.loads((out / "latest.json").read_text())
-        load_weights(model, out / "latest.safetensors", "--resume")
-        _load_optimizer(optimizer, model, out / "latest.opt.safetensors")
+    if resume and has_checkpoint(out, "latest"):
+        info = load_checkpoint(out, "latest", model, optimizer)
         start_epoch, best = int(info["epoch"]), float(info["best_top1"])
         if main:
-            _keep_metrics_through(metrics_path, start_epoch)
+            keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
         metrics_path.unlink()
     vdl = _visualdl(glob, out) if main else None
@@ -441,10 +194,7 @@ def train(
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
         sampler.set_epoch(epoch)
-        if reader is not None:
-            dataset.set_epoch_views(epoch_views(seed, epoch, len(dataset), views_used))
-        else:
-            dataset.set_epoch(epoch)
+        targets.set_epoch(epoch)
         model.train()
         bar = tqdm(
             total=len(sampler),
@@ -456,18 +206,9 @@ def train(
         )
         tick, seen, loss_sum = time.perf_counter(), 0, 0.0
         for batch in loader:
-            x, labels = batch[0], batch[-1]
+            x = batch[0]
             with paddle.amp.auto_cast(enable=scaler is not None):
-                logits = net(x)
-                if mode == "supervised":
-                    loss = gt_ce_loss(logits, labels)
-                else:
-                    if mode == "offline":
-                        target = batch[1]
-                    else:
-                        with paddle.no_grad():
-                            target = F.softmax(teacher(x).astype("float32"), axis=-1)
-                    loss, _ = loss_fn(logits.astype("float32"), target, labels)
+                loss = targets.loss(net(x), batch)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.minimize(optimizer, loss)
@@ -529,7 +270,8 @@ def train(
     return TrainResult(best, last, epochs, seconds, speeds, out)
 
 
-def _visualdl(glob: dict, out: Path):
+def _visualdl(glob: dict, out: Path) -> Any:
+    """A VisualDL LogWriter when Global.use_visualdl asks for one (imported only then)."""
     if not glob.get("use_visualdl"):
         return None
     try:

@@ -24,8 +24,9 @@ from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
 from offline_ssld.config import load_config, student_spec
+from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.models import build_model, load_weights
-from offline_ssld.train import EpochBatches, evaluate, make_eval_loader
+from offline_ssld.train import evaluate, make_eval_loader
 
 CLI = Path(sys.executable).with_name("offline-ssld")
 LAUNCH_TIMEOUT = 240

@@ -43,7 +43,8 @@ from offline_ssld.audit import verify_cache
 from offline_ssld.cache import format as cache_format
 from offline_ssld.cache import writer as cache_writer
 from offline_ssld.cache.codecs import FP16Codec
-from offline_ssld.cache.format import MANIFEST, TMP_MARK, Manifest, canonical_hash, load_manifest
+from offline_ssld.cache.fingerprint import canonical_hash
+from offline_ssld.cache.format import MANIFEST, TMP_MARK, Manifest, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import write_shard
 from offline_ssld.cli import main

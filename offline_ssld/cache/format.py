@@ -25,11 +25,8 @@ Each shard holds these columns, every one of fixed width (shape `rows x width`):
     complete, skipped: [{path, line, reason}],
     shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}]
 
-Fingerprints (Hugging Face datasets style, each hashes the exact inputs of the computation):
-`teacher` hashes backbone name, class_num and the SHA-256 of the weights file; `transforms`
-hashes the canonical transform specs; `dataset` hashes the sorted content keys (the set of
-images, order-free, so a reordered list still finds its rows); `order` hashes the ordered keys
-(resuming a dump needs the same order, because shards are cut along it).
+Fingerprints (each hashes the exact inputs of its computation) are computed, and compared,
+in `cache/fingerprint.py`.
 
 Write protocol: a shard is written to `.<name>.tmp-<pid>`, fsynced and renamed into place;
 then the manifest, listing it with its checksum, is replaced atomically the same way. So a
@@ -42,7 +39,6 @@ keys), checksummed and listed. A file that fails the check is removed and rewrit
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,16 +58,6 @@ def shard_name(index: int, backend: str) -> str:
     return f"shard-{index:05d}{BACKEND_SUFFIX[backend]}"
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def canonical_hash(obj: Any) -> str:
-    """SHA-256 of canonical JSON: the same plain data always gives the same fingerprint."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return sha256_hex(text.encode("utf-8"))
-
-
 def _file_digest(path: Path, hasher) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -82,11 +68,6 @@ def _file_digest(path: Path, hasher) -> str:
 def file_checksum(path: Path) -> str:
     """BLAKE3 of a shard file: fast enough to verify every shard before it is parsed."""
     return _file_digest(path, blake3.blake3())
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a weights file, the digest users already know from model hubs."""
-    return _file_digest(path, hashlib.sha256())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from offline_ssld.cache.backends import read_columns, write_columns
 from offline_ssld.cache.codecs import codec_from_settings
+from offline_ssld.cache.fingerprint import first_difference
 from offline_ssld.cache.format import (
     MANIFEST,
     TMP_MARK,
@@ -27,40 +28,6 @@ from offline_ssld.cache.format import (
     tmp_path,
 )
 from offline_ssld.errors import CacheError
-
-# Fields that must agree for a dump to resume into an existing cache, with what they mean.
-IDENTITY_FIELDS = {
-    "fingerprints.teacher": "teacher",
-    "fingerprints.dataset": "dataset",
-    "fingerprints.transforms": "transforms",
-    "fingerprints.order": "list order",
-    "codec": "codec",
-    "views": "views",
-    "seed": "seed",
-    "backend": "format",
-    "images_per_shard": "shard size",
-}
-
-
-def _field(manifest: Manifest, dotted: str):
-    value = manifest.to_json()
-    for part in dotted.split("."):
-        value = value[part]
-    return value
-
-
-def first_difference(old: Manifest, new: Manifest) -> str | None:
-    """The first identity field in which two manifests differ, described for a user."""
-    for dotted, what in IDENTITY_FIELDS.items():
-        a, b = _field(old, dotted), _field(new, dotted)
-        if a != b:
-            return f"another {what} ({dotted}: cache has {_short(a)}, config gives {_short(b)})"
-    return None
-
-
-def _short(value) -> str:
-    text = str(value)
-    return text[:16] if len(text) == 64 else text
 
 
 def _is_ours(path: Path) -> bool:

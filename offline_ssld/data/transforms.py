@@ -12,8 +12,6 @@ differs (an explicit `np.random.Generator` instead of python's global `random`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import os
@@ -662,8 +660,7 @@ class Pipeline:
             )
         return self.replay(data, np.zeros(0, np.int32))
 
-    def fingerprint(self) -> str:
-        """sha256 of the canonical op specs: caches made with another pipeline are refused."""
-        doc = {"version": TRANSFORMS_VERSION, "ops": [op.spec() for op in self.ops]}
-        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+    def spec(self) -> dict:
+        """Canonical op specs as plain data: what cache/fingerprint.py hashes, so caches made
+        with another pipeline are refused."""
+        return {"version": TRANSFORMS_VERSION, "ops": [op.spec() for op in self.ops]}

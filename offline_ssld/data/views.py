@@ -22,15 +22,6 @@ def view_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, view, *words])))
 
 
-def epoch_views(seed: int, epoch: int, num_images: int, views: int) -> np.ndarray:
-    """The view each image uses in `epoch`: a per-image permutation of the views, walked one
-    step per epoch and redrawn every `views` epochs, so views are used without replacement."""
-    cycle, step = divmod(epoch, views)
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0x5EED, cycle])))
-    order = np.argsort(rng.random((num_images, views)), axis=1)
-    return order[:, step].astype(np.int64)
-
-
 class ImageSource:
     """Reads list samples and checks their bytes against the content key they were hashed to."""
 

@@ -1,0 +1,159 @@
+"""Every fingerprint of a cache, and the one answer to "does this cache match?".
+
+Like Hugging Face datasets' fingerprint.py, one hasher hashes the exact inputs of a
+computation, so equal inputs always give the same fingerprint and any change gives another:
+
+- `teacher`:    backbone name, class_num and the SHA-256 of the weights file;
+- `transforms`: the canonical op specs of the pipeline (and the transforms version);
+- `dataset`:    the sorted content keys (the set of images: a reordered list still matches);
+- `order`:      the ordered content keys (a dump resumes only along the same shard cuts).
+
+`first_difference` is the single comparison that dump (resuming), train (opening a cache)
+and audit (verifying one) call; each caller words what a difference means for it. The
+values computed here are stored in manifests: changing how one is computed orphans every
+existing cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type hints only: keep this module free of paddle and cv2
+    from offline_ssld.cache.format import Manifest
+    from offline_ssld.config import ModelSpec
+    from offline_ssld.data.transforms import Pipeline
+
+
+def canonical_hash(obj: Any) -> str:
+    """SHA-256 of canonical JSON: the same plain data always gives the same fingerprint."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, the digest users already know from model hubs."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def teacher_identity(spec: ModelSpec, weights: str | Path | None) -> dict:
+    """What makes teacher outputs what they are: backbone, classes and the exact weights."""
+    digest = file_sha256(Path(weights)) if weights else None
+    identity: dict = {"name": spec.name, "class_num": spec.class_num, "weights_sha256": digest}
+    if spec.args:  # only when given, so caches of plain backbones keep their fingerprint
+        identity["args"] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
+    return identity
+
+
+def teacher_fingerprint(identity: Mapping[str, Any]) -> str:
+    return canonical_hash(identity)
+
+
+def transforms_fingerprint(pipeline: Pipeline) -> str:
+    """Caches made with another pipeline are refused: views would not replay the same."""
+    return canonical_hash(pipeline.spec())
+
+
+def dataset_fingerprint(keys: Iterable[bytes]) -> str:
+    return canonical_hash(sorted(k.hex() for k in keys))
+
+
+def order_fingerprint(keys: Iterable[bytes]) -> str:
+    return canonical_hash([k.hex() for k in keys])
+
+
+def expected_identity(teacher: ModelSpec, pipeline: Pipeline) -> dict[str, Any]:
+    """The identity fields a teacher and a pipeline fix, for `first_difference`. The teacher
+    fingerprint needs its weights file; without one, name and class count still must match."""
+    expected: dict[str, Any] = {
+        "teacher.name": teacher.name,
+        "teacher.class_num": teacher.class_num,
+        "fingerprints.transforms": transforms_fingerprint(pipeline),
+    }
+    if teacher.pretrained and Path(teacher.pretrained).is_file():
+        identity = teacher_identity(teacher, teacher.pretrained)
+        expected["fingerprints.teacher"] = teacher_fingerprint(identity)
+    return expected
+
+
+# Manifest fields that identify what a cache holds, in the order they are compared, with what
+# each means for a user.
+IDENTITY_FIELDS: dict[str, str] = {
+    "teacher.name": "teacher",
+    "teacher.class_num": "teacher",
+    "fingerprints.teacher": "teacher",
+    "fingerprints.dataset": "dataset",
+    "fingerprints.transforms": "transforms",
+    "fingerprints.order": "list order",
+    "codec": "codec",
+    "views": "views",
+    "seed": "seed",
+    "backend": "format",
+    "images_per_shard": "shard size",
+}
+# What a dump must agree on to add shards to an existing cache.
+RESUME_FIELDS = (
+    "fingerprints.teacher",
+    "fingerprints.dataset",
+    "fingerprints.transforms",
+    "fingerprints.order",
+    "codec",
+    "views",
+    "seed",
+    "backend",
+    "images_per_shard",
+)
+
+
+def _manifest_field(manifest: Manifest, dotted: str) -> Any:
+    value: Any = manifest.to_json()
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One identity field in which a cache differs from what the caller expects."""
+
+    field: str  # dotted manifest field, e.g. fingerprints.transforms
+    cached: Any
+    expected: Any
+
+    def __str__(self) -> str:
+        return (
+            f"another {IDENTITY_FIELDS[self.field]} ({self.field}: cache has "
+            f"{_short(self.cached)}, config gives {_short(self.expected)})"
+        )
+
+
+def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -> Difference | None:
+    """The first identity field where `cached` differs from `expected`, or None.
+
+    `expected` holds the fields the caller can compute (a training config knows its teacher
+    and transforms, not the dump's list order); a Manifest stands for the RESUME_FIELDS of
+    the dump it describes."""
+    if not isinstance(expected, Mapping):
+        expected = {f: _manifest_field(expected, f) for f in RESUME_FIELDS}
+    unknown = set(expected) - set(IDENTITY_FIELDS)
+    if unknown:
+        raise ValueError(f"not an identity field: {sorted(unknown)[0]}")
+    for dotted in IDENTITY_FIELDS:
+        if dotted in expected:
+            have = _manifest_field(cached, dotted)
+            if have != expected[dotted]:
+                return Difference(dotted, have, expected[dotted])
+    return None
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:16] if len(text) == 64 else text

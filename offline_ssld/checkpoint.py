@@ -1,0 +1,111 @@
+"""Checkpoints: what `train-student --resume` needs, written so a kill never leaves half of it.
+
+A checkpoint `tag` (latest, best) in the output directory is:
+
+    <tag>.safetensors       the model's weights
+    <tag>.opt.safetensors   optimizer state, keyed by structured parameter names, and the lr
+                            schedule's state as JSON metadata
+    <tag>.pdparams/.pdopt   the same for PaddleClas tools (pickles: written, never read back)
+    <tag>.json              epoch and metrics, written last: it marks the checkpoint whole
+
+Every file goes through the durable atomic write (offline_ssld/atomic.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from offline_ssld.atomic import atomic_write, write_text_atomic
+from offline_ssld.errors import ConfigError
+from offline_ssld.models import load_weights, save_weights
+
+
+def _param_names(model: paddle.nn.Layer) -> dict[str, str]:
+    """Paddle's generated parameter name (e.g. conv2d_204.w_0, differs per model instance)
+    -> the structured name from state_dict() (stable), used to key optimizer state."""
+    return {p.name: k for k, p in model.state_dict().items()}
+
+
+def _rename(key: str, names: dict[str, str]) -> str:
+    for generated in sorted(names, key=len, reverse=True):
+        if key.startswith(generated + "_"):
+            return f"{names[generated]}::{key[len(generated) + 1 :]}"
+    raise KeyError(key)
+
+
+def _save_optimizer(
+    optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer, path: Path
+) -> None:
+    state = optimizer.state_dict()
+    names = _param_names(model)
+    tensors = {
+        _rename(k, names): np.ascontiguousarray(v.numpy())
+        for k, v in state.items()
+        if isinstance(v, paddle.Tensor)
+    }
+    scheduler = state.get("LR_Scheduler", {})
+    save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
+
+
+def _load_optimizer(
+    optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer, path: Path
+) -> None:
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata() or {}
+    generated = {k: p.name for k, p in model.state_dict().items()}
+    state: dict = {}
+    for key, value in load_file(str(path)).items():
+        structured, _, suffix = key.partition("::")
+        if structured not in generated:
+            raise ConfigError(f"--resume: {path} holds state for unknown parameter {structured}")
+        state[f"{generated[structured]}_{suffix}"] = paddle.to_tensor(value)
+    state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
+    optimizer.set_state_dict(state)
+
+
+def save_checkpoint(
+    out: Path, tag: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, info: dict
+) -> None:
+    """Write checkpoint `tag` in `out`; each file is replaced atomically, the .json last."""
+    text = json.dumps(info, indent=1) + "\n"
+    save_weights(model, out / f"{tag}.safetensors")
+    atomic_write(out / f"{tag}.opt.safetensors", lambda p: _save_optimizer(optimizer, model, p))
+    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
+    atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
+    write_text_atomic(out / f"{tag}.json", text)
+
+
+def has_checkpoint(out: Path, tag: str) -> bool:
+    return (out / f"{tag}.json").exists()
+
+
+def load_checkpoint(
+    out: Path, tag: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer
+) -> dict:
+    """Restore weights and optimizer (with its lr schedule) of checkpoint `tag`; return its
+    info (epoch, metrics)."""
+    info = json.loads((out / f"{tag}.json").read_text())
+    load_weights(model, out / f"{tag}.safetensors", "--resume")
+    _load_optimizer(optimizer, model, out / f"{tag}.opt.safetensors")
+    return info
+
+
+def keep_metrics_through(path: Path, epoch: int) -> None:
+    """On --resume from `epoch`, drop the lines of later epochs (a killed run logs an epoch
+    before checkpointing it) and a line cut short, so each epoch appears once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["epoch"]) <= epoch:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(kept))

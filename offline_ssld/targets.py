@@ -1,0 +1,154 @@
+"""Where a training batch's target comes from: one class per way of computing it.
+
+In the spirit of timm's task classes, each source builds the dataset it needs, moves it to
+the next epoch and turns the student's logits for a batch into the loss; the training loop
+calls only that interface, so it never asks which mode it runs:
+
+- offline:    teacher probabilities decoded from the cache, on the replayed cached view;
+- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
+- supervised: ground-truth labels only (how the pipelines train their teachers).
+
+A new source (an ensemble of caches, say) is one subclass registered in TARGET_SOURCES.
+Every batch a dataset yields starts with the image tensor and ends with the labels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import paddle
+import paddle.nn.functional as F
+
+from offline_ssld import config as cfgmod
+from offline_ssld.cache.codecs import codec_from_settings
+from offline_ssld.cache.fingerprint import expected_identity, first_difference
+from offline_ssld.cache.reader import CacheReader
+from offline_ssld.config import ModelSpec
+from offline_ssld.data.samplers import epoch_views
+from offline_ssld.data.transforms import Pipeline
+from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
+from offline_ssld.errors import CacheError, ConfigError
+from offline_ssld.losses import build_loss, check_pairing, gt_ce_loss
+from offline_ssld.models import load_teacher
+
+
+class TargetSource(ABC):
+    """A dataset of training items and the loss of a batch of them."""
+
+    mode: ClassVar[str]  # the `train(cfg, mode)` name of this source
+
+    def __init__(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec, seed: int
+    ) -> None:
+        self.seed = seed
+        self.dataset: paddle.io.Dataset = self._build(cfg, source, pipeline, student)
+
+    @abstractmethod
+    def _build(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+    ) -> paddle.io.Dataset:
+        """Check the config for this source and return the training dataset."""
+
+    @abstractmethod
+    def set_epoch(self, epoch: int) -> None:
+        """Select the views (or augmentations) of `epoch`: a pure function of seed and epoch,
+        so a resumed run sees the same items."""
+
+    @abstractmethod
+    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+        """The scalar loss of the student's `logits` for `batch`."""
+
+
+class SupervisedLabels(TargetSource):
+    """Cross-entropy with the list labels: teachers and the student-only baseline."""
+
+    mode = "supervised"
+
+    def _build(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+    ) -> paddle.io.Dataset:
+        return AugmentDataset(source, pipeline, self.seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+        return gt_ce_loss(logits, batch[-1])
+
+
+class OnlineTeacher(TargetSource):
+    """The teacher's softmax on the very batch the student sees (the online baseline)."""
+
+    mode = "online"
+
+    def _build(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+    ) -> paddle.io.Dataset:
+        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        dataset = AugmentDataset(source, pipeline, self.seed)
+        self.teacher = load_teacher(cfg)
+        bn_mode = cfg["Offline"]["online_teacher_bn"]
+        if bn_mode not in ("train", "eval"):
+            raise ConfigError("Offline.online_teacher_bn: expected train or eval")
+        self.teacher.train() if bn_mode == "train" else self.teacher.eval()
+        return dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+        x, labels = batch[0], batch[-1]
+        with paddle.no_grad():
+            target = F.softmax(self.teacher(x).astype("float32"), axis=-1)
+        return self.loss_fn(logits.astype("float32"), target, labels)[0]
+
+
+class OfflineCache(TargetSource):
+    """Teacher probabilities decoded from the cache, for the cached view replayed exactly."""
+
+    mode = "offline"
+
+    def _build(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+    ) -> paddle.io.Dataset:
+        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        reader = open_matching_cache(cfg, pipeline)
+        if reader.manifest.num_classes != student.class_num:
+            raise CacheError(
+                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
+                f"{student.key}.class_num is {student.class_num}"
+            )
+        codec = codec_from_settings(reader.manifest.codec)
+        check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
+        views = cfg["Offline"]["views"]
+        if not isinstance(views, int) or not 1 <= views <= reader.views:
+            raise ConfigError(
+                f"Offline.views: {views!r}; this cache holds {reader.views} views per image "
+                "and train-student uses the first Offline.views of them"
+            )
+        self.views = views
+        reader.index()  # built once here, shared copy-on-write by the loader workers
+        return ReplayDataset(source, pipeline, reader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch_views(epoch_views(self.seed, epoch, len(self.dataset), self.views))
+
+    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+        return self.loss_fn(logits.astype("float32"), batch[1], batch[-1])[0]
+
+
+def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
+    """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
+    other transforms than this config (naming the differing field)."""
+    cache_dir = cfg["Offline"]["cache_dir"]
+    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
+    diff = first_difference(reader.manifest, expected_identity(cfgmod.teacher_spec(cfg), pipeline))
+    if diff is not None:
+        raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
+    return reader
+
+
+TARGET_SOURCES: dict[str, type[TargetSource]] = {
+    cls.mode: cls for cls in (OfflineCache, OnlineTeacher, SupervisedLabels)
+}
