@@ -407,6 +407,7 @@ _GLOBAL_HONOURED = (
     "seed",
     "pretrained_model",
     "use_visualdl",
+    "start_eval_epoch",
 )
 _GLOBAL_HARMLESS = (
     "print_batch_step",  # logging cadence; the progress bar and metrics.jsonl replace it

@@ -1,5 +1,6 @@
-"""The `Optimizer` section: PaddleClas Momentum, a Cosine or Piecewise lr schedule with linear
-warmup, and L2 decay.
+"""The `Optimizer` section: PaddleClas Momentum, a Cosine, Piecewise or MultiStepDecay lr
+schedule with linear warmup, and L2 decay (`regularizer` or `weight_decay`), computed as
+PaddleClas's ppcls/optimizer computes them.
 
 The only reader of those keys: `config.check_supported` validates through `check_optimizer`
 and training builds through `build_optimizer`, so the supported keys are defined once. The
@@ -13,8 +14,10 @@ from collections.abc import Iterable
 import paddle
 from paddle.optimizer.lr import (
     CosineAnnealingDecay,
+    LambdaDecay,
     LinearWarmup,
     LRScheduler,
+    MultiStepDecay,
     PiecewiseDecay,
 )
 
@@ -22,17 +25,27 @@ from offline_ssld.config import as_mapping, get, only_keys
 from offline_ssld.errors import ConfigError
 
 OPTIMIZERS = ("Momentum",)
-OPTIMIZER_KEYS = ("name", "momentum", "lr", "regularizer")
+OPTIMIZER_KEYS = ("name", "momentum", "lr", "regularizer", "weight_decay")
 LR_KEYS: dict[str, tuple[str, ...]] = {
     "Cosine": ("name", "learning_rate", "warmup_epoch", "warmup_start_lr", "eta_min", "by_epoch"),
     "Piecewise": (
         "name",
-        "learning_rate",  # accepted as PaddleClas does; Piecewise starts at values[0]
+        "learning_rate",  # PaddleClas: when set, replaces decay_epochs/values (/10 every 30)
         "decay_epochs",
         "values",
         "warmup_epoch",
         "warmup_start_lr",
         "by_epoch",
+    ),
+    "MultiStepDecay": (
+        "name",
+        "learning_rate",
+        "milestones",
+        "gamma",
+        "warmup_epoch",
+        "warmup_start_lr",
+        "by_epoch",
+        "step_each_epoch",  # PaddleClas overwrites it with the real iterations per epoch
     ),
 }
 REGULARIZERS = ("L2",)
@@ -68,10 +81,18 @@ def check_optimizer(cfg: dict) -> None:
         raise ConfigError(
             "Optimizer.lr.by_epoch: True is not supported; the schedule steps every iteration"
         )
-    if name == "Piecewise":
-        for needed in ("decay_epochs", "values"):
-            if not isinstance(lr.get(needed), list):
-                raise ConfigError(f"Optimizer.lr.{needed}: required list for Piecewise")
+    needed = {"Piecewise": ("decay_epochs", "values"), "MultiStepDecay": ("milestones",)}
+    if not (name == "Piecewise" and lr.get("learning_rate")):
+        for key in needed.get(name, ()):
+            if not isinstance(lr.get(key), list):
+                raise ConfigError(f"Optimizer.lr.{key}: required list for {name}")
+    if name == "MultiStepDecay" and lr.get("learning_rate") is None:
+        raise ConfigError("Optimizer.lr.learning_rate: required for MultiStepDecay")
+    if opt.get("regularizer") and opt.get("weight_decay") is not None:
+        raise ConfigError(
+            "Optimizer.weight_decay: give either regularizer or weight_decay (PaddleClas "
+            "ignores weight_decay then, with a warning)"
+        )
     reg = as_mapping(opt.get("regularizer"), "Optimizer.regularizer")
     only_keys(reg, "Optimizer.regularizer", REGULARIZER_KEYS)
     if reg and reg.get("name", REGULARIZERS[0]) not in REGULARIZERS:
@@ -88,6 +109,8 @@ def describe_optimizer(cfg: dict) -> list[str]:
     reg = opt.get("regularizer") or {}
     lr_text = ", ".join(f"{k} {v}" for k, v in lr.items() if k != "name")
     regularizer = f"{reg.get('name', REGULARIZERS[0])} coeff {reg.get('coeff', 0.0)}"
+    if not reg and opt.get("weight_decay") is not None:
+        reg, regularizer = {"weight_decay": True}, f"L2 coeff {opt['weight_decay']}"
     return [
         f"optimizer: {opt.get('name', OPTIMIZERS[0])}, momentum "
         f"{opt.get('momentum', DEFAULT_MOMENTUM)}, " + (regularizer if reg else "no regularizer"),
@@ -95,25 +118,44 @@ def describe_optimizer(cfg: dict) -> list[str]:
     ]
 
 
-def build_schedule(lr: dict, steps_per_epoch: int, epochs: int) -> LRScheduler:
-    """The per-iteration schedule of a checked `Optimizer.lr` section.
+def _piecewise(lr: dict, epochs: int) -> tuple[list, list]:
+    """decay_epochs and values as PaddleClas's Piecewise takes them: a `learning_rate`
+    replaces both with a tenfold decay every 30 epochs."""
+    if not lr.get("learning_rate"):
+        return list(lr["decay_epochs"]), list(lr["values"])
+    base = float(lr["learning_rate"])
+    decay_epochs = list(range(0, epochs, 30))
+    values = [base * 0.1**i for i in range(len(decay_epochs))]
+    if len(decay_epochs) == 1:
+        return [epochs], [values[0], values[0]]
+    return decay_epochs[1:], values
 
-    Warmup takes the first `warmup_epoch` epochs and the decay the rest: Cosine anneals over
-    the remaining steps, Piecewise boundaries stay at their epochs of the whole run."""
+
+def build_schedule(lr: dict, steps_per_epoch: int, epochs: int) -> LRScheduler:
+    """The per-iteration schedule of a checked `Optimizer.lr` section, as PaddleClas builds
+    it: warmup takes round(warmup_epoch * steps) steps and the decay runs after it, so the
+    Piecewise and MultiStepDecay boundaries (epoch * steps) count from the end of warmup,
+    and Cosine anneals over (epochs - warmup_epoch) * steps."""
     name = lr.get("name", DEFAULT_LR)
-    total = steps_per_epoch * epochs
-    warmup = int(round(lr.get("warmup_epoch", 0) * steps_per_epoch))
+    warmup_epoch = lr.get("warmup_epoch", 0)
+    warmup = int(round(warmup_epoch * steps_per_epoch))
     sched: LRScheduler
     if name == "Cosine":
         base = float(lr.get("learning_rate", 0.1))
-        eta_min = float(lr.get("eta_min", 0.0))
-        sched = CosineAnnealingDecay(base, max(1, total - warmup), eta_min)
-    else:
-        values = lr["values"]
-        boundaries = [int(e * steps_per_epoch) - warmup for e in lr["decay_epochs"]]
-        sched = PiecewiseDecay(boundaries, values)
+        t_max = int((epochs - warmup_epoch) * steps_per_epoch)
+        if t_max > 0:
+            sched = CosineAnnealingDecay(base, t_max, float(lr.get("eta_min", 0.0)))
+        else:
+            sched = LambdaDecay(base, lambda _: 1.0)
+    elif name == "Piecewise":
+        decay_epochs, values = _piecewise(lr, epochs)
+        sched = PiecewiseDecay([int(e * steps_per_epoch) for e in decay_epochs], values)
         base = values[0]
-    if warmup:
+    else:
+        base = float(lr["learning_rate"])
+        milestones = [int(m * steps_per_epoch) for m in lr["milestones"]]
+        sched = MultiStepDecay(base, milestones, float(lr.get("gamma", 0.1)))
+    if warmup > 0:
         sched = LinearWarmup(sched, warmup, float(lr.get("warmup_start_lr", 0.0)), base)
     return sched
 
@@ -126,7 +168,8 @@ def build_optimizer(
     opt = as_mapping(get(cfg, "Optimizer"), "Optimizer")
     sched = build_schedule(opt.get("lr") or {}, steps_per_epoch, epochs)
     reg = opt.get("regularizer") or {}
-    decay = paddle.regularizer.L2Decay(float(reg.get("coeff", 0.0))) if reg else None
+    coeff = reg.get("coeff", 0.0) if reg else opt.get("weight_decay")
+    decay = None if coeff is None else paddle.regularizer.L2Decay(float(coeff))
     optimizer = paddle.optimizer.Momentum(
         learning_rate=sched,
         momentum=float(opt.get("momentum", DEFAULT_MOMENTUM)),

@@ -190,6 +190,7 @@ def train(
 
     eval_interval = int(glob.get("eval_interval", 1))
     save_interval = int(glob.get("save_interval", 1))
+    start_eval_epoch = int(glob.get("start_eval_epoch", 0))  # PaddleClas: eval after it
     last, seconds, speeds = float("nan"), [], []
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
@@ -235,7 +236,8 @@ def train(
             "train_seconds": round(train_seconds, 3),
             "images_per_second": round(seen / train_seconds, 2),
         }
-        if (epoch + 1) % eval_interval == 0 or epoch + 1 == epochs:
+        due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
+        if due or epoch + 1 == epochs:
             recalibrate_batch_norm(model, loader, cfg["Offline"]["precise_bn_batches"])
             last = evaluate(model, eval_loader)
             record["top1"] = round(last, 5)
@@ -250,14 +252,11 @@ def train(
         # The epoch's line before its checkpoint: --resume drops lines past the checkpoint.
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
-        if (epoch + 1) % save_interval == 0 or epoch + 1 == epochs:
-            save_checkpoint(
-                out,
-                "latest",
-                model,
-                optimizer,
-                {"epoch": epoch + 1, "best_top1": best, "mode": mode},
-            )
+        # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
+        state = {"epoch": epoch + 1, "best_top1": best, "mode": mode}
+        if save_interval > 0 and (epoch + 1) % save_interval == 0:
+            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state)
+        save_checkpoint(out, "latest", model, optimizer, state)
         if vdl is not None:
             for key in ("loss", "lr", "top1", "images_per_second"):
                 if key in record:

@@ -35,17 +35,59 @@ def test_cosine_eta_min_is_the_floor():
     assert got == pytest.approx(expected, abs=1e-7)
 
 
-def test_piecewise_with_warmup_keeps_boundaries_at_their_epochs():
+def test_piecewise_boundaries_count_from_the_end_of_warmup_as_in_paddleclas():
+    """PaddleClas's Piecewise puts its boundaries at epoch * steps and wraps the schedule in
+    LinearWarmup, which runs the inner schedule only after the warmup steps."""
     lr = {
         "name": "Piecewise",
-        "learning_rate": 0.5,  # ignored: Piecewise starts at values[0], as in PaddleClas
         "decay_epochs": [1, 2],
         "values": [0.1, 0.01, 0.001],
         "warmup_epoch": 0.5,
     }
     got = _values(build_schedule(lr, steps_per_epoch=10, epochs=3), 30)
-    expected = [0.1 * s / 5 for s in range(5)] + [0.1] * 5 + [0.01] * 10 + [0.001] * 10
+    expected = [0.1 * s / 5 for s in range(5)] + [0.1] * 10 + [0.01] * 10 + [0.001] * 5
     assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_piecewise_learning_rate_means_tenfold_decay_every_30_epochs():
+    lr = {"name": "Piecewise", "learning_rate": 0.5, "decay_epochs": [1], "values": [9.0, 9.0]}
+    got = _values(build_schedule(lr, steps_per_epoch=1, epochs=70), 70)
+    assert got == pytest.approx([0.5] * 30 + [0.05] * 30 + [0.005] * 10)
+    short = _values(build_schedule(lr, steps_per_epoch=2, epochs=3), 6)
+    assert short == pytest.approx([0.5] * 6)
+
+
+def test_multistep_decay_with_warmup():
+    lr = {
+        "name": "MultiStepDecay",
+        "learning_rate": 0.2,
+        "milestones": [1, 2],
+        "gamma": 0.5,
+        "step_each_epoch": 1,
+        "warmup_epoch": 1,
+    }
+    got = _values(build_schedule(lr, steps_per_epoch=4, epochs=4), 16)
+    expected = [0.2 * s / 4 for s in range(4)] + [0.2] * 4 + [0.1] * 4 + [0.05] * 4
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_weight_decay_is_l2_and_excludes_regularizer():
+    from offline_ssld.optim import build_optimizer, check_optimizer
+
+    cfg = {
+        "Optimizer": {
+            "name": "Momentum",
+            "momentum": 0.9,
+            "weight_decay": 1e-4,
+            "lr": {"name": "Cosine", "learning_rate": 0.1},
+        }
+    }
+    optimizer, _ = build_optimizer(cfg, paddle.nn.Linear(2, 2).parameters(), 2, 2)
+    assert optimizer._regularization_method == "l2_decay"
+    assert optimizer._regularization_coeff == pytest.approx(1e-4)
+    cfg["Optimizer"]["regularizer"] = {"name": "L2", "coeff": 1e-5}
+    with pytest.raises(ConfigError, match="^Optimizer.weight_decay: "):
+        check_optimizer(cfg)
 
 
 def test_build_optimizer_momentum_and_l2():
@@ -70,9 +112,10 @@ def test_build_optimizer_momentum_and_l2():
     ("optimizer", "key"),
     [
         ({"name": "AdamW"}, "Optimizer.name"),
-        ({"weight_decay": 0.1}, "Optimizer.weight_decay"),
+        ({"weight_decay": 0.1, "regularizer": {"name": "L2"}}, "Optimizer.weight_decay"),
         ({"no_weight_decay_name": "bn"}, "Optimizer.no_weight_decay_name"),
-        ({"lr": {"name": "MultiStepDecay"}}, "Optimizer.lr.name"),
+        ({"lr": {"name": "ReduceOnPlateau"}}, "Optimizer.lr.name"),
+        ({"lr": {"name": "MultiStepDecay", "learning_rate": 0.1}}, "Optimizer.lr.milestones"),
         ({"lr": {"name": "Cosine", "milestones": [3]}}, "Optimizer.lr.milestones"),
         ({"lr": {"name": "Cosine", "by_epoch": True}}, "Optimizer.lr.by_epoch"),
         ({"lr": {"name": "Piecewise", "values": [0.1]}}, "Optimizer.lr.decay_epochs"),

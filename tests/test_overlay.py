@@ -464,7 +464,7 @@ FEATURE_LOSS = (
         (["Optimizer.name=AdamW"], "Optimizer.name"),
         (["Optimizer.weight_decay=0.0001"], "Optimizer.weight_decay"),
         (["Optimizer.no_weight_decay_name=bn"], "Optimizer.no_weight_decay_name"),
-        (["Optimizer.lr.name=MultiStepDecay"], "Optimizer.lr.name"),
+        (["Optimizer.lr.name=ReduceOnPlateau"], "Optimizer.lr.name"),
         (["Optimizer.lr.by_epoch=True"], "Optimizer.lr.by_epoch"),
         (["Optimizer.lr.milestones=[30]"], "Optimizer.lr.milestones"),
         (["Optimizer.regularizer.name=L1"], "Optimizer.regularizer.name"),
@@ -520,7 +520,7 @@ def test_errors_list_what_is_supported(tmp_path, images):
     path = ppcls_config(tmp_path, images)
     for option, supported in [
         ("Optimizer.name=AdamW", "supported: Momentum"),
-        ("Optimizer.lr.name=MultiStepDecay", "supported: Cosine, Piecewise"),
+        ("Optimizer.lr.name=ReduceOnPlateau", "supported: Cosine, Piecewise, MultiStepDecay"),
         ("DataLoader.Train.dataset.name=MultiLabelDataset", "supported: ImageNetDataset"),
         ("Global.hello=1", "print_batch_step"),
         ("Global.use_dali=True", "use_dali: False"),
