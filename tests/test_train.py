@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CLASSES, TEACHER, save_random_weights, write_list
 
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import load_config
@@ -20,6 +19,7 @@ from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError, ConfigError
 from offline_ssld.models import load_weights
 from offline_ssld.train import EpochBatches, train
+from tests.helpers import CLASSES, TEACHER, save_random_weights, write_list
 
 
 def _cfg(path, *extra):
@@ -179,7 +179,7 @@ def test_checkpoint_loads_without_pickle(project):
 @pytest.mark.slow
 def test_tiny_end_to_end_student_beats_chance(tmp_path):
     """Supervised teacher -> dump -> offline student, on 4 separable classes."""
-    from conftest import make_images, transform_ops
+    from tests.helpers import make_images, transform_ops
 
     root = tmp_path / "images"
     entries = make_images(root, 192, seed=1)
