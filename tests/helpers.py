@@ -72,3 +72,55 @@ def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
     paddle.seed(seed)
     save_weights(build_model(ModelSpec(name, CLASSES, None, "Arch")), path)
     return path
+
+
+def plan_cache(config: Path, *overrides: str):
+    """The dump plan (keys, codec, manifest) of a project config, without running a teacher."""
+    from offline_ssld.config import load_config
+    from offline_ssld.dump import plan_dump
+
+    return plan_dump(load_config([str(config)], list(overrides)))
+
+
+def shard_items(manifest, shard: int) -> np.ndarray:
+    """Item numbers (image * views + view) of one shard, in storage order."""
+    start = shard * manifest.images_per_shard
+    stop = min(start + manifest.images_per_shard, manifest.num_images)
+    return np.arange(start * manifest.views, stop * manifest.views)
+
+
+def fake_params(manifest, items: np.ndarray) -> np.ndarray:
+    """View parameters that differ for every item, so a row read back identifies its item."""
+    width = len(manifest.param_names)
+    return (items[:, None] * 100 + np.arange(width)).astype(np.int32)
+
+
+def fake_logits(manifest, items: np.ndarray) -> np.ndarray:
+    """Teacher logits that differ for every item (seeded by the item number)."""
+    return np.stack(
+        [np.random.default_rng(int(i)).normal(0, 3, manifest.num_classes) for i in items]
+    ).astype(np.float32)
+
+
+def shard_of(plan, shard: int) -> tuple[dict[str, np.ndarray], int]:
+    """(columns, images) of one shard as dump-teacher would build them from fake outputs."""
+    from offline_ssld.dump import shard_columns
+
+    manifest = plan.manifest
+    items = shard_items(manifest, shard)
+    columns = shard_columns(
+        plan, shard, items, fake_params(manifest, items), fake_logits(manifest, items)
+    )
+    return columns, len(items) // manifest.views
+
+
+def write_cache(plan, cache_dir: Path, shards=None):
+    """Open (or resume) a cache for `plan` and commit `shards` (default: all) through the
+    cache writer, with fake teacher outputs; returns the manifest after the writer closed."""
+    from offline_ssld.cache.writer import BackgroundWriter, open_cache
+
+    manifest = open_cache(cache_dir, plan.manifest, keys=plan.keys)
+    writer = BackgroundWriter(cache_dir, manifest)
+    for shard in range(manifest.num_shards) if shards is None else shards:
+        writer.submit(shard, *shard_of(plan, shard))
+    return writer.close()
