@@ -73,7 +73,6 @@ def main() -> None:
     From a PaddleClas distillation config:
       offline-ssld overlay -c your_distill.yaml -c configs/overlays/offline_ssld.yaml
     """
-    os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 @main.command("dump-teacher")
