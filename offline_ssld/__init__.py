@@ -4,7 +4,7 @@ import logging
 import os
 import warnings
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written: setup.cfg reads it (attr:)
 
 
 class _DropMessages(logging.Filter):

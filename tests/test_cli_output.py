@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from offline_ssld import __version__
 from tests.helpers import STUDENT, save_random_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,14 @@ def test_help_prints_only_its_text(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.startswith("Usage: ")
+
+
+def test_version_is_the_package_version(tmp_path):
+    """One source: `__version__`, which setup.cfg reads, is what --version prints."""
+    result = run_cli("--version", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"offline-ssld, version {__version__}\n"
+    assert "version = attr: offline_ssld.__version__" in (ROOT / "setup.cfg").read_text()
 
 
 def test_commands_that_load_paddle_print_only_their_lines(project):
