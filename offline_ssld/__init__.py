@@ -32,6 +32,13 @@ def _silence_dependencies() -> None:
     warnings.filterwarnings(
         "ignore", message="No ccache found", category=UserWarning, module="paddle.utils"
     )
+    # Paddle, on every train-mode forward of a BatchNorm2D: a note about a changed default.
+    warnings.filterwarnings(
+        "ignore",
+        message="When training, we now always track global mean and variance",
+        category=UserWarning,
+        module="paddle.nn.layer.norm",
+    )
     # paddleclas imports faiss (for retrieval, unused here), which logs its CPU variant at INFO.
     logging.getLogger("faiss").setLevel(logging.WARNING)
     # paddleclas's own backbones (ResNet, MobileNetV3, ...) call its deprecated init_res.
