@@ -143,12 +143,13 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
     if pipeline.fingerprint() != m.fingerprints["transforms"]:
         report.problems.append("transforms: this offline-ssld replays views differently")
         return
-    spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher")
+    weights: str = src["teacher_weights"]  # a str: load_manifest checked it
+    spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], weights, "teacher")
     if teacher_fingerprint(teacher_identity(spec, spec.pretrained)) != m.fingerprints["teacher"]:
         report.problems.append(f"teacher: weights file {spec.pretrained} changed since the dump")
         return
     model = build_model(spec)
-    load_weights(model, spec.pretrained, "manifest.source.teacher_weights", allow_pickle=False)
+    load_weights(model, weights, "manifest.source.teacher_weights", allow_pickle=False)
     model.eval()
     rng = np.random.default_rng(seed)
     total = m.rows
