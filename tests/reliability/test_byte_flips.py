@@ -9,11 +9,7 @@ from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
-from tests.reliability.common import (
-    BYTE_FLIPS,
-    CORRUPTION,
-    dump_both_backends,
-)
+from tests.reliability.common import BYTE_FLIPS, CORRUPTION, dump_both_backends
 
 
 def test_random_byte_flips_are_always_detected(project, rlog):

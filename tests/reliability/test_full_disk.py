@@ -18,13 +18,7 @@ from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
 from offline_ssld.config import load_config
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError
-from tests.reliability.common import (
-    FAULTS,
-    dump_cli,
-    leftovers,
-    one_error_line,
-    same_rows,
-)
+from tests.reliability.common import FAULTS, dump_cli, leftovers, one_error_line, same_rows
 
 
 def _enospc() -> OSError:

@@ -22,10 +22,7 @@ from offline_ssld.cache.codecs import FP16Codec
 from offline_ssld.cache.format import MANIFEST, Manifest, canonical_hash
 from offline_ssld.cache.writer import write_shard
 from tests.helpers import CLASSES
-from tests.reliability.common import (
-    FUZZ_EXAMPLES,
-    HOSTILE,
-)
+from tests.reliability.common import FUZZ_EXAMPLES, HOSTILE
 from tests.reliability.fuzz_server import isolated
 
 

@@ -15,12 +15,7 @@ from offline_ssld.cache.format import load_manifest
 from offline_ssld.data.lists import content_key
 from offline_ssld.data.transforms import MAX_IMAGE_PIXELS, DecodeImage
 from offline_ssld.errors import DataError
-from tests.reliability.common import (
-    HOSTILE,
-    dump_cli,
-    one_error_line,
-    row_ids,
-)
+from tests.reliability.common import HOSTILE, dump_cli, one_error_line, row_ids
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:

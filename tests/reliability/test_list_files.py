@@ -18,11 +18,7 @@ from offline_ssld.data.views import ImageSource, ReplayDataset
 from offline_ssld.dump import run_dump
 from offline_ssld.train import train
 from tests.helpers import CLASSES
-from tests.reliability.common import (
-    HOSTILE,
-    dump_cli,
-    one_error_line,
-)
+from tests.reliability.common import HOSTILE, dump_cli, one_error_line
 
 
 def test_hostile_list_files_at_dump_level(project, rlog):

@@ -9,12 +9,7 @@ from collections import Counter
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache import format as cache_format
 from offline_ssld.cache.format import MANIFEST
-from tests.reliability.common import (
-    CORRUPTION,
-    cli,
-    dump_cli,
-    train_refusal,
-)
+from tests.reliability.common import CORRUPTION, cli, dump_cli, train_refusal
 
 
 def _manifest_edits() -> list[tuple[str, object, str]]:

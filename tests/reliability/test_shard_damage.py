@@ -10,12 +10,7 @@ from collections import Counter
 
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import MANIFEST, load_manifest
-from tests.reliability.common import (
-    CORRUPTION,
-    TRUNCATIONS,
-    dump_both_backends,
-    train_refusal,
-)
+from tests.reliability.common import CORRUPTION, TRUNCATIONS, dump_both_backends, train_refusal
 
 
 def test_damaged_shards_are_named_and_refused_by_train(project, monkeypatch, rlog):

@@ -7,10 +7,7 @@ import re
 import tokenize
 from pathlib import Path
 
-from tests.reliability.common import (
-    HOSTILE,
-    PACKAGE,
-)
+from tests.reliability.common import HOSTILE, PACKAGE
 
 
 def _code_only(path: Path) -> str:
