@@ -34,7 +34,7 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)`, then commit it over `path`; on any failure the old file stays and no
     temporary file is left behind."""
     path = Path(path)

@@ -148,7 +148,15 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
     m = reader.manifest
     src = m.source
     pipeline = Pipeline(build_ops(src["transform_ops"], "manifest.source.transform_ops"))
-    spec = ModelSpec(m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher")
+    args = tuple(
+        sorted(
+            (k, tuple(v) if isinstance(v, list) else v)
+            for k, v in m.teacher.get("args", {}).items()
+        )
+    )
+    spec = ModelSpec(
+        m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher", args
+    )
     diff = first_difference(m, expected_identity(spec, pipeline))
     if diff is not None and diff.field == "fingerprints.transforms":
         report.problems.append("transforms: this offline-ssld replays views differently")
@@ -157,7 +165,7 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
         report.problems.append(f"teacher: weights file {spec.pretrained} changed since the dump")
         return
     model = build_model(spec)
-    load_weights(model, spec.pretrained, "manifest.source.teacher_weights", allow_pickle=False)
+    load_weights(model, str(spec.pretrained), "manifest.source.teacher_weights", allow_pickle=False)
     model.eval()
     rng = np.random.default_rng(seed)
     total = m.rows

@@ -14,6 +14,7 @@ from functools import wraps
 
 import click
 
+from offline_ssld import __version__
 from offline_ssld.errors import OfflineSSLDError
 
 CONFIG = click.option(
@@ -56,7 +57,7 @@ def _load(configs, overrides, extra: list[str] | None = None) -> dict:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="offline-ssld")
+@click.version_option(__version__, prog_name="offline-ssld")
 def main() -> None:
     """Teacher-offline SSLD distillation for PaddleClas.
 
@@ -73,7 +74,6 @@ def main() -> None:
     From a PaddleClas distillation config:
       offline-ssld overlay -c your_distill.yaml -c configs/overlays/offline_ssld.yaml
     """
-    os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 @main.command("dump-teacher")

@@ -15,6 +15,7 @@ Every batch a dataset yields starts with the image tensor and ends with the labe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import paddle
@@ -56,7 +57,7 @@ class TargetSource(ABC):
         so a resumed run sees the same items."""
 
     @abstractmethod
-    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+    def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         """The scalar loss of the student's `logits` for `batch`."""
 
 
@@ -73,7 +74,7 @@ class SupervisedLabels(TargetSource):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+    def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         return gt_ce_loss(logits, batch[-1])
 
 
@@ -97,7 +98,7 @@ class OnlineTeacher(TargetSource):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+    def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         x, labels = batch[0], batch[-1]
         with paddle.no_grad():
             target = F.softmax(self.teacher(x).astype("float32"), axis=-1)
@@ -134,7 +135,7 @@ class OfflineCache(TargetSource):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch_views(epoch_views(self.seed, epoch, len(self.dataset), self.views))
 
-    def loss(self, logits: paddle.Tensor, batch: list[paddle.Tensor]) -> paddle.Tensor:
+    def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         return self.loss_fn(logits.astype("float32"), batch[1], batch[-1])[0]
 
 

@@ -118,8 +118,8 @@ def evaluate(model: paddle.nn.Layer, loader: BatchLoader) -> float:
             mask = label >= 0
             correct += int(((pred == label) & mask).astype("int64").sum())
             total += int(mask.astype("int64").sum())
-    correct, total = dist.all_reduce_sum([correct, total])
-    return correct / total if total else float("nan")
+    right, seen = dist.all_reduce_sum([correct, total])
+    return right / seen if seen else float("nan")
 
 
 def make_eval_loader(cfg: dict, class_num: int) -> BatchLoader:
@@ -225,16 +225,16 @@ def train(
             bar.update(1)
         bar.close()
         train_seconds = time.perf_counter() - tick
-        loss_sum, seen = dist.all_reduce_sum([loss_sum, seen])  # over all ranks
+        loss_sum, images = dist.all_reduce_sum([loss_sum, seen])  # over all ranks
         seconds.append(train_seconds)
-        speeds.append(seen / train_seconds)
+        speeds.append(images / train_seconds)
         record = {
             "epoch": epoch + 1,
             "mode": mode,
-            "loss": loss_sum / max(seen, 1),
+            "loss": loss_sum / max(images, 1),
             "lr": float(optimizer.get_lr()),
             "train_seconds": round(train_seconds, 3),
-            "images_per_second": round(seen / train_seconds, 2),
+            "images_per_second": round(images / train_seconds, 2),
         }
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:

@@ -1,81 +1,25 @@
-"""Shared fixtures: a tiny image project generated on the fly (images, list, teacher weights,
-PaddleClas-shaped config), so unit tests need no downloads and no real data."""
+"""Shared fixtures: teacher weights and a PaddleClas-shaped project on tiny generated
+images (helpers in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import yaml
 
+from tests.helpers import (
+    CLASSES,
+    STUDENT,
+    TEACHER,
+    make_images,
+    save_random_weights,
+    transform_ops,
+    write_list,
+)
+
 os.environ.setdefault("GLOG_minloglevel", "2")
-
-TEACHER = "PPLCNet_x0_25"
-STUDENT = "MobileNetV3_small_x0_35"
-CLASSES = 4
-
-
-def make_images(root: Path, count: int, seed: int = 0, size: int = 20) -> list[tuple[str, int]]:
-    """Class-dependent coloured squares with noise, as PNG and JPEG; returns (relpath, label)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        label = i % CLASSES
-        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-        if label < 3:  # red, green, blue, grey: separable by colour alone
-            img[:, :, label] += np.uint8(150)
-        else:
-            img += np.uint8(100)
-        ext = ".png" if i % 2 == 0 else ".jpg"
-        rel = f"class{label}/img{i:03d}{ext}"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        ok, buf = cv2.imencode(ext, img)
-        assert ok
-        (root / rel).write_bytes(buf.tobytes())
-        out.append((rel, label))
-    return out
-
-
-def write_list(path: Path, entries, labeled: bool = True) -> Path:
-    path.write_text("".join(f"{p} {lab}\n" if labeled else f"{p}\n" for p, lab in entries))
-    return path
-
-
-def transform_ops(random: bool = True) -> list:
-    ops: list = [{"DecodeImage": {"to_rgb": True, "channel_first": False}}]
-    if random:
-        ops += [
-            {"RandCropImage": {"size": 16, "scale": [0.5, 1.0]}},
-            {"RandFlipImage": {"flip_code": 1}},
-        ]
-    else:
-        ops += [{"ResizeImage": {"size": 16}}]
-    ops += [
-        {
-            "NormalizeImage": {
-                "scale": "1.0/255.0",
-                "mean": [0.5, 0.5, 0.5],
-                "std": [0.25, 0.25, 0.25],
-                "order": "",
-            }
-        },
-        {"ToCHWImage": None},
-    ]
-    return ops
-
-
-def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
-    import paddle
-
-    from offline_ssld.config import ModelSpec
-    from offline_ssld.models import build_model, save_weights
-
-    paddle.seed(seed)
-    save_weights(build_model(ModelSpec(name, CLASSES, None, "Arch")), path)
-    return path
 
 
 @pytest.fixture(scope="session")

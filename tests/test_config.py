@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import STUDENT, TEACHER, transform_ops
 
 from offline_ssld.config import (
     OFFLINE_DEFAULTS,
@@ -15,6 +14,7 @@ from offline_ssld.config import (
     teacher_spec,
 )
 from offline_ssld.errors import ConfigError
+from tests.helpers import STUDENT, TEACHER, transform_ops
 
 
 def _write(path: Path, obj) -> str:

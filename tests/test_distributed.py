@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_images, write_list
 
 from offline_ssld import distributed as dist
 from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
@@ -27,6 +26,7 @@ from offline_ssld.config import load_config, student_spec
 from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.models import build_model, load_weights
 from offline_ssld.train import evaluate, make_eval_loader
+from tests.helpers import make_images, write_list
 
 CLI = Path(sys.executable).with_name("offline-ssld")
 LAUNCH_TIMEOUT = 240

@@ -19,7 +19,6 @@ import paddle
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import CLASSES, TEACHER, make_images, save_random_weights, write_list
 
 from offline_ssld import dump as dump_module
 from offline_ssld.cache.codecs import FP16Codec
@@ -32,6 +31,7 @@ from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import view_rng
 from offline_ssld.errors import DataError
 from offline_ssld.models import build_model, load_weights, save_weights
+from tests.helpers import CLASSES, TEACHER, make_images, save_random_weights, write_list
 
 CLI = Path(sys.executable).with_name("offline-ssld")
 ROWS = 24 * 3  # project: 24 images x 3 views

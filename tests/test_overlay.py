@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import STUDENT, TEACHER, make_images, save_random_weights, write_list
 
 from offline_ssld.cli import main
 from offline_ssld.config import (
@@ -30,6 +29,7 @@ from offline_ssld.dump import run_dump
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import build_model, load_weights
 from offline_ssld.train import train
+from tests.helpers import STUDENT, TEACHER, make_images, save_random_weights, write_list
 
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY = REPO / "configs" / "overlays" / "offline_ssld.yaml"

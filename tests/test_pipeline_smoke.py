@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipelines import fashion_mnist  # noqa: E402
+from pipelines import fashion_mnist
 
 pytestmark = pytest.mark.skipif(
     not (fashion_mnist.IDX_DIR / "train-images-idx3-ubyte.gz").exists(),

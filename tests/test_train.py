@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CLASSES, TEACHER, save_random_weights, write_list
 
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import load_config
@@ -21,6 +20,7 @@ from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError, ConfigError
 from offline_ssld.models import load_weights
 from offline_ssld.train import train
+from tests.helpers import CLASSES, TEACHER, save_random_weights, write_list
 
 
 def _cfg(path, *extra):
@@ -190,7 +190,7 @@ def test_checkpoint_loads_without_pickle(project):
 def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
     """Supervised teacher -> dump -> offline student, on 4 separable classes, for 5 data and
     model seeds: the margin must not depend on one lucky draw or on the CPU."""
-    from conftest import make_images, transform_ops
+    from tests.helpers import make_images, transform_ops
 
     def ops(random: bool) -> list:
         """32 px views of 40 px images, crops of at least 80% of the side: at 16 px the

@@ -14,12 +14,21 @@ import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
 import paddle
 
-_DATASET = None  # set in the parent before forking; workers inherit it
+_DATASET: Any = None  # set in the parent before forking; workers inherit it
+
+
+class BatchSampler(Protocol):
+    """What the loader needs of a batch sampler: index lists, and how many there are."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
 
 
 def collate(samples: list[tuple]) -> tuple[np.ndarray, ...]:
@@ -40,7 +49,7 @@ class BatchLoader:
     """Iterate over `batch_sampler`'s index lists, yielding tuples of paddle Tensors."""
 
     def __init__(
-        self, dataset, batch_sampler: Iterable[list[int]], num_workers: int = 0, prefetch: int = 4
+        self, dataset, batch_sampler: BatchSampler, num_workers: int = 0, prefetch: int = 4
     ):
         self.dataset = dataset
         self.batch_sampler = batch_sampler

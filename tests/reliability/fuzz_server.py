@@ -1,9 +1,9 @@
 """Run cache readers on hostile bytes in a child process: a crash or a hang of a C library
 (pyarrow, libhdf5) becomes a finding instead of taking the test run down.
 
-`isolated(target, *args)` asks a small server process (this file run as a script, importing
-only the cache modules, not paddle) to fork one child per call, so each call costs a few
-milliseconds instead of a fork of the whole test process.
+`isolated(target, *args)` asks a small server process (this module run with `python -m` from
+the repository root, importing only the cache modules, not paddle) to fork one child per call,
+so each call costs a few milliseconds instead of a fork of the whole test process.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from offline_ssld.cache.backends import read_columns, write_columns
 from offline_ssld.cache.format import BACKEND_SUFFIX, load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def consume_manifest(cache: str) -> None:
@@ -123,7 +125,11 @@ def isolated(target: str, *args: str, timeout: float = 20.0) -> tuple[str, str]:
     global _server
     if _server is None or _server.poll() is not None:
         _server = subprocess.Popen(
-            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", __spec__.name],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         atexit.register(_stop)
     _server.stdin.write(json.dumps([target, list(args), timeout]) + "\n")

@@ -1,7 +1,7 @@
 """What the reliability campaigns tried and what happened, recorded by the tests themselves.
 
-tests/test_reliability.py records one entry per fault or input class (trials, outcome counts,
-whether every trial met the goal); at the end of the session the log is written as JSON to
+The campaigns in tests/reliability/ record one entry per fault or input class (trials, outcome
+counts, whether every trial met the goal); at the end of the session the log is written as JSON to
 $OFFLINE_SSLD_RELIABILITY_JSON when that is set. tests/make_reliability_report.py sets it,
 runs the campaign and renders docs/RELIABILITY.md from the JSON, so the document holds only
 numbers a test run produced.

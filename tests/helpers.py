@@ -1,0 +1,126 @@
+"""Shared test helpers: a tiny image project generated on the fly (images, list files,
+transform ops, random teacher weights), so unit tests need no downloads and no real data.
+Imported by test modules and by conftest.py; pytest fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+TEACHER = "PPLCNet_x0_25"
+STUDENT = "MobileNetV3_small_x0_35"
+CLASSES = 4
+
+
+def make_images(root: Path, count: int, seed: int = 0, size: int = 20) -> list[tuple[str, int]]:
+    """Class-dependent coloured squares with noise, as PNG and JPEG; returns (relpath, label)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        label = i % CLASSES
+        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        if label < 3:  # red, green, blue, grey: separable by colour alone
+            img[:, :, label] += np.uint8(150)
+        else:
+            img += np.uint8(100)
+        ext = ".png" if i % 2 == 0 else ".jpg"
+        rel = f"class{label}/img{i:03d}{ext}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(ext, img)
+        assert ok
+        (root / rel).write_bytes(buf.tobytes())
+        out.append((rel, label))
+    return out
+
+
+def write_list(path: Path, entries, labeled: bool = True) -> Path:
+    path.write_text("".join(f"{p} {lab}\n" if labeled else f"{p}\n" for p, lab in entries))
+    return path
+
+
+def transform_ops(random: bool = True) -> list:
+    ops: list = [{"DecodeImage": {"to_rgb": True, "channel_first": False}}]
+    if random:
+        ops += [
+            {"RandCropImage": {"size": 16, "scale": [0.5, 1.0]}},
+            {"RandFlipImage": {"flip_code": 1}},
+        ]
+    else:
+        ops += [{"ResizeImage": {"size": 16}}]
+    ops += [
+        {
+            "NormalizeImage": {
+                "scale": "1.0/255.0",
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.25, 0.25, 0.25],
+                "order": "",
+            }
+        },
+        {"ToCHWImage": None},
+    ]
+    return ops
+
+
+def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
+    import paddle
+
+    from offline_ssld.config import ModelSpec
+    from offline_ssld.models import build_model, save_weights
+
+    paddle.seed(seed)
+    save_weights(build_model(ModelSpec(name, CLASSES, None, "Arch")), path)
+    return path
+
+
+def plan_cache(config: Path, *overrides: str):
+    """The dump plan (keys, codec, manifest) of a project config, without running a teacher."""
+    from offline_ssld.config import load_config
+    from offline_ssld.dump import plan_dump
+
+    return plan_dump(load_config([str(config)], list(overrides)))
+
+
+def shard_items(manifest, shard: int) -> np.ndarray:
+    """Item numbers (image * views + view) of one shard, in storage order."""
+    start = shard * manifest.images_per_shard
+    stop = min(start + manifest.images_per_shard, manifest.num_images)
+    return np.arange(start * manifest.views, stop * manifest.views)
+
+
+def fake_params(manifest, items: np.ndarray) -> np.ndarray:
+    """View parameters that differ for every item, so a row read back identifies its item."""
+    width = len(manifest.param_names)
+    return (items[:, None] * 100 + np.arange(width)).astype(np.int32)
+
+
+def fake_logits(manifest, items: np.ndarray) -> np.ndarray:
+    """Teacher logits that differ for every item (seeded by the item number)."""
+    return np.stack(
+        [np.random.default_rng(int(i)).normal(0, 3, manifest.num_classes) for i in items]
+    ).astype(np.float32)
+
+
+def shard_of(plan, shard: int) -> tuple[dict[str, np.ndarray], int]:
+    """(columns, images) of one shard as dump-teacher would build them from fake outputs."""
+    from offline_ssld.dump import shard_columns
+
+    manifest = plan.manifest
+    items = shard_items(manifest, shard)
+    columns = shard_columns(
+        plan, shard, items, fake_params(manifest, items), fake_logits(manifest, items)
+    )
+    return columns, len(items) // manifest.views
+
+
+def write_cache(plan, cache_dir: Path, shards=None):
+    """Open (or resume) a cache for `plan` and commit `shards` (default: all) through the
+    cache writer, with fake teacher outputs; returns the manifest after the writer closed."""
+    from offline_ssld.cache.writer import BackgroundWriter, open_cache
+
+    manifest = open_cache(cache_dir, plan.manifest, keys=plan.keys)
+    writer = BackgroundWriter(cache_dir, manifest)
+    for shard in range(manifest.num_shards) if shards is None else shards:
+        writer.submit(shard, *shard_of(plan, shard))
+    return writer.close()

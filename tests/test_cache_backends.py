@@ -1,0 +1,48 @@
+"""offline_ssld/cache/backends.py: every column of a real shard (as dump-teacher builds it)
+comes back from arrow and hdf5 with the same values, dtype and shape; a file that is not a
+shard becomes a CacheError naming it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offline_ssld.cache.backends import read_columns, write_columns
+from offline_ssld.cache.format import BACKEND_SUFFIX
+from offline_ssld.errors import CacheError
+from tests.helpers import plan_cache, shard_of
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_SUFFIX))
+def test_write_read_round_trip(project, tmp_path, backend):
+    config, _ = project
+    columns, _ = shard_of(plan_cache(config, "Offline.codec=topk"), 0)
+    path = tmp_path / f"shard{BACKEND_SUFFIX[backend]}"
+    write_columns(backend, path, columns)
+    back = read_columns(backend, path)
+    assert sorted(back) == sorted(columns)
+    for name, values in columns.items():
+        assert back[name].dtype == values.dtype or values.dtype == object, name
+        assert back[name].shape == values.shape, name
+        assert np.array_equal(back[name], values), name
+
+
+def test_backends_agree(project, tmp_path):
+    config, _ = project
+    columns, _ = shard_of(plan_cache(config), 1)
+    read = {}
+    for backend, suffix in BACKEND_SUFFIX.items():
+        write_columns(backend, tmp_path / f"shard{suffix}", columns)
+        read[backend] = read_columns(backend, tmp_path / f"shard{suffix}")
+    arrow, hdf5 = read["arrow"], read["hdf5"]
+    assert all(np.array_equal(arrow[name], hdf5[name]) for name in columns)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKEND_SUFFIX))
+def test_garbage_and_missing_files_are_cache_errors(tmp_path, backend):
+    path = tmp_path / f"shard{BACKEND_SUFFIX[backend]}"
+    with pytest.raises(CacheError, match="missing"):
+        read_columns(backend, path)
+    path.write_bytes(b"not a shard at all" * 10)
+    with pytest.raises(CacheError, match=str(path)):
+        read_columns(backend, path)
