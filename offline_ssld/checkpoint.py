@@ -70,13 +70,22 @@ def _load_optimizer(
 
 
 def save_checkpoint(
-    out: Path, tag: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer, info: dict
+    out: Path,
+    tag: str,
+    model: paddle.nn.Layer,
+    optimizer: paddle.optimizer.Optimizer,
+    info: dict,
+    paddleclas_prefix: str = "",
 ) -> None:
-    """Write checkpoint `tag` in `out`; each file is replaced atomically, the .json last."""
+    """Write checkpoint `tag` in `out`; each file is replaced atomically, the .json last.
+
+    The .pdparams keys carry `paddleclas_prefix` ("Student." under a DistillationModel), the
+    names PaddleClas's tools/eval.py and export_model.py look for in the config's Arch."""
     text = json.dumps(info, indent=1) + "\n"
     save_weights(model, out / f"{tag}.safetensors")
     atomic_write(out / f"{tag}.opt.safetensors", lambda p: _save_optimizer(optimizer, model, p))
-    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(model.state_dict(), str(p)))
+    state = {f"{paddleclas_prefix}{k}": v for k, v in model.state_dict().items()}
+    atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(state, str(p)))
     atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
     write_text_atomic(out / f"{tag}.json", text)
 

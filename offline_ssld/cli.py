@@ -201,8 +201,15 @@ def verify_cmd(cache_dir, teacher_check, seed) -> None:
     is_flag=True,
     help="Required: loading a .pdparams runs pickle, which can execute code.",
 )
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    metavar="NAME",
+    help="Take one model of a DistillationModel checkpoint (keys NAME.*), e.g. Student.",
+)
 @friendly_errors
-def convert_weights(source, target, trusted) -> None:
+def convert_weights(source, target, trusted, model) -> None:
     """Convert a PaddleClas .pdparams weights file (a pickle) you trust into .safetensors,
     which offline-ssld loads without running any code from the file.
 
@@ -210,6 +217,8 @@ def convert_weights(source, target, trusted) -> None:
     Example:
       offline-ssld convert-weights ResNet50_vd_ssld.pdparams ResNet50_vd_ssld.safetensors \\
           --i-trust-this-file
+      offline-ssld convert-weights output/best.pdparams student.safetensors \\
+          --model Student --i-trust-this-file
     """
     from offline_ssld.models import convert_pdparams
 
@@ -218,7 +227,7 @@ def convert_weights(source, target, trusted) -> None:
             "loading a .pdparams runs pickle, which can execute code: pass --i-trust-this-file "
             "only for files from a source you trust"
         )
-    count = convert_pdparams(source, target)
+    count = convert_pdparams(source, target, model)
     click.echo(f"wrote {count} tensors to {target}")
 
 

@@ -138,7 +138,7 @@ def save_weights(model: paddle.nn.Layer, path: str | Path) -> None:
     atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
-def convert_pdparams(source: str | Path, target: str | Path) -> int:
+def convert_pdparams(source: str | Path, target: str | Path, model: str | None = None) -> int:
     """Rewrite a trusted PaddleClas .pdparams (a pickle) as safetensors; returns tensor count.
 
     Loading the pickle is the one step that can run code, so it happens once, on the user's
@@ -152,6 +152,11 @@ def convert_pdparams(source: str | Path, target: str | Path) -> int:
     if not isinstance(state, dict) or not state:
         raise ConfigError(f"convert-weights: {source} holds no state dict")
     arrays = {str(k): np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    if model is not None:  # one model of a DistillationModel checkpoint: keys "<model>.<param>"
+        prefix = f"{model}."
+        arrays = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if not arrays:
+            raise ConfigError(f"convert-weights --model {model}: {source} has no {prefix}* keys")
     atomic_write(target, lambda tmp: save_file(arrays, str(tmp)))
     return len(arrays)
 

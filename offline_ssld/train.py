@@ -191,6 +191,8 @@ def train(
     eval_interval = int(glob.get("eval_interval", 1))
     save_interval = int(glob.get("save_interval", 1))
     start_eval_epoch = int(glob.get("start_eval_epoch", 0))  # PaddleClas: eval after it
+    # .pdparams keys as PaddleClas names them in this config's Arch: "Student.<param>".
+    prefix = f"{student_spec.key.rsplit('.', 1)[-1]}." if cfgmod.is_distillation(cfg) else ""
     last, seconds, speeds = float("nan"), [], []
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
@@ -245,7 +247,7 @@ def train(
                 best = last
                 if main:
                     info = {"epoch": epoch + 1, "top1": last}
-                    save_checkpoint(out, "best", model, optimizer, info)
+                    save_checkpoint(out, "best", model, optimizer, info, prefix)
         record["best_top1"] = round(best, 5)
         if not main:
             continue
@@ -255,8 +257,8 @@ def train(
         # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
         state = {"epoch": epoch + 1, "best_top1": best, "mode": mode}
         if save_interval > 0 and (epoch + 1) % save_interval == 0:
-            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state)
-        save_checkpoint(out, "latest", model, optimizer, state)
+            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix)
+        save_checkpoint(out, "latest", model, optimizer, state, prefix)
         if vdl is not None:
             for key in ("loss", "lr", "top1", "images_per_second"):
                 if key in record:

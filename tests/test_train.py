@@ -292,9 +292,38 @@ def test_convert_weights_needs_trust_and_round_trips(project):
     src, dst = tmp / "output" / "best.pdparams", tmp / "converted.safetensors"
     refused = CliRunner().invoke(main, ["convert-weights", str(src), str(dst)])
     assert refused.exit_code == 2 and not dst.exists()
-    done = CliRunner().invoke(main, ["convert-weights", str(src), str(dst), "--i-trust-this-file"])
+    args = ["convert-weights", str(src), str(dst), "--i-trust-this-file", "--model", "Student"]
+    done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     from safetensors.numpy import load_file
 
     a, b = load_file(str(dst)), load_file(str(tmp / "output" / "best.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.filterwarnings("ignore:Skip loading for Teacher:UserWarning")  # ours hold the Student
+def test_pdparams_load_into_paddleclas_distillation_model(project):
+    """PaddleClas's own build_model and load_dygraph_pretrain (what tools/eval.py does with
+    Global.pretrained_model) take our .pdparams: the Student answers as ours does."""
+    import copy
+
+    import paddle
+    from paddleclas.ppcls.arch import build_model as ppcls_build_model
+    from paddleclas.ppcls.utils.save_load import load_dygraph_pretrain
+
+    from offline_ssld.config import student_spec
+    from offline_ssld.models import build_model
+
+    path, tmp = project
+    cfg = _cfg(path, "Global.epochs=1")
+    train(cfg, "supervised", progress=False)
+    arch = copy.deepcopy(cfg["Arch"])
+    for item in arch["models"]:  # no downloads or our safetensors paths inside PaddleClas
+        next(iter(item.values())).pop("pretrained", None)
+    theirs = ppcls_build_model({"Arch": arch, "Global": {"device": "cpu"}})
+    load_dygraph_pretrain(theirs, str(tmp / "output" / "best"))
+    ours = build_model(student_spec(cfg))
+    load_weights(ours, tmp / "output" / "best.safetensors", "test")
+    theirs.eval(), ours.eval()
+    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype("float32"))
+    np.testing.assert_allclose(theirs(x)["Student"].numpy(), ours(x).numpy(), rtol=1e-5, atol=1e-6)
