@@ -231,6 +231,25 @@ def convert_weights(source, target, trusted, model) -> None:
     click.echo(f"wrote {count} tensors to {target}")
 
 
+@main.command("export")
+@CONFIG
+@OVERRIDE
+@friendly_errors
+def export_cmd(configs, overrides) -> None:
+    """Export the student of Global.pretrained_model as a Paddle Inference model in
+    Global.save_inference_dir, as PaddleClas's tools/export_model.py does.
+
+    \b
+    Example:
+      offline-ssld export -c distill.yaml -c configs/overlays/offline_ssld.yaml \\
+          -o Global.pretrained_model=output/best -o Global.save_inference_dir=inference
+    """
+    from offline_ssld.export import export_student
+
+    prefix = export_student(_load(configs, overrides))
+    click.echo(f"wrote the inference model {prefix}.*")
+
+
 def _report(result) -> None:
     click.echo(
         f"best top-1 {result.best_top1:.4f}, last top-1 {result.last_top1:.4f}; "

@@ -1,0 +1,60 @@
+"""`export`: the trained student as a Paddle Inference model, as PaddleClas's
+tools/export_model.py writes it (`<Global.save_inference_dir>/inference.*`, input
+[None] + Global.image_shape, softmax appended unless Arch.infer_add_softmax is False, and
+re-parameterisable blocks folded first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paddle
+
+from offline_ssld import config as cfgmod
+from offline_ssld.errors import ConfigError
+from offline_ssld.models import build_model, load_weights, select_device
+
+
+class _Inference(paddle.nn.Layer):
+    """The student with PaddleClas's output activation."""
+
+    def __init__(self, model: paddle.nn.Layer, softmax: bool):
+        super().__init__()
+        self.model = model
+        self.softmax = softmax
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = self.model(x)
+        return paddle.nn.functional.softmax(out, axis=-1) if self.softmax else out
+
+
+def export_student(cfg: dict) -> Path:
+    """Write the inference model of Global.pretrained_model; return its path prefix."""
+    cfgmod.check_supported(cfg)
+    glob = cfg.get("Global") or {}
+    select_device("cpu")
+    weights = glob.get("pretrained_model")
+    if not weights:
+        raise ConfigError("Global.pretrained_model: required (checkpoint path without suffix)")
+    shape = glob.get("image_shape", [3, 224, 224])
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
+        raise ConfigError(f"Global.image_shape: expected [C, H, W] integers, got {shape!r}")
+    spec = cfgmod.student_spec(cfg)
+    model = build_model(spec)
+    load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
+    model.eval()
+    for layer in model.sublayers():  # as PaddleClas: fold re-parameterisable blocks
+        if hasattr(layer, "re_parameterize") and not getattr(layer, "is_repped", False):
+            layer.re_parameterize()
+    softmax = (cfg.get("Arch") or {}).get("infer_add_softmax", True) is not False
+    wrapped = _Inference(model, softmax)
+    wrapped.eval()
+    # full_graph: Paddle 3 applies input_spec only then (the batch dimension stays free).
+    static = paddle.jit.to_static(
+        wrapped,
+        input_spec=[paddle.static.InputSpec(shape=[None, *shape], dtype="float32")],
+        full_graph=True,
+    )
+    prefix = Path(glob.get("save_inference_dir", "./inference")) / "inference"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paddle.jit.save(static, str(prefix))
+    return prefix
