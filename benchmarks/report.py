@@ -197,7 +197,32 @@ def codec_loss() -> str:
     return "\n".join([head, "|---|" + "---|" * len(codecs), *rows, *notes])
 
 
+def paddleclas_configs() -> str:
+    r = _load("paddleclas_configs.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/paddleclas_configs.py`_"
+    counts: dict[str, int] = {}
+    lines = ["| PaddleClas config | offline | why |", "|---|---|---|"]
+    for path, v in sorted(r["configs"].items()):
+        counts[v["status"]] = counts.get(v["status"], 0) + 1
+        short = path.removeprefix("ppcls/configs/")
+        lines.append(f"| `{short}` | {v['status']} | {v['reason'].replace('|', '/')} |")
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    source = r["paddleclas"]
+    return "\n".join(
+        [
+            f"{len(r['configs'])} configs from {source['repository']} at "
+            f"`{source['commit'][:10]}`: {summary}.",
+            "",
+            *lines,
+            "",
+            f"Reproduce: `{r['command']}` (checked by tests/test_paddleclas_configs.py).",
+        ]
+    )
+
+
 BLOCKS = {
+    "paddleclas_configs": paddleclas_configs,
     "codec_loss": codec_loss,
     "dump_scaling": dump_scaling,
     "codec_bytes": codec_bytes,
