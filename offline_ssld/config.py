@@ -348,6 +348,7 @@ class DataSpec:
     drop_last: bool
     num_workers: int
     key: str
+    delimiter: str | None = None  # list fields: whitespace, or exactly this when set
 
 
 def data_spec(cfg: dict, split: str) -> DataSpec:
@@ -374,6 +375,7 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
         drop_last=bool(sampler.get("drop_last", False)),
         num_workers=int(loader.get("num_workers", 0)),
         key=f"{key}.dataset",
+        delimiter=dataset.get("delimiter"),
     )
 
 
@@ -560,11 +562,8 @@ def _check_data(cfg: dict) -> None:
                 "not supported offline; remove it"
             )
         only_keys(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel"))
-        if dataset.get("delimiter") not in (None, " "):
-            raise ConfigError(
-                f"{key}.dataset.delimiter: {dataset['delimiter']!r} is not supported; list "
-                "files are split on whitespace ('path label')"
-            )
+        if not isinstance(dataset.get("delimiter", " "), str) or dataset.get("delimiter") == "":
+            raise ConfigError(f"{key}.dataset.delimiter: expected a non-empty string")
         if dataset.get("relabel"):
             raise ConfigError(f"{key}.dataset.relabel: True is not supported")
         sampler = as_mapping(section.get("sampler"), f"{key}.sampler")

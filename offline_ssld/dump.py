@@ -88,7 +88,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
     data = cfgmod.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
     codec = build_codec_from(offline, teacher.class_num)
-    samples = read_list(data.cls_label_path, teacher.class_num)
+    samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter)
     if teacher.pretrained is None:
         raise ConfigError(
             "Offline.teacher_weights: no teacher weights given (set Offline.teacher_weights or "

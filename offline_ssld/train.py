@@ -52,7 +52,7 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
     pipeline = Pipeline(
         build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
     )
-    samples = read_list(spec.cls_label_path, class_num)
+    samples = read_list(spec.cls_label_path, class_num, spec.delimiter)
     return ImageSource(spec.image_root, spec.cls_label_path, samples), pipeline, spec
 
 

@@ -140,3 +140,13 @@ def test_identical_files_share_a_key_and_bad_ones_are_returned(tmp_path):
     results = hash_images(root, read_list(listing), listing, check=check, threads=2)
     assert isinstance(results[2], DataError)
     assert "list.txt:3: c.png: cannot decode image" in str(results[2])
+
+
+def test_tab_delimiter_keeps_spaces_in_paths(tmp_path):
+    """PaddleClas's `delimiter: "\\t"` (a PULC config) splits on tabs only."""
+    listing = tmp_path / "list.txt"
+    listing.write_text("dir a/img 1.jpg\t3\nplain.jpg\t0\n")
+    samples = read_list(listing, 5, "\t")
+    assert [(s.path, s.label) for s in samples] == [("dir a/img 1.jpg", 3), ("plain.jpg", 0)]
+    with pytest.raises(DataError, match=r"list.txt:1: expected 'path \[label\]'"):
+        read_list(listing, 5)  # on whitespace the first line has four fields

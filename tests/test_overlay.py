@@ -422,7 +422,7 @@ FEATURE_LOSS = (
             ["DataLoader.Train.dataset.batch_transform_ops=[{'MixupOperator': {'alpha': 0.2}}]"],
             "DataLoader.Train.dataset.batch_transform_ops",
         ),
-        (["DataLoader.Train.dataset.delimiter=','"], "DataLoader.Train.dataset.delimiter"),
+        (["DataLoader.Train.dataset.delimiter=''"], "DataLoader.Train.dataset.delimiter"),
         (["DataLoader.Gallery={}"], "DataLoader.Gallery"),
         (
             ["DataLoader.Train.dataset.transform_ops.2={'TimmAutoAugment': None}"],

@@ -46,8 +46,13 @@ def _safe_relpath(raw: str, where: str) -> str:
     return norm
 
 
-def read_list(list_path: str | Path, class_num: int | None = None) -> list[Sample]:
+def read_list(
+    list_path: str | Path, class_num: int | None = None, delimiter: str | None = None
+) -> list[Sample]:
     """Parse a list file; every malformed line is an error naming the file and line.
+
+    Fields are split on whitespace, or exactly on `delimiter` when the dataset sets one other
+    than a space (PaddleClas's `delimiter: "\t"` lets paths hold spaces).
 
     A line holding only a path is an unlabeled image (label -1): SSLD learns from unlabeled
     data too. Blank lines are skipped. A path listed twice is an error (it would be seen twice
@@ -68,7 +73,7 @@ def read_list(list_path: str | Path, class_num: int | None = None) -> list[Sampl
             raise DataError(f"{where}: line is not valid UTF-8") from None
         if not line:
             continue
-        fields = line.split()
+        fields = line.split(delimiter) if delimiter not in (None, " ") else line.split()
         if len(fields) > 2:
             raise DataError(f"{where}: expected 'path [label]', got {len(fields)} fields")
         path = _safe_relpath(fields[0], where)
