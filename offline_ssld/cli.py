@@ -336,6 +336,7 @@ def _ops_text(ops: list) -> str:
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
     from offline_ssld import config as c
+    from offline_ssld.cache.codecs import describe_codec
     from offline_ssld.losses import build_loss
     from offline_ssld.optim import describe_optimizer
 
@@ -372,9 +373,7 @@ def overlay_summary(cfg: dict) -> list[str]:
             + (appended if len(d.transform_ops) > len(given) else ""),
         ]
     lines.append(
-        f"cache: {off['cache_dir']}, views {off['views']}, codec {off['codec']}"
-        + (f" (k {off['topk']})" if off["codec"] == "topk" else "")
-        + (f" (samples {off['samples']})" if off["codec"] == "sampled" else "")
+        f"cache: {off['cache_dir']}, views {off['views']}, codec {describe_codec(off)}"
         + f", format {off['format']}, shard_size {off['shard_size']}, seed {off['seed']}, "
         f"teacher batch {off['batch_size']}"
     )
@@ -388,7 +387,7 @@ def overlay_summary(cfg: dict) -> list[str]:
             if name == "GTFusion":
                 continue
             kind, weight, kwargs = next(terms)
-            extra = "".join(f", {k} {v:g}" for k, v in kwargs.items())
+            extra = "".join(f", {k} {v}" for k, v in kwargs.items())
             mapped.append(f"Loss.Train.{i}.{name} -> {kind} (weight {weight:g}{extra})")
         if loss.gt_alpha is not None:
             mapped.append(f"GTFusion alpha {loss.gt_alpha:g} with ground-truth CE")

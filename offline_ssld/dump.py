@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
-from offline_ssld.cache.codecs import Codec, build_codec
+from offline_ssld.cache.codecs import Codec, codec_from_offline
 from offline_ssld.cache.fingerprint import (
     dataset_fingerprint,
     first_difference,
@@ -57,9 +57,8 @@ class DumpPlan:
 
 
 def build_codec_from(offline: dict, num_classes: int) -> Codec:
-    settings = {"topk": {"k": offline["topk"]}, "sampled": {"samples": offline["samples"]}}
     try:
-        return build_codec(offline["codec"], num_classes, **settings.get(offline["codec"], {}))
+        return codec_from_offline(offline, num_classes)
     except ValueError as exc:
         raise ConfigError(f"Offline.codec: {exc}") from None
 

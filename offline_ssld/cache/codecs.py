@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,7 +42,6 @@ __all__ = [
     "codec_from_settings",
 ]
 
-CODEC_NAMES = ("fp16", "topk", "sampled")
 
 # float16 has an 11-bit significand: rounding x to fp16 moves it by at most |x| * 2**-11
 # (plus 2**-25 in the subnormal range). compare() does not count this storage rounding as
@@ -130,6 +130,9 @@ class Codec(ABC):
     # k classes and the rest mass, rest spread evenly) or "sampled" (an unbiased estimate).
     # losses.pairing() decides from it which losses a cache of this codec can feed.
     target: str = ""
+    # Each codec setting and the Offline key that sets it: dump-teacher, the overlay summary
+    # and the settings check all read this, so a codec is described in one place.
+    offline_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, num_classes: int):
         self.num_classes = _check_int(num_classes, "num_classes", 1)
@@ -261,6 +264,7 @@ class TopKCodec(Codec):
 
     name = "topk"
     target = "topk"
+    offline_keys = {"k": "topk"}
 
     def __init__(self, num_classes: int, k: int = 5):
         super().__init__(num_classes)
@@ -349,6 +353,7 @@ class SampledCodec(Codec):
 
     name = "sampled"
     target = "sampled"
+    offline_keys = {"samples": "samples"}
 
     def __init__(self, num_classes: int, samples: int = 12):
         super().__init__(num_classes)
@@ -438,18 +443,16 @@ class SampledCodec(Codec):
 
 # --------------------------------------------------------------------------- factory
 
-_CODECS: dict[str, tuple[type[Codec], tuple[str, ...]]] = {
-    "fp16": (FP16Codec, ()),
-    "topk": (TopKCodec, ("k",)),
-    "sampled": (SampledCodec, ("samples",)),
-}
+_CODECS: dict[str, type[Codec]] = {cls.name: cls for cls in (FP16Codec, TopKCodec, SampledCodec)}
+CODEC_NAMES = tuple(_CODECS)
 
 
 def build_codec(name: str, num_classes: int, **settings) -> Codec:
     """Codec by name. Raises CodecError (a ValueError) naming the bad name or setting."""
     if not isinstance(name, str) or name not in _CODECS:
         raise CodecError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
-    cls, allowed = _CODECS[name]
+    cls = _CODECS[name]
+    allowed = tuple(cls.offline_keys)
     for key in settings:
         if key not in allowed:
             known = ", ".join(allowed) if allowed else "none"
@@ -457,6 +460,22 @@ def build_codec(name: str, num_classes: int, **settings) -> Codec:
                 f"unknown setting {key!r} for codec {name!r} (settings it takes: {known})"
             )
     return cls(num_classes, **settings)
+
+
+def codec_from_offline(offline: dict, num_classes: int) -> Codec:
+    """The codec an `Offline` section asks for (Offline.codec and the keys it declares)."""
+    name = offline["codec"]
+    cls = _CODECS.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise CodecError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
+    return build_codec(name, num_classes, **{s: offline[k] for s, k in cls.offline_keys.items()})
+
+
+def describe_codec(offline: dict) -> str:
+    """`topk (k 5)`: the codec an Offline section asks for, with its settings."""
+    cls = _CODECS.get(offline["codec"])
+    settings = "".join(f" ({s} {offline[k]})" for s, k in (cls.offline_keys if cls else {}).items())
+    return f"{offline['codec']}{settings}"
 
 
 def codec_from_settings(settings: dict) -> Codec:

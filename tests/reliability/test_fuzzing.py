@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache.codecs import FP16Codec
-from offline_ssld.cache.format import MANIFEST, Manifest, canonical_hash
+from offline_ssld.cache.fingerprint import canonical_hash
+from offline_ssld.cache.format import MANIFEST, Manifest
 from offline_ssld.cache.writer import write_shard
 from tests.helpers import CLASSES
 from tests.reliability.common import FUZZ_EXAMPLES, HOSTILE
