@@ -387,7 +387,9 @@ def overlay_summary(cfg: dict) -> list[str]:
             if name == "GTFusion":
                 continue
             kind, weight, kwargs = next(terms)
-            extra = "".join(f", {k} {v}" for k, v in kwargs.items())
+            extra = "".join(
+                f", {k} {v}" if isinstance(v, bool) else f", {k} {v:g}" for k, v in kwargs.items()
+            )
             mapped.append(f"Loss.Train.{i}.{name} -> {kind} (weight {weight:g}{extra})")
         if loss.gt_alpha is not None:
             mapped.append(f"GTFusion alpha {loss.gt_alpha:g} with ground-truth CE")
