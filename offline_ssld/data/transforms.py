@@ -590,6 +590,15 @@ OPS: dict[str, type[Op]] = {
 }
 
 
+def register(*classes: type[Op]) -> None:
+    """Add ops by their config name; modules of further ops (augment.py, erasing.py, ...) call
+    this when imported, and this module imports them below so every op is always known."""
+    for cls in classes:
+        if cls.name in OPS and OPS[cls.name] is not cls:
+            raise ValueError(f"transform op {cls.name!r} registered twice")
+        OPS[cls.name] = cls
+
+
 # --------------------------------------------------------------------------------------------
 # building and running pipelines
 
@@ -712,3 +721,7 @@ class Pipeline:
         """Canonical op specs as plain data: what cache/fingerprint.py hashes, so caches made
         with another pipeline are refused."""
         return {"version": TRANSFORMS_VERSION, "ops": [op.spec() for op in self.ops]}
+
+
+# Modules of further ops register themselves on import; they import this module, so this stays last.
+import offline_ssld.data.augment  # noqa: E402, F401
