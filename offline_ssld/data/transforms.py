@@ -725,3 +725,5 @@ class Pipeline:
 
 # Modules of further ops register themselves on import; they import this module, so this stays last.
 import offline_ssld.data.augment  # noqa: E402, F401
+import offline_ssld.data.color  # noqa: E402, F401
+import offline_ssld.data.erasing  # noqa: E402, F401
