@@ -296,3 +296,27 @@ def test_damaged_params_are_refused():
     for bad in ([1, 15, 1, 9000, 0], [1, 0, 1, 10001, 0], [2, 0, 0, 0, 0], [1, 0, 1, 0, 2]):
         with pytest.raises(CacheError, match="TimmAutoAugment"):
             pipe.replay(data, np.array(bad, np.int32))
+
+
+def test_pil_ops_must_come_before_normalize():
+    for op in ({"TimmAutoAugment": None}, {"AutoAugment": None}, {"ColorJitter": {"hue": 0.1}}):
+        ((name, _),) = op.items()
+        with pytest.raises(ConfigError, match=rf"^{KEY}\.2\.{name}: .*before NormalizeImage"):
+            build_ops([{"DecodeImage": None}, {"NormalizeImage": {"order": ""}}, op], KEY)
+
+
+@pytest.mark.parametrize("op", [*CONFIGS, {"ColorJitter": {"brightness": 0.4, "hue": 0.2}}])
+def test_any_stored_integers_replay_or_are_refused(op):
+    """A damaged cache row never crashes replay with anything but CacheError."""
+    data = _png(_image(12, 14))
+    pipe = _pipeline(op)
+    rng = np.random.default_rng(1)
+    n = len(pipe.param_names)
+    for scale in (2, 30, 2**31 - 1):
+        for _ in range(30):
+            params = rng.integers(-scale if scale > 2 else 0, scale, size=n, endpoint=True)
+            try:
+                out = pipe.replay(data, params.astype(np.int32))
+            except CacheError:
+                continue
+            assert out.dtype == np.uint8 and out.shape == (12, 14, 3)

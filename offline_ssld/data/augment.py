@@ -27,17 +27,17 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from offline_ssld.data._pil import _check, _to_pil
 from offline_ssld.data.transforms import (
     HWC,
     Op,
-    _BadParams,
     _floats3,
     _is_int,
     _is_num,
     _pos_int,
     register,
 )
-from offline_ssld.errors import ConfigError, DataError
+from offline_ssld.errors import ConfigError
 
 MAX_LEVEL = 10.0
 """PaddleClas/timm `_MAX_LEVEL`: magnitudes live in [0, 10]."""
@@ -50,21 +50,6 @@ MAX_MAGNITUDE = int(MAX_LEVEL) * MAGNITUDE_RESOLUTION
 _BILINEAR = Image.Resampling.BILINEAR
 _BICUBIC = Image.Resampling.BICUBIC
 _RANDOM_FILTERS = (_BILINEAR, _BICUBIC)  # a stored interp param of 0 or 1 indexes this
-
-
-def _to_pil(img: Any) -> Image.Image:
-    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3):
-        raise DataError(
-            "PIL-based augmentation needs an 8-bit image (place it before NormalizeImage);"
-            f" got {getattr(img, 'dtype', type(img).__name__)}"
-        )
-    return Image.fromarray(np.ascontiguousarray(img))
-
-
-def _check(value: int, lo: int, hi: int, what: str) -> int:
-    if not lo <= value <= hi:
-        raise _BadParams(f"{what} must be in [{lo}, {hi}], got {value}")
-    return value
 
 
 def _mean_fill(mean: list[float]) -> tuple[int, ...]:
@@ -376,6 +361,7 @@ class TimmAutoAugment(Op):
     name = "TimmAutoAugment"
     args = ("config_str", "interpolation", "img_size", "mean", "prob")
     needs = HWC
+    needs_uint8 = True
 
     def __init__(
         self,
@@ -706,6 +692,7 @@ class AutoAugment(Op):
     param_names = ("policy", "on1", "neg1", "on2", "neg2")
     args = ("fillcolor",)
     needs = HWC
+    needs_uint8 = True
 
     def __init__(self, key: str, fillcolor: Any = (128, 128, 128)) -> None:
         self.key = key
@@ -775,6 +762,7 @@ class RandAugment(Op):
     name = "RandAugment"
     args = ("num_layers", "magnitude", "fillcolor")
     needs = HWC
+    needs_uint8 = True
 
     def __init__(
         self, key: str, num_layers: Any = 2, magnitude: Any = 5, fillcolor: Any = (128, 128, 128)

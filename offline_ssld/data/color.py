@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from offline_ssld.data.augment import _check, _to_pil
+from offline_ssld.data._pil import _check, _to_pil
 from offline_ssld.data.transforms import HWC, Op, _is_num, register
 from offline_ssld.errors import ConfigError
 
@@ -83,6 +83,7 @@ class ColorJitter(Op):
     param_names = ("applied", "order", *_COMPONENTS)
     args = ("prob", *_COMPONENTS)
     needs = HWC
+    needs_uint8 = True
 
     def __init__(
         self,

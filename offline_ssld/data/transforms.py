@@ -12,6 +12,7 @@ differs (an explicit `np.random.Generator` instead of python's global `random`).
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import os
@@ -274,6 +275,7 @@ class Op(ABC):
     param_names: tuple[str, ...] = ()
     args: tuple[str, ...] = ()  # accepted config argument names
     needs: str | None = HWC  # layout the input must have (None: any)
+    needs_uint8: bool = False  # PIL-based ops take 8-bit pixels, i.e. run before NormalizeImage
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         """Validate config arguments; `key` is the op's config key path for error messages."""
@@ -590,13 +592,24 @@ OPS: dict[str, type[Op]] = {
 }
 
 
+_OP_MODULES = ("offline_ssld.data.augment", "offline_ssld.data.color", "offline_ssld.data.erasing")
+"""Modules of further ops; each calls `register` when imported."""
+
+
 def register(*classes: type[Op]) -> None:
-    """Add ops by their config name; modules of further ops (augment.py, erasing.py, ...) call
-    this when imported, and this module imports them below so every op is always known."""
+    """Add ops by their config name (called by the modules in _OP_MODULES)."""
     for cls in classes:
         if cls.name in OPS and OPS[cls.name] is not cls:
             raise ValueError(f"transform op {cls.name!r} registered twice")
         OPS[cls.name] = cls
+
+
+def registered_ops() -> dict[str, type[Op]]:
+    """Every op by config name. The op modules import this one, so they are imported here, on
+    first use, rather than at the top (which would make the imports circular)."""
+    for module in _OP_MODULES:
+        importlib.import_module(module)
+    return OPS
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,6 +633,10 @@ def _check_structure(ops: list[Op], key: str) -> None:
                 f" {layout.upper()} here (check DecodeImage.channel_first, ToCHWImage and"
                 " NormalizeImage.order)"
             )
+        if op.needs_uint8 and any(isinstance(prev, NormalizeImage) for prev in ops[:i]):
+            raise ConfigError(
+                f"{key}.{i}.{op.name}: works on 8-bit pixels, so it must come before NormalizeImage"
+            )
         layout = op.out_layout(layout)
 
 
@@ -635,10 +652,11 @@ def build_ops(transform_ops: list, key: str) -> list[Op]:
                 f" got {entry!r}"
             )
         ((name, kwargs),) = entry.items()
-        cls = OPS.get(name) if isinstance(name, str) else None
+        ops_by_name = registered_ops()
+        cls = ops_by_name.get(name) if isinstance(name, str) else None
         if cls is None:
             raise ConfigError(
-                f"{key}.{i}: unknown transform op {name!r}; supported: {', '.join(OPS)}"
+                f"{key}.{i}: unknown transform op {name!r}; supported: {', '.join(ops_by_name)}"
             )
         op_key = f"{key}.{i}.{name}"
         if kwargs is None:
@@ -721,9 +739,3 @@ class Pipeline:
         """Canonical op specs as plain data: what cache/fingerprint.py hashes, so caches made
         with another pipeline are refused."""
         return {"version": TRANSFORMS_VERSION, "ops": [op.spec() for op in self.ops]}
-
-
-# Modules of further ops register themselves on import; they import this module, so this stays last.
-import offline_ssld.data.augment  # noqa: E402, F401
-import offline_ssld.data.color  # noqa: E402, F401
-import offline_ssld.data.erasing  # noqa: E402, F401
