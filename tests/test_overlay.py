@@ -368,6 +368,11 @@ def test_strong_augmentation_dumps_replays_and_trains(tmp_path, images):
     assert "ColorJitter.order" in names
     report = verify_cache(tmp_path / "cache", teacher_check=8)
     assert report.ok and report.teacher_checked == 8, report.problems
+    out = CliRunner().invoke(
+        main, ["overlay", "-c", str(path), "-c", str(strong), "-c", str(OVERLAY)]
+    )
+    assert out.exit_code == 0, out.output
+    assert f"train view params stored per view: {len(names)} (RandCropImage.x, " in out.stdout
     result = train(cfg, "offline", progress=False)
     assert result.epochs == 1 and math.isfinite(result.last_top1)
 
