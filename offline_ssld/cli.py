@@ -372,6 +372,14 @@ def overlay_summary(cfg: dict) -> list[str]:
             f"{split.lower()} transforms: {_ops_text(d.transform_ops)}"
             + (appended if len(d.transform_ops) > len(given) else ""),
         ]
+        if split == "Train":
+            from offline_ssld.data.transforms import Pipeline, build_ops
+
+            names = Pipeline(build_ops(d.transform_ops, d.key)).param_names
+            lines.append(
+                f"train view params stored per view: {len(names)}"
+                + (f" ({', '.join(names)})" if names else "")
+            )
     lines.append(
         f"cache: {off['cache_dir']}, views {off['views']}, codec {describe_codec(off)}"
         + f", format {off['format']}, shard_size {off['shard_size']}, seed {off['seed']}, "

@@ -320,6 +320,63 @@ def test_variant_dumps_and_trains_with_overlay(tmp_path, images, loss, extra, ex
         assert f"-> {kind} (" in out.stdout
 
 
+# Train transforms of PaddleClas's PULC / PPHGNetV2 SSLD distillation configs, at 16 px.
+STRONG_AUGMENT = """\
+DataLoader:
+  Train:
+    dataset:
+      transform_ops:
+        - DecodeImage: {to_rgb: True, channel_first: False}
+        - RandCropImage: {size: 16, backend: pil, interpolation: bicubic}
+        - RandFlipImage: {flip_code: 1}
+        - TimmAutoAugment:
+            config_str: rand-m9-mstd0.5-inc1
+            interpolation: bicubic
+            img_size: 16
+            prob: 0.8
+        - ColorJitter: {brightness: 0.2, contrast: 0.2, saturation: 0.2, hue: 0.05}
+        - NormalizeImage:
+            scale: 1.0/255.0
+            mean: [0.485, 0.456, 0.406]
+            std: [0.229, 0.224, 0.225]
+            order: ''
+        - RandomErasing:
+            EPSILON: 0.5
+            sl: 0.02
+            sh: 1.0/3.0
+            r1: 0.3
+            attempt: 10
+            use_log_aspect: True
+            mode: pixel
+"""
+
+
+def test_strong_augmentation_dumps_replays_and_trains(tmp_path, images):
+    """TimmAutoAugment, ColorJitter, RandomErasing and backend pil are accepted; the dump stores
+    their params, verify's teacher check replays them and gets the stored logits back, and the
+    student trains from the cache."""
+    from offline_ssld.audit import verify_cache
+
+    path = ppcls_config(tmp_path, images)
+    strong = tmp_path / "strong.yaml"
+    strong.write_text(STRONG_AUGMENT)
+    cfg = load_config([str(path), str(strong), str(OVERLAY)], tiny(tmp_path))
+    check_supported(cfg)
+    dumped = run_dump(cfg, progress=False)
+    names = dumped.manifest.param_names
+    assert "TimmAutoAugment.mag0" in names and "RandomErasing.seed" in names
+    assert "ColorJitter.order" in names
+    report = verify_cache(tmp_path / "cache", teacher_check=8)
+    assert report.ok and report.teacher_checked == 8, report.problems
+    out = CliRunner().invoke(
+        main, ["overlay", "-c", str(path), "-c", str(strong), "-c", str(OVERLAY)]
+    )
+    assert out.exit_code == 0, out.output
+    assert f"train view params stored per view: {len(names)} (RandCropImage.x, " in out.stdout
+    result = train(cfg, "offline", progress=False)
+    assert result.epochs == 1 and math.isfinite(result.last_top1)
+
+
 # ------------------------------------------------------------------- merge order and -o
 
 
@@ -425,7 +482,7 @@ FEATURE_LOSS = (
         (["DataLoader.Train.dataset.delimiter=''"], "DataLoader.Train.dataset.delimiter"),
         (["DataLoader.Gallery={}"], "DataLoader.Gallery"),
         (
-            ["DataLoader.Train.dataset.transform_ops.2={'TimmAutoAugment': None}"],
+            ["DataLoader.Train.dataset.transform_ops.2={'GridMask': None}"],
             "DataLoader.Train.dataset.transform_ops.2",
         ),
         ([FEATURE_LOSS], "Loss.Train.1.AFDLoss"),

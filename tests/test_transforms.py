@@ -207,7 +207,7 @@ def test_unknown_or_invalid_argument_names_key():
         ({"RandCropImage": {"size": 8, "scale": [0.9, 0.1]}}, "RandCropImage.scale"),
         ({"RandCropImage": {"size": 8, "interpolation": "cubic"}}, "RandCropImage.interpolation"),
         ({"RandFlipImage": {"flip_code": 2}}, "RandFlipImage.flip_code"),
-        ({"ResizeImage": {"size": 8, "backend": "pil"}}, "ResizeImage.backend"),
+        ({"ResizeImage": {"size": 8, "backend": "tf"}}, "ResizeImage.backend"),
         ({"ResizeImage": {}}, "ResizeImage.size"),
         ({"NormalizeImage": {"order": "whc"}}, "NormalizeImage.order"),
         ({"NormalizeImage": {"order": "", "std": [1, 0, 1]}}, "NormalizeImage.std"),

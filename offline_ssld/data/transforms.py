@@ -12,6 +12,7 @@ differs (an explicit `np.random.Generator` instead of python's global `random`).
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import os
@@ -21,6 +22,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 # OpenCV reads this lazily on its first decode; it bounds formats our header sniffing below does
 # not understand (TIFF, JPEG 2000, PNM, ...). setdefault keeps a limit the user chose.
@@ -44,6 +46,19 @@ _INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 _INTERPOLATION_BY_CODE = {code: name for name, code in _INTERPOLATIONS.items()}
+# backend "pil" (PaddleClas's UnifiedResize): PIL's own filters; an integer is a PIL filter code.
+_PIL_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "hamming": Image.Resampling.HAMMING,
+}
+_PIL_INTERPOLATION_BY_CODE = {int(code): name for name, code in _PIL_INTERPOLATIONS.items()}
+RANDOM_INTERPOLATION = "random"
+"""PaddleClas's 'random' picks bilinear or bicubic per call; the pick is a stored param."""
+_RANDOM_CHOICES = ("bilinear", "bicubic")
 
 HWC, CHW = "hwc", "chw"
 
@@ -109,25 +124,49 @@ def _floats3(v: Any, where: str, nonzero: bool = False) -> list[float]:
     return [float(x) for x in v]
 
 
-def _interpolation(v: Any, where: str) -> str:
-    """Name or cv2 code (old PaddleClas configs; -1 meant the default) -> canonical name."""
+def _interpolation(v: Any, where: str, backend: str = "cv2") -> str:
+    """Name or integer code -> canonical name. cv2: old PaddleClas configs give cv2 codes (-1
+    meant the default); pil: PaddleClas passes an integer straight to PIL as a filter code."""
+    names = _PIL_INTERPOLATIONS if backend == "pil" else _INTERPOLATIONS
+    by_code = _PIL_INTERPOLATION_BY_CODE if backend == "pil" else _INTERPOLATION_BY_CODE
     if v is None:
         return "bilinear"
-    if isinstance(v, str) and v.lower() in _INTERPOLATIONS:
+    if isinstance(v, str) and (v.lower() in names or v.lower() == RANDOM_INTERPOLATION):
         return v.lower()
-    if _is_int(v) and v == -1:
+    if _is_int(v) and v == -1 and backend == "cv2":
         return "bilinear"
-    if _is_int(v) and v in _INTERPOLATION_BY_CODE:
-        return _INTERPOLATION_BY_CODE[int(v)]
+    if _is_int(v) and v in by_code:
+        return by_code[int(v)]
     raise ConfigError(
-        f"{where}: unsupported interpolation {v!r}; supported: {', '.join(_INTERPOLATIONS)}"
+        f"{where}: unsupported interpolation {v!r} for backend {backend!r}; supported:"
+        f" {', '.join([*names, RANDOM_INTERPOLATION])}"
     )
 
 
 def _backend(v: Any, where: str) -> str:
-    if not isinstance(v, str) or v.lower() != "cv2":
-        raise ConfigError(f"{where}: only backend 'cv2' is supported, got {v!r}")
-    return "cv2"
+    if not isinstance(v, str) or v.lower() not in ("cv2", "pil"):
+        raise ConfigError(f"{where}: expected backend 'cv2' or 'pil', got {v!r}")
+    return v.lower()
+
+
+def _resize(img: np.ndarray, size: tuple[int, int], backend: str, interpolation: str) -> np.ndarray:
+    """Resize to (w, h) as PaddleClas's UnifiedResize does for the given backend."""
+    if backend == "pil":
+        out = Image.fromarray(np.ascontiguousarray(img)).resize(
+            size, _PIL_INTERPOLATIONS[interpolation]
+        )
+        return np.asarray(out)
+    return cv2.resize(img, size, interpolation=_INTERPOLATIONS[interpolation])
+
+
+def _chosen_interpolation(interpolation: str, params: tuple[int, ...]) -> str:
+    """The interpolation to apply: fixed, or the stored pick of 'random' (0 bilinear, 1 bicubic)."""
+    if interpolation != RANDOM_INTERPOLATION:
+        return interpolation
+    (pick,) = params
+    if pick not in (0, 1):
+        raise _BadParams(f"interpolation pick must be 0 or 1, got {pick}")
+    return _RANDOM_CHOICES[pick]
 
 
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -236,6 +275,7 @@ class Op(ABC):
     param_names: tuple[str, ...] = ()
     args: tuple[str, ...] = ()  # accepted config argument names
     needs: str | None = HWC  # layout the input must have (None: any)
+    needs_uint8: bool = False  # PIL-based ops take 8-bit pixels, i.e. run before NormalizeImage
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         """Validate config arguments; `key` is the op's config key path for error messages."""
@@ -324,8 +364,13 @@ class ResizeImage(Op):
             self.size = _size_wh(size, f"{key}.size")
         else:
             raise ConfigError(f"{key}.size: one of 'size' or 'resize_short' is required")
-        self.interpolation = _interpolation(interpolation, f"{key}.interpolation")
         self.backend = _backend(backend, f"{key}.backend")
+        self.interpolation = _interpolation(interpolation, f"{key}.interpolation", self.backend)
+        # 'random' interpolation: the bilinear/bicubic pick is a param, range [0, 1]
+        self.param_names = ("interp",) if self.interpolation == RANDOM_INTERPOLATION else ()
+
+    def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
+        return (int(rng.integers(0, 2)),) if self.param_names else ()
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
         img_h, img_w = img.shape[:2]
@@ -335,7 +380,7 @@ class ResizeImage(Op):
         else:
             assert self.size is not None
             size = self.size
-        return cv2.resize(img, size, interpolation=_INTERPOLATIONS[self.interpolation])
+        return _resize(img, size, self.backend, _chosen_interpolation(self.interpolation, params))
 
     def spec(self) -> dict:
         return {
@@ -351,7 +396,7 @@ class RandCropImage(Op):
     """PaddleClas random-resized-crop: random box (x, y, w, h), then resize to `size`."""
 
     name = "RandCropImage"
-    param_names = ("x", "y", "w", "h")
+    param_names: tuple[str, ...] = ("x", "y", "w", "h")
     args = ("size", "scale", "ratio", "interpolation", "backend")
 
     def __init__(
@@ -368,8 +413,10 @@ class RandCropImage(Op):
         self.size = _size_wh(size, f"{key}.size")
         self.scale = _range([0.08, 1.0] if scale is None else scale, f"{key}.scale")
         self.ratio = _range([3.0 / 4.0, 4.0 / 3.0] if ratio is None else ratio, f"{key}.ratio")
-        self.interpolation = _interpolation(interpolation, f"{key}.interpolation")
         self.backend = _backend(backend, f"{key}.backend")
+        self.interpolation = _interpolation(interpolation, f"{key}.interpolation", self.backend)
+        if self.interpolation == RANDOM_INTERPOLATION:  # the pick is a 5th param, range [0, 1]
+            self.param_names = (*RandCropImage.param_names, "interp")
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         img_h, img_w = img.shape[:2]
@@ -385,15 +432,18 @@ class RandCropImage(Op):
         h = min(max(int(target * fh), 1), img_h)
         x = int(rng.integers(0, img_w - w, endpoint=True))
         y = int(rng.integers(0, img_h - h, endpoint=True))
+        if self.interpolation == RANDOM_INTERPOLATION:
+            return x, y, w, h, int(rng.integers(0, 2))
         return x, y, w, h
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
-        x, y, w, h = (int(p) for p in params)
+        x, y, w, h = (int(p) for p in params[:4])
         img_h, img_w = img.shape[:2]
         if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
             raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
         crop = img[y : y + h, x : x + w]
-        return cv2.resize(crop, self.size, interpolation=_INTERPOLATIONS[self.interpolation])
+        interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
+        return _resize(crop, self.size, self.backend, interpolation)
 
     def spec(self) -> dict:
         return {
@@ -542,6 +592,26 @@ OPS: dict[str, type[Op]] = {
 }
 
 
+_OP_MODULES = ("offline_ssld.data.augment", "offline_ssld.data.color", "offline_ssld.data.erasing")
+"""Modules of further ops; each calls `register` when imported."""
+
+
+def register(*classes: type[Op]) -> None:
+    """Add ops by their config name (called by the modules in _OP_MODULES)."""
+    for cls in classes:
+        if cls.name in OPS and OPS[cls.name] is not cls:
+            raise ValueError(f"transform op {cls.name!r} registered twice")
+        OPS[cls.name] = cls
+
+
+def registered_ops() -> dict[str, type[Op]]:
+    """Every op by config name. The op modules import this one, so they are imported here, on
+    first use, rather than at the top (which would make the imports circular)."""
+    for module in _OP_MODULES:
+        importlib.import_module(module)
+    return OPS
+
+
 # --------------------------------------------------------------------------------------------
 # building and running pipelines
 
@@ -563,6 +633,10 @@ def _check_structure(ops: list[Op], key: str) -> None:
                 f" {layout.upper()} here (check DecodeImage.channel_first, ToCHWImage and"
                 " NormalizeImage.order)"
             )
+        if op.needs_uint8 and any(isinstance(prev, NormalizeImage) for prev in ops[:i]):
+            raise ConfigError(
+                f"{key}.{i}.{op.name}: works on 8-bit pixels, so it must come before NormalizeImage"
+            )
         layout = op.out_layout(layout)
 
 
@@ -578,10 +652,11 @@ def build_ops(transform_ops: list, key: str) -> list[Op]:
                 f" got {entry!r}"
             )
         ((name, kwargs),) = entry.items()
-        cls = OPS.get(name) if isinstance(name, str) else None
+        ops_by_name = registered_ops()
+        cls = ops_by_name.get(name) if isinstance(name, str) else None
         if cls is None:
             raise ConfigError(
-                f"{key}.{i}: unknown transform op {name!r}; supported: {', '.join(OPS)}"
+                f"{key}.{i}: unknown transform op {name!r}; supported: {', '.join(ops_by_name)}"
             )
         op_key = f"{key}.{i}.{name}"
         if kwargs is None:
