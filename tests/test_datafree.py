@@ -5,6 +5,8 @@ determinism, resume, and synthesize -> dump-teacher -> train-student end to end.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +20,8 @@ from offline_ssld.cli import main
 from offline_ssld.config import load_config
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pipelines/ for the smoke test
 
 TINY = [
     "Global.device=cpu",
@@ -222,3 +226,28 @@ def test_synthesize_then_dump_then_train_student_unchanged(project):
 def test_help_has_an_example():
     result = CliRunner().invoke(main, ["synthesize", "--help"])
     assert result.exit_code == 0 and "Example:" in result.output and "DAFL" in result.output
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST.exists(),
+    reason="Debian's dataset-fashion-mnist is not installed (pipelines/setup_env.sh does it)",
+)
+def test_data_free_pipeline_smoke_preset(tmp_path):
+    """pipelines/data_free.py --preset smoke: every stage runs and the report is well formed."""
+    from pipelines import data_free
+
+    out = tmp_path / "results.json"
+    args = ["--preset", "smoke", "--workdir", str(tmp_path / "work")]
+    args += ["--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(data_free.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["student"]["sources"]) == set(data_free.SOURCES)
+    for source in r["student"]["sources"].values():
+        assert 0.0 <= source["top1"] <= 1.0 and source["train_images"] == 256
+    assert 0.0 <= r["teacher"]["top1"] <= 1.0
+    assert sum(r["synthesis"]["teacher_class_counts"]) == 256
+    assert (tmp_path / "work" / "synth" / "preview.png").exists()
