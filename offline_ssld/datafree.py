@@ -53,6 +53,7 @@ LIST_FILE = "list.txt"
 PREVIEW_FILE = "preview.png"
 SUMMARY_FILE = "synthesis.json"
 PREVIEW_COLUMNS = 8
+PREVIEW_CLASSES = 100  # rows of the preview: a 1000-class grid would be unreadable
 _LOG_EPS = 1e-12  # keeps p * log p finite when a class's mean probability underflows to 0
 # Settings that change the generator's training; a checkpoint made with others is refused.
 _TRAINING_KEYS = (
@@ -381,19 +382,27 @@ def load_checkpoint(
 # ------------------------------------------------------------------------------ outputs
 
 
-def preview_grid(images: np.ndarray, predicted: np.ndarray, class_num: int) -> np.ndarray:
-    """One row per teacher-predicted class, up to PREVIEW_COLUMNS images each, black where a
-    class has fewer: shows at a glance which classes the generator covers."""
-    size = images.shape[1]
-    gap = 2
-    grid = np.zeros(
-        (class_num * (size + gap), PREVIEW_COLUMNS * (size + gap)) + images.shape[3:], np.uint8
-    )
-    for c in range(class_num):
-        for j, i in enumerate(np.flatnonzero(predicted == c)[:PREVIEW_COLUMNS]):
-            y, x = c * (size + gap), j * (size + gap)
-            grid[y : y + size, x : x + size] = images[i]
-    return grid
+class Preview:
+    """Up to PREVIEW_COLUMNS images per teacher-predicted class (the first PREVIEW_CLASSES
+    classes), tiled one row per class, black where a class has fewer: shows at a glance which
+    classes the generator covers, without keeping every image in memory."""
+
+    def __init__(self, class_num: int) -> None:
+        self.rows: list[list[np.ndarray]] = [[] for _ in range(min(class_num, PREVIEW_CLASSES))]
+
+    def add(self, images: np.ndarray, classes: np.ndarray) -> None:
+        for img, c in zip(images, classes, strict=True):
+            if c < len(self.rows) and len(self.rows[c]) < PREVIEW_COLUMNS:
+                self.rows[c].append(img)
+
+    def grid(self, size: int, channels: int) -> np.ndarray:
+        cell = size + 2  # 2 px of black between images
+        depth = () if channels == 1 else (channels,)
+        grid = np.zeros((len(self.rows) * cell, PREVIEW_COLUMNS * cell, *depth), np.uint8)
+        for c, row in enumerate(self.rows):
+            for j, img in enumerate(row):
+                grid[c * cell : c * cell + size, j * cell : j * cell + size] = img
+        return grid
 
 
 @dataclass
@@ -418,25 +427,34 @@ def _visualdl(cfg: dict, out: Path):
     return LogWriter(logdir=str(out / "vdl"))
 
 
-def _generate(
+def _write_images(
     s: DataFreeSettings,
     generator: Generator,
     teacher: nn.Layer,
     view: TeacherView,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`s.images` images (uint8, file channel order), the teacher's class and confidence for
-    each. BatchNorm keeps batch statistics of full batches, as during training (so does
-    DAFL); a last partial batch is cut from a full one."""
+    out: Path,
+    preview: Preview,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Write `s.images` PNGs batch by batch; return their names and the teacher's class and
+    confidence for each. BatchNorm uses batch statistics of full batches, as in training (and
+    in DAFL); a last partial batch is cut from a full one."""
     generator.train()
-    files, classes, confidence = [], [], []
+    (out / "images").mkdir(exist_ok=True)
+    names: list[str] = []
+    classes, confidence = [], []
     with paddle.no_grad():
         for index in range(math.ceil(s.images / s.batch_size)):
+            keep = min(s.batch_size, s.images - len(names))
             pixels = view.pixels(generator(latent(s, 1, index)))
-            probs = F.softmax(teacher(view(pixels)), axis=1).numpy()
-            files.append(view.to_files(pixels))
+            probs = F.softmax(teacher(view(pixels)), axis=1).numpy()[:keep]
+            files = view.to_files(pixels)[:keep]
+            for img in files:
+                names.append(f"images/{len(names):06d}.png")
+                (out / names[-1]).write_bytes(view.encode_png(img))
+            preview.add(files, probs.argmax(axis=1))
             classes.append(probs.argmax(axis=1))
             confidence.append(probs.max(axis=1))
-    return tuple(np.concatenate(a)[: s.images] for a in (files, classes, confidence))
+    return names, np.concatenate(classes), np.concatenate(confidence)
 
 
 def synthesize(cfg: dict, progress: bool = True) -> SynthesisResult:
@@ -491,12 +509,9 @@ def synthesize(cfg: dict, progress: bool = True) -> SynthesisResult:
     if vdl is not None:
         vdl.close()
 
-    images, classes, confidence = _generate(s, generator, teacher, view)
-    (out / "images").mkdir(exist_ok=True)
-    names = [f"images/{i:06d}.png" for i in range(s.images)]
-    for name, img in zip(names, images, strict=True):
-        (out / name).write_bytes(view.encode_png(img))
-    cv2.imwrite(str(out / PREVIEW_FILE), preview_grid(images, classes, spec.class_num))
+    preview = Preview(spec.class_num)
+    names, classes, confidence = _write_images(s, generator, teacher, view, out, preview)
+    cv2.imwrite(str(out / PREVIEW_FILE), preview.grid(s.image_size, s.channels))
     counts = np.bincount(classes, minlength=spec.class_num).tolist()
     result = SynthesisResult(
         out,
@@ -514,7 +529,7 @@ def synthesize(cfg: dict, progress: bool = True) -> SynthesisResult:
         "teacher_class_counts": counts,
         "teacher_mean_confidence": result.mean_confidence,
         "list": LIST_FILE,
-        "preview": f"{PREVIEW_FILE} (row c: images the teacher assigns to class c)",
+        "preview": f"{PREVIEW_FILE} (row c < {PREVIEW_CLASSES}: images the teacher calls c)",
     }
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     write_text_atomic(result.list_path, "".join(f"{n}\n" for n in names))  # last: images exist

@@ -194,6 +194,14 @@ def test_resume_equals_an_uninterrupted_run(project):
         df.synthesize(changed, progress=False)
 
 
+def test_visualdl_logs_the_losses_when_asked(project):
+    pytest.importorskip("visualdl")
+    tmp = project[1]
+    cfg = _cfg(project, f"DataFree.output_dir={tmp / 'v'}", "Global.use_visualdl=True")
+    df.synthesize(cfg, progress=False)
+    assert any((tmp / "v" / "vdl").iterdir())
+
+
 def test_synthesize_then_dump_then_train_student_unchanged(project):
     """The generated list feeds both stages through their ordinary commands."""
     path, tmp = project
