@@ -221,6 +221,46 @@ def paddleclas_configs() -> str:
     )
 
 
+def data_free() -> str:
+    """Students distilled from DAFL-generated, noise and real images (pipelines/data_free.py)."""
+    r = _load("data_free.json")
+    if r is None:
+        return (
+            "_not measured yet: run `python pipelines/data_free.py --preset real --out "
+            "benchmarks/results/data_free.json`_"
+        )
+    s, m, sources = r["settings"], r["machine"], r["student"]["sources"]
+    labels = {
+        "datafree": "DAFL-generated images only (data-free)",
+        "noise": "uniform random-noise images (floor)",
+        "real": "real training images (ceiling)",
+    }
+    lines = [
+        f"{s['data']['train_images']} images per student, {s['data']['student_epochs']} epochs, "
+        f"{s['data']['views']} views, {s['image_size']}x{s['image_size']}, eval on "
+        f"{s['data']['val_images']} real test images; generator {s['synth_steps']} steps of "
+        f"{s['synth_batch']}. Machine: {m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on "
+        "CPU.",
+        "",
+        "| model | trained on | top-1 (last epoch) |",
+        "|---|---|---|",
+        f"| teacher {r['teacher']['name']} | real training images, labels | "
+        f"{100 * r['teacher']['top1']:.2f}% |",
+    ]
+    for source in ("datafree", "noise", "real"):
+        lines.append(
+            f"| student {r['student']['name']}, offline SSLD | {labels[source]} | "
+            f"{100 * sources[source]['top1']:.2f}% |"
+        )
+    counts = r["synthesis"]["teacher_class_counts"]
+    lines += [
+        "",
+        f"Teacher's classes over the generated images: {counts} (mean confidence "
+        f"{r['synthesis']['teacher_mean_confidence']:.2f}). Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "paddleclas_configs": paddleclas_configs,
     "codec_loss": codec_loss,
@@ -230,6 +270,7 @@ BLOCKS = {
     "speed": lambda: online_vs_offline("speed"),
     "dump_throughput": dump_throughput,
     "cache_formats": cache_formats,
+    "data_free": data_free,
 }
 
 

@@ -42,6 +42,24 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "precise_bn_batches": 100,  # before each eval, BN statistics = mean over this many batches
 }
 
+# One place for every DataFree key (`offline-ssld synthesize`, DAFL data-free distillation).
+DATAFREE_DEFAULTS: dict[str, Any] = {
+    "output_dir": "output/datafree",  # generator checkpoint, images/, list.txt, preview.png
+    "images": 6000,  # PNGs written after training (the list dump-teacher reads)
+    "image_size": 32,  # generated height = width; must equal the teacher's view size
+    "channels": 3,  # 3 (colour) or 1 (grey PNGs, decoded to 3 equal channels)
+    "latent_dim": 100,  # generator input noise dimension (DAFL: 100)
+    "generator_channels": 128,  # generator width (DAFL: 128)
+    "steps": 1500,  # generator updates (Adam)
+    "batch_size": 256,  # generated images per update (DAFL MNIST: 512)
+    "lr": 0.01,  # Adam; DAFL MNIST uses 0.2, which saturates a tanh pixel output (measured)
+    "oh_weight": 1.0,  # one-hot loss weight (DAFL: 1)
+    "activation_weight": 0.1,  # activation loss weight (DAFL MNIST: alpha = 0.1)
+    "ie_weight": 5.0,  # information-entropy loss weight (DAFL: beta = 5)
+    "save_every": 100,  # checkpoint every this many steps (and at the end)
+    "seed": 0,  # fixes generator initialisation, every latent batch and so every image
+}
+
 KNOWN_SECTIONS = {
     "Global",
     "Arch",
@@ -52,6 +70,7 @@ KNOWN_SECTIONS = {
     "Offline",
     "Infer",
     "AMP",
+    "DataFree",
 }
 DISTILLATION_ARCH = "DistillationModel"
 
@@ -168,6 +187,16 @@ def load_config(
                 f"Offline.{key}: unknown key; known: {', '.join(sorted(OFFLINE_DEFAULTS))}"
             )
     cfg["Offline"] = {**OFFLINE_DEFAULTS, **offline}
+    if "DataFree" in cfg:  # filled only when given, so other stages' configs stay as written
+        datafree = cfg["DataFree"] or {}
+        if not isinstance(datafree, dict):
+            raise ConfigError("DataFree: must be a mapping")
+        for key in datafree:
+            if key not in DATAFREE_DEFAULTS:
+                raise ConfigError(
+                    f"DataFree.{key}: unknown key; known: {', '.join(sorted(DATAFREE_DEFAULTS))}"
+                )
+        cfg["DataFree"] = {**DATAFREE_DEFAULTS, **datafree}
     return cfg
 
 
