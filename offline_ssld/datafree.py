@@ -44,9 +44,10 @@ from tqdm import tqdm
 
 from offline_ssld import config as cfgmod
 from offline_ssld.atomic import atomic_write, write_text_atomic
+from offline_ssld.cache.fingerprint import teacher_identity
 from offline_ssld.data.transforms import DecodeImage, NormalizeImage, Pipeline, build_ops
 from offline_ssld.errors import ConfigError
-from offline_ssld.models import load_teacher, select_device, teacher_identity
+from offline_ssld.models import load_teacher, select_device
 
 CHECKPOINT = "generator.safetensors"
 LIST_FILE = "list.txt"
@@ -242,8 +243,8 @@ class TeacherView:
         self.reverse = decode.to_rgb and s.channels == 3  # cv2 writes BGR, decode gives RGB
         self.pad = norm.channel_num - 3
         self.scale = float(norm.scale)
-        self.mean = paddle.to_tensor(np.float32(norm.mean).reshape(1, 3, 1, 1))
-        self.std = paddle.to_tensor(np.float32(norm.std).reshape(1, 3, 1, 1))
+        self.mean = paddle.to_tensor(np.asarray(norm.mean, dtype=np.float32).reshape(1, 3, 1, 1))
+        self.std = paddle.to_tensor(np.asarray(norm.std, dtype=np.float32).reshape(1, 3, 1, 1))
         probe = np.zeros((s.image_size, s.image_size, s.channels), np.uint8)
         out, _ = Pipeline(ops, key).draw(self.encode_png(probe), np.random.default_rng(0))
         if tuple(out.shape[-2:]) != (s.image_size, s.image_size):
