@@ -41,7 +41,16 @@ def build_model(spec: ModelSpec) -> paddle.nn.Layer:
         raise ConfigError(f"{spec.key}.name: {spec.name!r} is not a PaddleClas backbone{hint}")
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
     try:
-        return factory(class_num=spec.class_num, **args)
+        try:
+            return factory(class_num=spec.class_num, **args)
+        except ValueError as exc:
+            if "have be been used" not in str(exc):
+                raise
+            # Some zoo backbones (Res2Net, ...) give parameters fixed names, and Paddle
+            # refuses a name twice per process: a second instance (a survey, an audit after a
+            # dump) gets a fresh name scope of its own.
+            with paddle.utils.unique_name.guard():
+                return factory(class_num=spec.class_num, **args)
     except TypeError as exc:
         bad = next((k for k in args if repr(k) in str(exc)), None)
         if bad is None:

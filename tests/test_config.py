@@ -252,3 +252,13 @@ def test_spec_errors(tmp_path, base):
         teacher_spec(cfg)
     with pytest.raises(ConfigError, match=r"Arch\.models\.0\.Student\.class_num"):
         student_spec(load_config([str(tmp_path / "d.yaml")], ["Arch.models.0.Student.class_num=x"]))
+
+
+def test_backbone_with_fixed_parameter_names_builds_twice_in_one_process():
+    """Res2Net names its parameters itself; Paddle refuses a name twice per process."""
+    from offline_ssld.config import ModelSpec
+    from offline_ssld.models import build_model
+
+    spec = ModelSpec("Res2Net50_vd_26w_4s", 2, None, "Arch")
+    first, second = build_model(spec), build_model(spec)
+    assert first is not second and len(first.parameters()) == len(second.parameters())
