@@ -106,7 +106,9 @@ def survey_one(raw: dict, work: Path) -> dict[str, str]:
         class_num = int(arch.get("class_num") or 1000)
         entries = _images(work / "images", class_num)
         listing = work / "list.txt"
-        listing.write_text("".join(f"{p} {label}\n" for p, label in entries))
+        train_set = ((raw.get("DataLoader") or {}).get("Train") or {}).get("dataset") or {}
+        sep = train_set.get("delimiter") or " "  # the list in the config's own format
+        listing.write_text("".join(f"{p}{sep}{label}\n" for p, label in entries))
         for split in ("Train", "Eval"):
             dataset = f"DataLoader.{split}.dataset"
             data += [
