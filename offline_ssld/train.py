@@ -173,7 +173,7 @@ def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
     other transforms than this config (naming the differing field)."""
     cache_dir = cfg["Offline"]["cache_dir"]
-    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
+    reader = CacheReader(cache_dir)
     m = reader.manifest
     if m.fingerprints["transforms"] != pipeline.fingerprint():
         raise CacheError(
@@ -349,6 +349,97 @@ def make_eval_loader(cfg: dict, class_num: int):
     return BatchLoader(dataset, batches, spec.num_workers)
 
 
+def _open_offline(
+    cfg: dict, pipeline: Pipeline, student_spec, loss_fn: DistillLoss | None
+) -> tuple[CacheReader, int]:
+    """The verified, indexed cache of an offline run and the number of views it uses."""
+    reader = open_matching_cache(cfg, pipeline)
+    if reader.manifest.num_classes != student_spec.class_num:
+        raise CacheError(
+            f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
+            f"{student_spec.key}.class_num is {student_spec.class_num}"
+        )
+    if reader.manifest.codec["name"] == "sampled" and needs_dense_target(loss_fn):
+        raise ConfigError(
+            "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
+            "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
+        )
+    views_used = cfg["Offline"]["views"]
+    if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
+        raise ConfigError(
+            f"Offline.views: {views_used!r}; this cache holds {reader.views} views per image "
+            "and train-student uses the first Offline.views of them"
+        )
+    reader.verify_all()  # before the first batch; the loader workers inherit the result
+    reader.index()  # built once here from the key columns, shared by the loader workers
+    return reader, views_used
+
+
+@dataclass
+class DataOnlyResult:
+    images: int
+    seconds: float
+    images_per_second: float
+    startup_seconds: float
+    stages: dict[str, float]  # seconds per image spent in each stage, summed over workers
+    workers: int
+    in_memory_images_per_second: float | None = None
+
+
+def _data_epoch(dataset: ReplayDataset, sampler, workers: int, progress: bool):
+    """(images, seconds, stage seconds summed) of one pass of the loader over `sampler`."""
+    loader = BatchLoader(dataset, sampler, workers)
+    images, stages = 0, np.zeros(len(ReplayDataset.STAGES))
+    start = time.perf_counter()
+    with tqdm(total=len(sampler), unit="batch", disable=not progress, file=sys.stderr) as bar:
+        for batch in loader:
+            images += batch[0].shape[0]
+            stages += batch[-1].numpy().sum(axis=0)
+            bar.update(1)
+    return images, time.perf_counter() - start, stages
+
+
+def data_only(cfg: dict, progress: bool = True, in_memory_reference: bool = False):
+    """One epoch of train-student's data path without the student: read, key, look up, read
+    the view, decode and replay, decode the target, batch, in the configured loader workers.
+
+    With `in_memory_reference` the same epoch runs again with every cache column copied into
+    memory first, so the cost of reading the cache from disk shows as a ratio."""
+    cfgmod.check_supported(cfg)
+    seed = int((cfg.get("Global") or {}).get("seed", 0))
+    dist.init()
+    start = time.perf_counter()
+    student_spec = cfgmod.student_spec(cfg)
+    source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
+    reader, views_used = _open_offline(cfg, pipeline, student_spec, _labels_of(cfg, "offline"))
+    dataset = ReplayDataset(source, pipeline, reader, timed=True)
+    dataset.set_epoch_views(epoch_views(seed, 0, len(dataset), views_used))
+    sampler = EpochBatches(
+        len(dataset),
+        spec.batch_size,
+        spec.shuffle,
+        spec.drop_last,
+        seed,
+        dist.rank(),
+        dist.world_size(),
+    )
+    startup = time.perf_counter() - start
+    images, seconds, stages = _data_epoch(dataset, sampler, spec.num_workers, progress)
+    result = DataOnlyResult(
+        images,
+        seconds,
+        images / seconds if seconds else 0.0,
+        startup,
+        dict(zip(ReplayDataset.STAGES, (stages / max(images, 1)).tolist(), strict=True)),
+        spec.num_workers,
+    )
+    if in_memory_reference:
+        reader.load_into_memory()
+        again, memory_seconds, _ = _data_epoch(dataset, sampler, spec.num_workers, progress)
+        result.in_memory_images_per_second = again / memory_seconds if memory_seconds else 0.0
+    return result
+
+
 def train(
     cfg: dict, mode: str, resume: bool = False, progress: bool = True, stop_after: int | None = None
 ) -> TrainResult:
@@ -374,24 +465,7 @@ def train(
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
     reader = teacher = None
     if mode == "offline":
-        reader = open_matching_cache(cfg, pipeline)
-        if reader.manifest.num_classes != student_spec.class_num:
-            raise CacheError(
-                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
-                f"{student_spec.key}.class_num is {student_spec.class_num}"
-            )
-        if reader.manifest.codec["name"] == "sampled" and needs_dense_target(loss_fn):
-            raise ConfigError(
-                "Loss.Train: codec 'sampled' gives an unbiased target only for losses linear "
-                "in it (DistillationCELoss, KLDivLoss with temperature 1); use codec fp16/topk"
-            )
-        views_used = cfg["Offline"]["views"]
-        if not isinstance(views_used, int) or not 1 <= views_used <= reader.views:
-            raise ConfigError(
-                f"Offline.views: {views_used!r}; this cache holds {reader.views} views per image "
-                "and train-student uses the first Offline.views of them"
-            )
-        reader.index()  # built once here, shared copy-on-write by the loader workers
+        reader, views_used = _open_offline(cfg, pipeline, student_spec, loss_fn)
         dataset = ReplayDataset(source, pipeline, reader)
     else:
         dataset = AugmentDataset(source, pipeline, seed)

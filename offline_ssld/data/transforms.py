@@ -37,6 +37,8 @@ TRANSFORMS_VERSION = 1
 
 MAX_IMAGE_PIXELS = 2**26
 """Images above this many pixels are refused: a small file must not be able to exhaust memory."""
+MAX_IMAGE_SIDE = 2**16 - 1
+"""Images wider or taller than this are refused (JPEG's own limit): crop boxes then fit uint16."""
 
 _INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -220,6 +222,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _check_pixels(w: int, h: int) -> None:
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise DataError(f"image is {w}x{h} pixels, a side above the limit of {MAX_IMAGE_SIDE}")
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(
             f"image is {w}x{h} = {w * h} pixels, above the limit of {MAX_IMAGE_PIXELS}"
@@ -236,6 +240,9 @@ class Op(ABC):
 
     name: str = ""
     param_names: tuple[str, ...] = ()
+    # Inclusive [lo, hi] of each drawn param: the cache stores each in the narrowest integer
+    # type holding its range, so a range must be exact, never a guess.
+    param_ranges: tuple[tuple[int, int], ...] = ()
     args: tuple[str, ...] = ()  # accepted config argument names
     needs: str | None = HWC  # layout the input must have (None: any)
 
@@ -354,6 +361,7 @@ class RandCropImage(Op):
 
     name = "RandCropImage"
     param_names = ("x", "y", "w", "h")
+    param_ranges = ((0, MAX_IMAGE_SIDE - 1),) * 2 + ((1, MAX_IMAGE_SIDE),) * 2
     args = ("size", "scale", "ratio", "interpolation", "backend")
 
     def __init__(
@@ -375,6 +383,8 @@ class RandCropImage(Op):
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         img_h, img_w = img.shape[:2]
+        if max(img_w, img_h) > MAX_IMAGE_SIDE:  # e.g. enlarged by a ResizeImage before
+            raise DataError(f"{self.name} input is {img_w}x{img_h}, above {MAX_IMAGE_SIDE}")
         # Same arithmetic as PaddleClas: aspect from `ratio`, area from `scale` capped so the
         # box fits the image, truncation to int, then a uniform position.
         aspect = math.sqrt(float(rng.uniform(*self.ratio)))
@@ -413,6 +423,7 @@ class RandFlipImage(Op):
 
     name = "RandFlipImage"
     param_names = ("flip",)
+    param_ranges = ((0, 1),)
     args = ("flip_code", "prob")
 
     def __init__(self, key: str, flip_code: Any = 1, prob: Any = 0.5) -> None:
@@ -609,14 +620,23 @@ class Pipeline:
         self.key = key
         names = [op.name for op in self.ops]
         self._param_names: list[str] = []
+        self._param_ranges: list[tuple[int, int]] = []
         for i, op in enumerate(self.ops):
             prefix = op.name if names.count(op.name) == 1 else f"{op.name}[{i}]"
             self._param_names += [f"{prefix}.{p}" for p in op.param_names]
+            self._param_ranges += list(op.param_ranges)
+        if len(self._param_ranges) != len(self._param_names):
+            raise TypeError("every transform op must declare the range of each param it draws")
 
     @property
     def param_names(self) -> tuple[str, ...]:
         """Column names of the params array, e.g. 'RandCropImage.x' ('Op[i].x' if repeated)."""
         return tuple(self._param_names)
+
+    @property
+    def param_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Inclusive [lo, hi] of each param, in `param_names` order (declared by the ops)."""
+        return tuple(self._param_ranges)
 
     @property
     def is_random(self) -> bool:
