@@ -645,9 +645,18 @@ class Pipeline:
 
     def draw(self, data: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Run all ops drawing fresh params; return (output, params as int32)."""
-        img: Any = data
+        return self.draw_decoded(self.decode(data), rng)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """The first op, DecodeImage (it draws nothing): views of one image can share it."""
+        return self.ops[0].apply(data, ())
+
+    def draw_decoded(
+        self, img: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`draw` after `decode`; `img` is only read (every op returns a new array)."""
         params: list[int] = []
-        for op in self.ops:
+        for op in self.ops[1:]:
             p = op.draw(img, rng)
             img = op.apply(img, p)
             params += p

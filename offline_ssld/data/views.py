@@ -62,6 +62,7 @@ class DumpDataset(paddle.io.Dataset):
     ):
         self.source, self.keys, self.pipeline = source, keys, pipeline
         self.seed, self.views, self.items = seed, views, items
+        self._decoded: tuple[int, np.ndarray] | None = None  # (image, decoded pixels)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,11 +70,19 @@ class DumpDataset(paddle.io.Dataset):
     def __getitem__(self, position: int):
         item = self.items[position]
         image, view = divmod(item, self.views)
-        data = self.source.read(image)
-        if content_key(data) != self.keys[image]:
-            raise DataError(f"{self.source.where(image)}: file changed while dumping")
+        if self._decoded is None or self._decoded[0] != image:
+            # Items are image-major, so a worker's batch holds consecutive views of an image:
+            # it is read, checked and decoded once for all of them.
+            data = self.source.read(image)  # its errors name the file already
+            if content_key(data) != self.keys[image]:
+                raise DataError(f"{self.source.where(image)}: file changed while dumping")
+            try:
+                self._decoded = (image, self.pipeline.decode(data))
+            except DataError as exc:
+                raise DataError(f"{self.source.where(image)}: {exc}") from None
         try:
-            x, params = self.pipeline.draw(data, view_rng(self.seed, self.keys[image], view))
+            rng = view_rng(self.seed, self.keys[image], view)
+            x, params = self.pipeline.draw_decoded(self._decoded[1], rng)
         except DataError as exc:
             raise DataError(f"{self.source.where(image)}: {exc}") from None
         return x, params, np.int64(item)
