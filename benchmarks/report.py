@@ -233,11 +233,39 @@ def cache_scale() -> str:
     return "\n".join(lines)
 
 
+def data_only() -> str:
+    r = _load("data_only.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/data_only.py`_"
+    c, o = r["cache"], r["options"]
+    lines = [
+        "| cache | images/s | share of the in-memory images/s |",
+        "|---|---|---|",
+        f"| mapped from disk (page cache warm) | {r['images_per_s']:.0f} | {r['ratio']:.2f} |",
+        f"| copied into memory | {r['in_memory_images_per_s']:.0f} | 1.00 |",
+        "",
+        "| stage | us per image (summed over workers) |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["stage_us_per_image"].items()]
+    (before, after) = r["load_average_before_after"]
+    lines += [
+        "",
+        f"One run: {o['images']} images x {o['views']} views = {c['rows']:,} views, fp16, 1000 "
+        f"classes, {c['shards']} shards of the default size ({c['bytes'] / 1e9:.2f} GB), batch "
+        f"{o['batch']}, {o['workers']} loader workers. Load average before "
+        f"{before[0]:.1f}, after {after[0]:.1f} on {r['machine']['nproc']} cores. "
+        f"Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "dump_scaling": dump_scaling,
     "codec_bytes": codec_bytes,
     "cache_bytes": cache_bytes,
     "cache_scale": cache_scale,
+    "data_only": data_only,
     "accuracy": lambda: online_vs_offline("accuracy"),
     "speed": lambda: online_vs_offline("speed"),
     "dump_throughput": dump_throughput,

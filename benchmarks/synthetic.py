@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from offline_ssld.data.views import ImageSource
+
 TRANSFORM_OPS = [
     {"DecodeImage": {"to_rgb": True, "channel_first": False}},
     {"RandCropImage": {"size": 224}},
@@ -47,6 +49,27 @@ def _params(rng: np.random.Generator, rows: int) -> np.ndarray:
     return np.stack([x, y, w, h, flip], axis=1)
 
 
+@dataclass
+class ImageSet:
+    """Real images for a synthetic cache: their list, content keys and training transforms."""
+
+    source: ImageSource
+    keys: list[bytes]
+    transform_ops: list
+
+
+def _drawn(images: ImageSet, pipeline, seed: int, items: np.ndarray, views: int) -> np.ndarray:
+    """Each view's params as dump-teacher draws them: seeded by (seed, key, view)."""
+    from offline_ssld.data.views import view_rng
+
+    out = []
+    for item in items.tolist():
+        image, view = divmod(item, views)
+        data = images.source.read(image)
+        out.append(pipeline.draw(data, view_rng(seed, images.keys[image], view))[1])
+    return np.stack(out)
+
+
 def write_synthetic_cache(
     cache_dir: Path,
     codec_name: str,
@@ -57,26 +80,36 @@ def write_synthetic_cache(
     shard_size: int = 4096,
     seed: int = 0,
     codec_settings: dict | None = None,
+    images: ImageSet | None = None,
+    teacher_name: str = "synthetic",
 ) -> SyntheticCache:
-    """Write a complete cache of `num_images` x `views` random views; return what was built."""
+    """Write a complete cache of `num_images` x `views` random views; return what was built.
+
+    With `images`, keys, paths and labels are those real images' and each view's params are
+    drawn by their pipeline exactly as dump-teacher draws them, so the cache replays."""
     from offline_ssld.cache.codecs import build_codec
     from offline_ssld.cache.format import Manifest, canonical_hash
     from offline_ssld.cache.writer import BackgroundWriter, open_cache
     from offline_ssld.data.lists import Sample
     from offline_ssld.data.transforms import Pipeline, build_ops
-    from offline_ssld.data.views import ImageSource
     from offline_ssld.dump import DumpPlan, shard_columns
 
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     codec = build_codec(codec_name, num_classes, **(codec_settings or {}))
-    pipeline = Pipeline(build_ops(TRANSFORM_OPS, "synthetic"))
-    keys = rng.integers(0, 256, (num_images, 16), dtype=np.uint8)
-    labels = np.sort(rng.integers(0, num_classes, num_images))
+    ops = images.transform_ops if images else TRANSFORM_OPS
+    pipeline = Pipeline(build_ops(ops, "synthetic"))
+    if images is None:
+        keys = rng.integers(0, 256, (num_images, 16), dtype=np.uint8)
+        labels = np.sort(rng.integers(0, num_classes, num_images))
+        paths = _paths(labels)
+        samples = [Sample(paths[i], int(c), i + 1) for i, c in enumerate(labels)]
+    else:
+        samples = images.source.samples[:num_images]
+        keys = np.stack([np.frombuffer(k, np.uint8) for k in images.keys[:num_images]])
+        labels = np.array([s.label for s in samples])
     key_bytes = [k.tobytes() for k in keys]
-    paths = _paths(labels)
-    samples = [Sample(paths[i], int(c), i + 1) for i, c in enumerate(labels)]
-    teacher = {"name": "synthetic", "class_num": num_classes, "weights_sha256": None}
+    teacher = {"name": teacher_name, "class_num": num_classes, "weights_sha256": None}
     hexes = [k.hex() for k in key_bytes]
     manifest = Manifest(
         backend=backend,
@@ -96,14 +129,14 @@ def write_synthetic_cache(
         teacher=teacher,
         num_images=num_images,
         source={
-            "image_root": "synthetic",
-            "cls_label_path": "synthetic/train_list.txt",
-            "transform_ops": TRANSFORM_OPS,
+            "image_root": str(images.source.image_root) if images else "synthetic",
+            "cls_label_path": str(images.source.list_path) if images else "synthetic/list.txt",
+            "transform_ops": ops,
             "teacher_weights": "synthetic.safetensors",
         },
     )
     manifest = open_cache(cache_dir, manifest, overwrite=True)
-    source = ImageSource("synthetic", "synthetic/train_list.txt", samples)
+    source = images.source if images else ImageSource("synthetic", "synthetic/list.txt", samples)
     plan = DumpPlan(source, key_bytes, pipeline, codec, manifest)
     writer = BackgroundWriter(cache_dir, manifest)
     ips = manifest.images_per_shard
@@ -112,7 +145,9 @@ def write_synthetic_cache(
             first, last = shard * ips, min((shard + 1) * ips, num_images)
             items = np.arange(first * views, last * views)
             logits = rng.standard_normal((len(items), num_classes), dtype=np.float32) * 3
-            columns = shard_columns(plan, shard, items, _params(rng, len(items)), logits)
+            params = _drawn(images, pipeline, seed, items, views) if images else None
+            params = _params(rng, len(items)) if params is None else params
+            columns = shard_columns(plan, shard, items, params, logits)
             writer.submit(shard, columns, last - first)
     finally:
         manifest = writer.close()

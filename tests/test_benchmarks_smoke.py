@@ -129,3 +129,14 @@ def test_cache_scale_smoke(tmp_path):
     check_positive({k: v for k, v in entry.items() if k != "rss"})
     assert {"main", "worker 1"} <= set(entry["rss"])
     assert report["summary"]["rows_per_s_ratio_largest_to_smallest"] == 1.0
+
+
+def test_data_only_smoke(tmp_path):
+    out = tmp_path / "data_only.json"
+    module = load("data_only")
+    args = ["--images", 64, "--views", 2, "--workers", 0, "--batch-size", 16]
+    run(module.main, [*args, "--out", out, "--tmp-dir", tmp_path])
+    report = json.loads(out.read_text())
+    assert report["cache"]["rows"] == 128 and report["cache"]["shards"] == 1
+    check_positive([report["images_per_s"], report["in_memory_images_per_s"], report["ratio"]])
+    check_positive(report["stage_us_per_image"])
