@@ -244,7 +244,7 @@ def data_only() -> str:
         f"| mapped from disk (page cache warm) | {r['images_per_s']:.0f} | {r['ratio']:.2f} |",
         f"| copied into memory | {r['in_memory_images_per_s']:.0f} | 1.00 |",
         "",
-        "| stage | us per image (summed over workers) |",
+        "| stage (mapped run) | us per image, summed over workers |",
         "|---|---|",
     ]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["stage_us_per_image"].items()]
