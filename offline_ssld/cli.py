@@ -300,22 +300,57 @@ def _report(result) -> None:
 @click.option("--online", is_flag=True, help="Baseline: run the teacher in the loop instead.")
 @click.option("--resume", is_flag=True, help="Continue from output_dir/latest.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--data-only",
+    is_flag=True,
+    help="Run one epoch of the data path without the student; print images/s and where the "
+    "time went.",
+)
+@click.option(
+    "--in-memory-reference",
+    is_flag=True,
+    help="With --data-only: run the epoch again with the cache copied into memory.",
+)
 @friendly_errors
-def train_student(configs, overrides, online, resume, quiet) -> None:
+def train_student(
+    configs, overrides, online, resume, quiet, data_only, in_memory_reference
+) -> None:
     """Train the Student of a DistillationModel config from the teacher cache (Offline.cache_dir):
     each epoch every image uses one of its cached views, replayed pixel for pixel, against
     the teacher's stored output, with the Loss.Train losses (DistillationDMLLoss = SSLD).
 
     With --online the teacher runs on every batch instead (PaddleClas's online SSLD).
+    With --data-only no student runs: one epoch of the data path is timed.
 
     \b
     Example:
       offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o Offline.cache_dir=cache/fmnist_r50 -o Global.epochs=8
     """
+    from offline_ssld.train import data_only as run_data_only
     from offline_ssld.train import train
 
     cfg = _load(configs, overrides)
+    if data_only or in_memory_reference:
+        if online or resume or not data_only:
+            raise click.UsageError("--data-only goes without --online and --resume")
+        r = run_data_only(cfg, progress=not quiet, in_memory_reference=in_memory_reference)
+        click.echo(
+            f"{r.images_per_second:.0f} images/s ({r.images} images in {r.seconds:.1f} s, "
+            f"{r.workers} loader workers; start-up {r.startup_seconds:.1f} s)"
+        )
+        busy = sum(r.stages.values())
+        for name, per_image in r.stages.items():
+            click.echo(
+                f"  {name:<14} {per_image * 1e6:9.1f} us/image  {100 * per_image / busy:5.1f}%"
+            )
+        if r.in_memory_images_per_second is not None:
+            ratio = r.images_per_second / r.in_memory_images_per_second
+            click.echo(
+                f"cache in memory: {r.in_memory_images_per_second:.0f} images/s; "
+                f"mapped cache / in memory = {ratio:.2f}"
+            )
+        return
     _report(train(cfg, "online" if online else "offline", resume=resume, progress=not quiet))
 
 

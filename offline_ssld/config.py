@@ -38,7 +38,6 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "allow_pickle_weights": False,  # load .pdparams (pickle) teacher weights you trust
     "online_teacher_bn": "train",  # online baseline: teacher BatchNorm mode (PaddleClas: train)
     "view_policy": "cycle",  # each epoch one view per image, without replacement, cycled
-    "prefetch_shards": 8,  # shards kept decoded in each loader worker (LRU)
     "precise_bn_batches": 100,  # before each eval, BN statistics = mean over this many batches
 }
 

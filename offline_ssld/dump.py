@@ -34,7 +34,14 @@ from offline_ssld.cache.fingerprint import (
     teacher_identity,
     transforms_fingerprint,
 )
-from offline_ssld.cache.format import Manifest, load_manifest, shard_name
+from offline_ssld.cache.format import (
+    Manifest,
+    load_manifest,
+    narrowest_int,
+    param_column,
+    shard_name,
+    split_path,
+)
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
@@ -122,6 +129,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
         num_classes=teacher.class_num,
         images_per_shard=max(1, offline["shard_size"] // offline["views"]),
         param_names=list(pipeline.param_names),
+        param_ranges=[list(r) for r in pipeline.param_ranges],
         codec=codec.settings(),
         fingerprints={
             "teacher": teacher_fingerprint(identity),
@@ -147,20 +155,34 @@ def plan_dump(cfg: dict) -> DumpPlan:
 def shard_columns(
     plan: DumpPlan, shard: int, items: np.ndarray, params: np.ndarray, logits: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Columns of one shard; the codec's randomness (sampled) is seeded by seed and shard."""
+    """Columns of one shard, one row per image (format.py); the codec's randomness (sampled)
+    is seeded by seed and shard. `items` are the shard's views in image-major order."""
     manifest = plan.manifest
-    images = items // manifest.views
+    views = manifest.views
+    images = items[::views] // views
+    if not np.array_equal(items, np.arange(items[0], items[0] + len(items))) or items[0] % views:
+        raise AssertionError("a shard's views arrive whole and in order")  # ShardBatches does
     rng = np.random.Generator(
         np.random.PCG64(np.random.SeedSequence([manifest.seed, 0xC0DEC, shard]))
     )
+    dirs, names = zip(*(split_path(plan.source.samples[i].path) for i in images), strict=True)
     columns = {
         "key": np.stack([np.frombuffer(plan.keys[i], dtype=np.uint8) for i in images]),
-        "path": np.array([plan.source.samples[i].path for i in images], dtype=object),
-        "label": np.array([[plan.source.samples[i].label] for i in images], dtype=np.int32),
-        "view": (items % manifest.views).astype(np.int32)[:, None],
-        "params": params.astype(np.int32).reshape(len(items), -1),
+        "path_dir": np.array(dirs, dtype=object),
+        "path_name": np.array(names, dtype=object),
     }
-    columns.update(plan.codec.encode(logits, rng))
+    labels = [plan.source.samples[i].label for i in images]
+    columns["label"] = np.array(labels, narrowest_int(-1, manifest.num_classes - 1))[:, None]
+    params = params.reshape(len(images), views, -1)
+    for p, (name, (lo, hi)) in enumerate(
+        zip(manifest.param_names, manifest.param_ranges, strict=True)
+    ):
+        values = params[:, :, p]
+        if values.size and (values.min() < lo or values.max() > hi):
+            raise AssertionError(f"{name} drew a value outside its declared range [{lo}, {hi}]")
+        columns[param_column(name)] = values.astype(narrowest_int(lo, hi))
+    for name, values in plan.codec.encode(logits, rng).items():
+        columns[name] = values.reshape(len(images), -1)
     return columns
 
 

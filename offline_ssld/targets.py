@@ -129,7 +129,8 @@ class OfflineCache(TargetSource):
                 "and train-student uses the first Offline.views of them"
             )
         self.views = views
-        reader.index()  # built once here, shared copy-on-write by the loader workers
+        reader.verify_all()  # before the first batch; the loader workers inherit the result
+        reader.index()  # built once here from the key columns, shared by the loader workers
         return ReplayDataset(source, pipeline, reader)
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,7 +144,7 @@ def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
     other transforms than this config (naming the differing field)."""
     cache_dir = cfg["Offline"]["cache_dir"]
-    reader = CacheReader(cache_dir, max_shards_in_memory=cfg["Offline"]["prefetch_shards"])
+    reader = CacheReader(cache_dir)
     diff = first_difference(reader.manifest, expected_identity(cfgmod.teacher_spec(cfg), pipeline))
     if diff is not None:
         raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paddle
 from tqdm import tqdm
 
@@ -32,13 +33,13 @@ from offline_ssld.checkpoint import (
 )
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
-from offline_ssld.data.samplers import EpochBatches
+from offline_ssld.data.samplers import EpochBatches, epoch_views
 from offline_ssld.data.transforms import Pipeline, build_ops
-from offline_ssld.data.views import AugmentDataset, ImageSource
+from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import build_model, load_weights, select_device
 from offline_ssld.optim import build_optimizer
-from offline_ssld.targets import TARGET_SOURCES
+from offline_ssld.targets import TARGET_SOURCES, OfflineCache
 
 MODES = tuple(TARGET_SOURCES)
 
@@ -130,6 +131,76 @@ def make_eval_loader(cfg: dict, class_num: int) -> BatchLoader:
         len(dataset), spec.batch_size, False, False, 0, dist.rank(), dist.world_size(), pad=False
     )
     return BatchLoader(dataset, batches, spec.num_workers)
+
+
+@dataclass
+class DataOnlyResult:
+    images: int
+    seconds: float
+    images_per_second: float
+    startup_seconds: float
+    stages: dict[str, float]  # seconds per image spent in each stage, summed over workers
+    workers: int
+    in_memory_images_per_second: float | None = None
+
+
+def _data_epoch(
+    dataset: ReplayDataset, sampler: EpochBatches, workers: int, progress: bool
+) -> tuple[int, float, np.ndarray]:
+    """(images, seconds, stage seconds summed) of one pass of the loader over `sampler`."""
+    loader = BatchLoader(dataset, sampler, workers)
+    images, stages = 0, np.zeros(len(ReplayDataset.STAGES))
+    start = time.perf_counter()
+    with tqdm(total=len(sampler), unit="batch", disable=not progress, file=sys.stderr) as bar:
+        for batch in loader:
+            images += batch[0].shape[0]
+            stages += batch[-1].numpy().sum(axis=0)
+            bar.update(1)
+    return images, time.perf_counter() - start, stages
+
+
+def data_only(
+    cfg: dict, progress: bool = True, in_memory_reference: bool = False
+) -> DataOnlyResult:
+    """One epoch of train-student's data path without the student: read, key, look up, read
+    the view, decode and replay, decode the target, batch, in the configured loader workers.
+
+    With `in_memory_reference` the same epoch runs again with every cache column copied into
+    memory first, so the cost of reading the cache from disk shows as a ratio."""
+    cfgmod.check_supported(cfg)
+    seed = int((cfg.get("Global") or {}).get("seed", 0))
+    dist.init()
+    start = time.perf_counter()
+    student_spec = cfgmod.student_spec(cfg)
+    source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
+    targets = OfflineCache(cfg, source, pipeline, student_spec, seed)
+    assert isinstance(targets.dataset, ReplayDataset)
+    dataset = ReplayDataset(source, pipeline, targets.dataset.reader, timed=True)
+    dataset.set_epoch_views(epoch_views(seed, 0, len(dataset), targets.views))
+    sampler = EpochBatches(
+        len(dataset),
+        spec.batch_size,
+        spec.shuffle,
+        spec.drop_last,
+        seed,
+        dist.rank(),
+        dist.world_size(),
+    )
+    startup = time.perf_counter() - start
+    images, seconds, stages = _data_epoch(dataset, sampler, spec.num_workers, progress)
+    result = DataOnlyResult(
+        images,
+        seconds,
+        images / seconds if seconds else 0.0,
+        startup,
+        dict(zip(ReplayDataset.STAGES, (stages / max(images, 1)).tolist(), strict=True)),
+        spec.num_workers,
+    )
+    if in_memory_reference:
+        dataset.reader.load_into_memory()
+        again, memory_seconds, _ = _data_epoch(dataset, sampler, spec.num_workers, progress)
+        result.in_memory_images_per_second = again / memory_seconds if memory_seconds else 0.0
+    return result
 
 
 def train(

@@ -90,9 +90,13 @@ def shard_items(manifest, shard: int) -> np.ndarray:
 
 
 def fake_params(manifest, items: np.ndarray) -> np.ndarray:
-    """View parameters that differ for every item, so a row read back identifies its item."""
+    """View parameters within their declared ranges; the wide ones differ for every item, so
+    a row read back identifies its item."""
     width = len(manifest.param_names)
-    return (items[:, None] * 100 + np.arange(width)).astype(np.int32)
+    raw = items[:, None] * 100 + np.arange(width)
+    lo = np.array([r[0] for r in manifest.param_ranges], dtype=np.int64)
+    hi = np.array([r[1] for r in manifest.param_ranges], dtype=np.int64)
+    return (lo + raw % (hi - lo + 1)).astype(np.int32)
 
 
 def fake_logits(manifest, items: np.ndarray) -> np.ndarray:

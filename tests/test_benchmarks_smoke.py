@@ -101,3 +101,42 @@ def test_cache_formats_smoke(tmp_path):
     assert report["recommendation"]["default"] in module.BACKENDS
     check_positive(report["recommendation"]["read_rows_per_s_geomean"])
     assert "recommended default" in result.output
+
+
+def test_cache_bytes_smoke(tmp_path):
+    out = tmp_path / "cache_bytes.json"
+    module = load("cache_bytes")
+    run(module.main, ["--rows", 256, "--shard-size", 64, "--out", out])
+    report = json.loads(out.read_text())
+    cases = len(module.CODECS) * len(module.CLASSES) * len(module.VIEWS) * len(module.BACKENDS)
+    assert len(report["results"]) == cases
+    for entry in report["results"]:
+        check_positive({k: v for k, v in entry.items() if k not in ("codec", "backend")})
+        # Never less than the codec payload plus the 9 B of view params per view.
+        assert entry["bytes_per_view"] > 9
+    assert isinstance(report["target"]["met"], bool)
+
+
+def test_cache_scale_smoke(tmp_path):
+    """The benchmark at its smallest size, its measurements in a child process as in a run."""
+    out = tmp_path / "cache_scale.json"
+    module = load("cache_scale")
+    args = ["--sizes", 2000, "--batches", 2, "--workers", 1, "--batch-size", 64]
+    run(module.main, [*args, "--out", out, "--tmp-dir", tmp_path])
+    report = json.loads(out.read_text())
+    (entry,) = report["results"]
+    assert entry["rows"] == 2000 and entry["shards"] == 1 and entry["rows_read"] == 128
+    check_positive({k: v for k, v in entry.items() if k != "rss"})
+    assert {"main", "worker 1"} <= set(entry["rss"])
+    assert report["summary"]["rows_per_s_ratio_largest_to_smallest"] == 1.0
+
+
+def test_data_only_smoke(tmp_path):
+    out = tmp_path / "data_only.json"
+    module = load("data_only")
+    args = ["--images", 64, "--views", 2, "--workers", 0, "--batch-size", 16]
+    run(module.main, [*args, "--out", out, "--tmp-dir", tmp_path])
+    report = json.loads(out.read_text())
+    assert report["cache"]["rows"] == 128 and report["cache"]["shards"] == 1
+    check_positive([report["images_per_s"], report["in_memory_images_per_s"], report["ratio"]])
+    check_positive(report["stage_us_per_image"])

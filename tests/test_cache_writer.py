@@ -68,7 +68,7 @@ def test_committed_but_unlisted_shard_is_adopted(project):
     cache = tmp / "cache"
     plan = plan_cache(config)
     write_cache(plan, cache, shards=[])
-    write_shard(cache, plan.manifest.backend, 1, *shard_of(plan, 1))
+    write_shard(cache, plan.manifest.backend, 1, *shard_of(plan, 1), plan.manifest.views)
     assert load_manifest(cache).shards == []
     plan = plan_cache(config)
     manifest = cache_writer.open_cache(cache, plan.manifest, keys=plan.keys)

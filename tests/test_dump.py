@@ -285,6 +285,49 @@ def test_non_cache_directory_refused_and_complete_cache_is_nothing_to_do(dumped)
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def test_views_stored_once_per_image_with_narrow_params(dumped):
+    """Format 2: one row per image (key, path, label once), each param in the narrowest
+    integer type of the range its op declares, and a view read touches only its row."""
+    _, tmp, cache = dumped
+    reader = CacheReader(cache)
+    m = reader.manifest
+    assert m.format_version == 2
+    assert m.param_ranges == [[0, 65534], [0, 65534], [1, 65535], [1, 65535], [0, 1]]
+    shard = reader.shard(0)
+    images = m.shards[0].images
+    dtypes = {name: (v.dtype, v.shape) for name, v in shard.numeric.items()}
+    assert dtypes["key"] == (np.dtype("uint8"), (images, 16))
+    assert dtypes["label"] == (np.dtype("int8"), (images, 1))  # 4 classes and -1
+    for name in ("x", "y", "w", "h"):
+        assert dtypes[f"params.RandCropImage.{name}"] == (np.dtype("uint16"), (images, m.views))
+    assert dtypes["params.RandFlipImage.flip"] == (np.dtype("uint8"), (images, m.views))
+    assert dtypes["logits"] == (np.dtype("float16"), (images, m.views * CLASSES))
+    rows = reader.load_shard(0)
+    for image in range(images):
+        hit = reader.lookup(shard.numeric["key"][image].tobytes())
+        assert hit == (0, image)
+        for view in range(m.views):
+            params, payload = reader.read_view(0, image, view)
+            row = image * m.views + view
+            assert np.array_equal(params, rows["params"][row])
+            assert np.array_equal(payload[0][0], rows["logits"][row])  # fp16: one column
+    assert reader.lookup(b"\0" * 16) is None
+
+
+def test_older_format_is_refused_naming_version_and_conversion(dumped):
+    config, tmp, cache = dumped
+    manifest = json.loads((cache / MANIFEST).read_text())
+    manifest["format_version"] = 1
+    del manifest["param_ranges"]  # a version-1 manifest has no such field
+    (cache / MANIFEST).write_text(json.dumps(manifest))
+    for result in (cli("verify", cache), dump(config)):
+        line = error_line(result)
+        assert "format_version' is 1" in line and "--overwrite" in line, line
+    result = dump(config, flags=("--overwrite",))  # the conversion the message names
+    assert result.exit_code == 0, result.output
+    assert CacheReader(cache).manifest.format_version == 2
+
+
 # --------------------------------------------------------------------------------- bad input
 
 

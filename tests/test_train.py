@@ -327,3 +327,28 @@ def test_pdparams_load_into_paddleclas_distillation_model(project):
     theirs.eval(), ours.eval()
     x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype("float32"))
     np.testing.assert_allclose(theirs(x)["Student"].numpy(), ours(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_data_only_times_one_epoch_without_the_student(project):
+    """--data-only reads every image once through the training data path and says where the
+    time went; with --in-memory-reference it also times the same epoch from memory."""
+    from click.testing import CliRunner
+
+    from offline_ssld.cli import main
+
+    cfg, tmp = _dumped(project)
+    path, _ = project
+    result = CliRunner().invoke(
+        main,
+        ["train-student", "-c", str(path), "--data-only", "--in-memory-reference", "--quiet"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    images = len(read_list(cfg["DataLoader"]["Train"]["dataset"]["cls_label_path"], CLASSES))
+    assert f"({images} images in " in result.stdout and " images/s " in result.stdout
+    for stage in ReplayDataset.STAGES:
+        assert f"  {stage} " in result.stdout
+    assert "mapped cache / in memory = " in result.stdout
+    assert not (Path(cfg["Global"]["output_dir"]) / "latest.json").exists()  # no student ran
+    usage = CliRunner().invoke(main, ["train-student", "-c", str(path), "--in-memory-reference"])
+    assert usage.exit_code == 2

@@ -1,28 +1,44 @@
 """Shard backends: one function pair per file format, columns in, columns out.
 
-A shard is a dict of columns: `path` is an array of str, every other column a 2-D numpy
-array (rows x width). Both backends store exactly that, so a row read back from HDF5 equals
-the same row read back from Arrow. Parsing errors of a damaged or hostile file become
-CacheError naming the file.
+A shard is a dict of columns: string columns are 1-D arrays of str, every other column a
+2-D numpy array (images x width). Both backends store numeric columns uncompressed and
+contiguous, so `map_shard` can hand them out as zero-copy arrays over one read-only memory
+map of the file: a reader touches the pages of the views it reads, never the whole shard.
+The same mapping is what `MappedShard.checksum` hashes, so the bytes verified are the bytes
+used. Parsing errors of a damaged or hostile file become CacheError naming the file.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 
+import blake3
 import h5py
 import numpy as np
 import pyarrow as pa
 
+from offline_ssld.cache.format import STRING_COLUMNS
 from offline_ssld.errors import CacheError
 
-STRING_COLUMNS = ("path",)
+DICTIONARY_COLUMNS = ("path_dir",)  # Arrow stores each distinct value once per shard
+_NUMERIC_KINDS = "iuf"
 
 
 def _write_arrow(path: Path, columns: dict[str, np.ndarray]) -> None:
     arrays, names = [], []
     for name, values in columns.items():
-        if name in STRING_COLUMNS:
+        if name in DICTIONARY_COLUMNS:
+            uniques, inverse = np.unique(np.asarray(values, dtype=object), return_inverse=True)
+            index_type = np.int16 if len(uniques) <= np.iinfo(np.int16).max else np.int32
+            arrays.append(
+                pa.DictionaryArray.from_arrays(
+                    pa.array(inverse.astype(index_type)),
+                    pa.array([str(v) for v in uniques], type=pa.string()),
+                )
+            )
+        elif name in STRING_COLUMNS:
             arrays.append(pa.array([str(v) for v in values], type=pa.string()))
         else:
             flat = pa.array(np.ascontiguousarray(values).reshape(-1))
@@ -31,28 +47,6 @@ def _write_arrow(path: Path, columns: dict[str, np.ndarray]) -> None:
     batch = pa.RecordBatch.from_arrays(arrays, names=names)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
         writer.write_batch(batch)
-
-
-def _read_arrow(path: Path) -> dict[str, np.ndarray]:
-    # Read fully into memory instead of keeping a memory map open: shards are small, and the
-    # bytes were just checksummed, so a later change of the file cannot reach the parser.
-    with pa.memory_map(str(path), "r") as source:
-        table = pa.ipc.open_file(source).read_all()
-        # Bounds-check every offset and length first: pyarrow trusts them otherwise, and a
-        # damaged or hostile file could make the conversions below read out of bounds.
-        table.validate(full=True)
-    out: dict[str, np.ndarray] = {}
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        if name in STRING_COLUMNS:
-            out[name] = np.array(column.to_pylist(), dtype=object)
-        elif pa.types.is_fixed_size_list(column.type):
-            width = column.type.list_size
-            values = column.flatten().to_numpy(zero_copy_only=False)
-            out[name] = values.reshape(len(column), width).copy()
-        else:
-            raise CacheError(f"{path}: column '{name}' has unexpected type {column.type}")
-    return out
 
 
 def _write_hdf5(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -64,47 +58,138 @@ def _write_hdf5(path: Path, columns: dict[str, np.ndarray]) -> None:
                 encoded = [str(v).encode("utf-8") for v in values]
                 width = max([1, *map(len, encoded)])
                 fh.create_dataset(name, data=np.array(encoded, dtype=f"S{width}"))
-            else:
+            else:  # contiguous, uncompressed (h5py's default): mappable by offset
                 fh.create_dataset(name, data=np.ascontiguousarray(values))
 
 
-def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
-    # One read per column: whole-shard reads avoid HDF5's slow per-row access.
-    out: dict[str, np.ndarray] = {}
-    file_bytes = path.stat().st_size
+class MappedShard:
+    """A shard file mapped read-only: numeric columns are views into the mapping."""
+
+    def __init__(
+        self, path: Path, memory: mmap.mmap | None, state: list[int], numeric: dict, strings: dict
+    ):
+        self.path = path
+        self.state = state  # file_state() of the file as it was mapped
+        self._memory = memory
+        self.numeric: dict[str, np.ndarray] = numeric
+        self._strings = strings  # name -> (length, callable giving the column as str array)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.numeric) | set(self._strings)
+
+    def string_length(self, name: str) -> int:
+        return self._strings[name][0]
+
+    def strings(self, name: str) -> np.ndarray:
+        """A string column, decoded now (paths are for humans and audits, not the hot path)."""
+        return self._strings[name][1]()
+
+    def checksum(self) -> str:
+        """BLAKE3 of the mapped file bytes (the bytes the columns point into)."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        if self._memory is not None:
+            hasher.update(memoryview(self._memory))
+        return hasher.hexdigest()
+
+
+def file_state(st: os.stat_result) -> list[int]:
+    """What changes whenever a file is written, replaced or copied: size, times, inode."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _map_file(path: Path) -> tuple[mmap.mmap | None, list[int]]:
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        memory = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size else None
+        return memory, file_state(st)
+
+
+def _map_arrow(path: Path) -> MappedShard:
+    memory, state = _map_file(path)
+    if memory is None:
+        raise CacheError(f"{path}: empty file")
+    reader = pa.ipc.open_file(pa.py_buffer(memory))
+    if reader.num_record_batches != 1:
+        raise CacheError(f"{path}: expected one record batch, found {reader.num_record_batches}")
+    batch = reader.get_batch(0)
+    # Bounds-check every offset and length first: pyarrow trusts them otherwise, and a
+    # damaged or hostile file could make the views below point out of bounds.
+    batch.validate(full=True)
+    numeric: dict[str, np.ndarray] = {}
+    strings: dict = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if column.null_count:
+            raise CacheError(f"{path}: column '{name}' has nulls")
+        if pa.types.is_fixed_size_list(column.type):
+            values = column.flatten()
+            if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+                raise CacheError(f"{path}: column '{name}' has unexpected type {column.type}")
+            if values.null_count:
+                raise CacheError(f"{path}: column '{name}' has nulls")
+            flat = values.to_numpy(zero_copy_only=True)
+            numeric[name] = flat.reshape(len(column), column.type.list_size)
+        elif name in STRING_COLUMNS and (
+            pa.types.is_string(column.type)
+            or (pa.types.is_dictionary(column.type) and pa.types.is_string(column.type.value_type))
+        ):
+            strings[name] = (
+                len(column),
+                lambda column=column: np.array(column.to_pylist(), dtype=object),
+            )
+        else:
+            raise CacheError(f"{path}: column '{name}' has unexpected type {column.type}")
+    return MappedShard(path, memory, state, numeric, strings)
+
+
+def _map_hdf5(path: Path) -> MappedShard:
+    memory, state = _map_file(path)
+    file_bytes = len(memory) if memory is not None else 0
+    numeric: dict[str, np.ndarray] = {}
+    strings: dict = {}
     with h5py.File(path, "r") as fh:
         for name in fh:
             dataset = fh[name]
             if not isinstance(dataset, h5py.Dataset):
                 raise CacheError(f"{path}: '{name}' is not a dataset")
+            nbytes = dataset.size * dataset.dtype.itemsize
             # Shards are written uncompressed: a column claiming more bytes than the file
             # holds is damaged, and reading it would allocate that much memory first.
-            if dataset.size * dataset.dtype.itemsize > file_bytes:
+            if nbytes > file_bytes:
                 raise CacheError(f"{path}: column '{name}' claims more bytes than the file holds")
             if name in STRING_COLUMNS:
-                strings = np.array(dataset.asstr("utf-8")[()], dtype=object)
-                if strings.ndim != 1:
+                data = np.array(dataset.asstr("utf-8")[()], dtype=object)
+                if data.ndim != 1:
                     raise CacheError(f"{path}: column '{name}' is not 1-D")
-                out[name] = strings
-            else:
-                data = dataset[()]
-                if data.ndim != 2:
-                    raise CacheError(f"{path}: column '{name}' is not 2-D")
-                out[name] = data
-    return out
+                strings[name] = (len(data), lambda data=data: data)
+                continue
+            if dataset.ndim != 2 or dataset.dtype.kind not in _NUMERIC_KINDS:
+                raise CacheError(f"{path}: column '{name}' is not a 2-D numeric array")
+            if dataset.chunks is not None or dataset.compression is not None:
+                raise CacheError(f"{path}: column '{name}' is not stored contiguously")
+            offset = dataset.id.get_offset()
+            if nbytes == 0:
+                numeric[name] = np.zeros(dataset.shape, dataset.dtype)
+                continue
+            if memory is None or offset is None or offset < 0 or offset + nbytes > file_bytes:
+                raise CacheError(f"{path}: column '{name}' lies outside the file")
+            flat = np.frombuffer(memory, dtype=dataset.dtype, count=dataset.size, offset=offset)
+            numeric[name] = flat.reshape(dataset.shape)
+    return MappedShard(path, memory, state, numeric, strings)
 
 
 _WRITERS = {"arrow": _write_arrow, "hdf5": _write_hdf5}
-_READERS = {"arrow": _read_arrow, "hdf5": _read_hdf5}
+_MAPPERS = {"arrow": _map_arrow, "hdf5": _map_hdf5}
 
 
 def write_columns(backend: str, path: Path, columns: dict[str, np.ndarray]) -> None:
     _WRITERS[backend](path, columns)
 
 
-def read_columns(backend: str, path: Path) -> dict[str, np.ndarray]:
+def map_shard(backend: str, path: Path) -> MappedShard:
+    """Map a shard file and parse its structure; CacheError names the file on any damage."""
     try:
-        return _READERS[backend](path)
+        return _MAPPERS[backend](path)
     except CacheError:
         raise
     except FileNotFoundError:
@@ -123,3 +208,15 @@ def read_columns(backend: str, path: Path) -> dict[str, np.ndarray]:
         raise CacheError(
             f"{path}: cannot parse {backend} shard ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def read_columns(backend: str, path: Path) -> dict[str, np.ndarray]:
+    """Every column of a shard, copied into memory (audits and tests, not the training path)."""
+    shard = map_shard(backend, path)
+    out = {name: np.array(values) for name, values in shard.numeric.items()}
+    try:
+        for name in shard.names - set(shard.numeric):
+            out[name] = shard.strings(name)
+    except (pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{path}: cannot parse {backend} shard ({exc})") from None
+    return out

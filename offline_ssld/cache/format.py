@@ -1,29 +1,43 @@
-"""The cache format, documented in one place.
+"""The cache format (version 2), documented in one place.
 
 A cache is a directory:
 
     manifest.json        what the cache is (fingerprints, codec, views) and which shards exist
-    shard-00000.arrow    rows of whole images (all views of an image sit in one shard, in view
-    shard-00001.arrow    order), as Arrow IPC files or HDF5 (`.h5`), one backend per cache
+    shard-00000.arrow    whole images, one table row per image (all views of an image sit in
+    shard-00001.arrow    its row), as Arrow IPC files or HDF5 (`.h5`), one backend per cache
 
-Each shard holds these columns, every one of fixed width (shape `rows x width`):
+Each shard has one row per image; view v of image i is row i, slot v. The view index is
+implicit (a stored view is "image * views + view"), and per-image data is stored once:
 
-    key      uint8 x 16   BLAKE3-128 of the image file bytes (the lookup key)
-    path     string       path relative to image_root at dump time (for humans and errors)
-    label    int32        list label, -1 for unlabeled
-    view     int32        view index v in [0, views)
-    params   int32 x P    replayable transform parameters, named by `param_names`
-    <codec>  ...          the codec's payload columns (see `cache/codecs.py`)
+    key        uint8  x 16          BLAKE3-128 of the image file bytes (the lookup key)
+    label      narrowest int x 1    list label, -1 for unlabeled (int16 up to 32767 classes)
+    path_dir   string               directory part of the path relative to image_root
+    path_name  string               file name part (path = path_dir/path_name)
+    params.<n> narrowest int x V    one column per replayable transform parameter <n> (see
+                                    `param_names`), in the smallest integer type that holds
+                                    the range the op declares (`param_ranges`), one per view
+    <codec>    dtype x (V * w)      the codec's payload columns (see `cache/codecs.py`), the
+                                    w values of view v at [v * w, (v + 1) * w)
 
-`manifest.json` (format_version 1) holds:
+Every numeric column is a fixed-width 2-D array (`images x width`), stored uncompressed and
+contiguous, so a reader maps the file and slices one view without reading the shard: in
+Arrow a FixedSizeList column (`path_dir` is dictionary-encoded: each directory once per
+shard), in HDF5 a contiguous dataset (strings are fixed-length UTF-8 bytes).
 
-    format_version, backend, views, seed, num_classes, images_per_shard, param_names,
+`manifest.json` (format_version 2) holds:
+
+    format_version, backend, views, seed, num_classes, images_per_shard,
+    param_names, param_ranges ([lo, hi] per name, inclusive),
     codec: {name, num_classes, ...settings},
     fingerprints: {teacher, transforms, dataset, order},
     teacher: {name, class_num, weights_sha256},
     num_images, source: {image_root, cls_label_path, transform_ops, teacher_weights},
     complete, skipped: [{path, line, reason}],
     shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}]
+
+A cache of another format_version is refused, naming its version; version 1 (one row per
+view, every row repeating key, path, label and int32 params) is converted by dumping again
+with `--overwrite`.
 
 Fingerprints (each hashes the exact inputs of its computation) are computed, and compared,
 in `cache/fingerprint.py`.
@@ -35,6 +49,13 @@ killed between the two steps, or a shard of another rank: under paddle.distribut
 only rank 0 writes the manifest) is adopted on the next open of the cache, when the
 manifest's identity matches: parsed, checked against its index (rows, columns, content
 keys), checksummed and listed. A file that fails the check is removed and rewritten.
+`verified.json` (optional, written by train-student when the directory is writable) records,
+per shard, the file state (size, mtime, ctime, inode, device) under which its checksum was
+last verified in full; a start-up skips hashing a shard whose state is unchanged. A file
+written, replaced or copied since has another state and is hashed again before use
+(`offline-ssld verify` always hashes everything, for damage no write explains).
+New images extend a cache in new shards: the reader's index is built from the shards' key
+columns, so no global index file has to be rewritten.
 """
 
 from __future__ import annotations
@@ -45,12 +66,16 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import numpy as np
 
 from offline_ssld.atomic import TMP_MARK, commit_file, fsync_dir, tmp_path  # noqa: F401
+from offline_ssld.cache.codecs import Codec
 from offline_ssld.errors import CacheError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+KEY_BYTES = 16
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
 BACKEND_SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
 
 
@@ -99,6 +124,7 @@ class Manifest:
     num_classes: int
     images_per_shard: int
     param_names: list[str]
+    param_ranges: list[list[int]]
     codec: dict
     fingerprints: dict
     teacher: dict
@@ -134,6 +160,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "num_classes": (int,),
     "images_per_shard": (int,),
     "param_names": (list,),
+    "param_ranges": (list,),
     "codec": (dict,),
     "fingerprints": (dict,),
     "teacher": (dict,),
@@ -181,6 +208,67 @@ def _check_fields(obj: Any, fields: dict, where: str, prefix: str = "") -> None:
         raise CacheError(f"{where}: unknown field '{extra[0]}'")
 
 
+def _is_range(value: Any) -> bool:
+    info = np.iinfo(np.int64)
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and info.min <= value[0] <= value[1] <= info.max
+    )
+
+
+def narrowest_int(lo: int, hi: int) -> np.dtype:
+    """The smallest integer dtype holding every value of [lo, hi]: exact, and no wider."""
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64"):
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(name)
+    raise ValueError(f"no integer type holds [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One numeric shard column: `width` values per image, or per view when `per_view`."""
+
+    name: str
+    dtype: np.dtype
+    width: int
+    per_view: bool
+
+    def stored_width(self, views: int) -> int:
+        return self.width * views if self.per_view else self.width
+
+
+STRING_COLUMNS = ("path_dir", "path_name")
+
+
+def param_column(name: str) -> str:
+    return f"params.{name}"
+
+
+def numeric_columns(manifest: Manifest, codec: Codec) -> list[ColumnSpec]:
+    """The numeric columns a shard of `manifest` holds, with their exact dtypes and widths."""
+    cols = [
+        ColumnSpec("key", np.dtype("uint8"), KEY_BYTES, False),
+        ColumnSpec("label", narrowest_int(-1, manifest.num_classes - 1), 1, False),
+    ]
+    for name, (lo, hi) in zip(manifest.param_names, manifest.param_ranges, strict=True):
+        cols.append(ColumnSpec(param_column(name), narrowest_int(lo, hi), 1, True))
+    cols += [ColumnSpec(c.name, np.dtype(c.dtype), c.width, True) for c in codec.columns()]
+    return cols
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """`a/b/c.png` -> (`a/b`, `c.png`): directories repeat across a shard, names do not."""
+    head, _, tail = path.rpartition("/")
+    return head, tail
+
+
+def join_path(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
 def load_manifest(cache_dir: str | Path) -> Manifest:
     """Read and validate `manifest.json`; every problem names the file and field."""
     path = Path(cache_dir) / MANIFEST
@@ -194,14 +282,17 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         obj = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # also a number too long to convert
         raise CacheError(f"{path}: not valid JSON ({exc})") from None
+    # The version first: an older cache lacks newer fields and must be named as older.
+    version = obj.get("format_version") if isinstance(obj, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version != FORMAT_VERSION:
+        raise CacheError(
+            f"{path}: field 'format_version' is {version}; this offline-ssld reads version "
+            f"{FORMAT_VERSION} only: convert by running the same dump-teacher command with "
+            "--overwrite (the teacher runs again)"
+        )
     _check_fields(obj, _FIELDS, str(path))
     for name, fields in _NESTED.items():
         _check_fields(obj[name], fields, str(path), f"{name}.")
-    if obj["format_version"] != FORMAT_VERSION:
-        raise CacheError(
-            f"{path}: field 'format_version' is {obj['format_version']}; "
-            f"this offline-ssld reads version {FORMAT_VERSION}"
-        )
     if obj["backend"] not in BACKEND_SUFFIX:
         raise CacheError(f"{path}: field 'backend' is {obj['backend']!r}; expected arrow or hdf5")
     for name in ("views", "num_classes", "images_per_shard"):
@@ -211,6 +302,12 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         raise CacheError(f"{path}: field 'num_images' must not be negative")
     if not all(isinstance(p, str) for p in obj["param_names"]):
         raise CacheError(f"{path}: field 'param_names' must list strings")
+    ranges = obj["param_ranges"]
+    if len(ranges) != len(obj["param_names"]) or not all(_is_range(r) for r in ranges):
+        raise CacheError(
+            f"{path}: field 'param_ranges' must hold one [lo, hi] integer pair (lo <= hi, "
+            "within int64) per entry of 'param_names'"
+        )
     for name in ("codec", "teacher"):
         key = "num_classes" if name == "codec" else "class_num"
         if obj[name].get(key) != obj["num_classes"]:

@@ -1,32 +1,72 @@
-"""Reading a cache: validate the manifest, verify shard checksums, find rows by content key.
+"""Reading a cache: validate the manifest, map shards, find views by content key.
 
-Shards are read whole (one read per column) and kept in a small LRU, because a shard holds
-whole images and training touches rows at random: per-row file access is slow in HDF5 and
-buys nothing in Arrow. Every shard is checked against its manifest checksum before its bytes
-are parsed, so a damaged or swapped shard is refused, never silently used.
+Random access costs a view, not a shard: each shard file is memory-mapped once per process
+(numeric columns are zero-copy views, see `backends.map_shard`) and a read touches only the
+pages of the view it reads. Every shard is checked against its manifest checksum before its
+first view is used in a process (hashing the mapped bytes themselves), so a damaged or
+swapped shard is refused, never silently used, and never hashed twice.
+
+The index is two sorted numpy arrays built from the shards' key columns (16 bytes per image
+read at start-up, nothing else): the first 8 bytes of every content key and the image each
+belongs to, 12 bytes per image. A lookup is a binary search, confirmed against the full
+16-byte key in the shard.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.backends import read_columns
+from offline_ssld.cache.backends import MappedShard, map_shard
 from offline_ssld.cache.codecs import Codec, codec_from_settings
-from offline_ssld.cache.format import Manifest, file_checksum, load_manifest
+from offline_ssld.cache.format import (
+    KEY_BYTES,
+    STRING_COLUMNS,
+    VERIFIED,
+    ColumnSpec,
+    Manifest,
+    join_path,
+    load_manifest,
+    numeric_columns,
+    param_column,
+    write_json_atomic,
+)
 from offline_ssld.errors import CacheError
 
-BASE_COLUMNS = {"key": ("uint8", 16), "label": ("int32", 1), "view": ("int32", 1)}
+
+def key_prefixes(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each 16-byte key as a big-endian uint64 (sorts like the bytes)."""
+    return np.ascontiguousarray(keys[:, :8]).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def check_layout(shard: MappedShard, columns: list[ColumnSpec], views: int, images: int) -> None:
+    """Refuse a shard whose columns are not exactly those of its manifest (names the column)."""
+    path = shard.path
+    for col in columns:
+        values = shard.numeric.get(col.name)
+        if values is None:
+            raise CacheError(f"{path}: column '{col.name}' is missing")
+        shape = (images, col.stored_width(views))
+        if values.dtype != col.dtype or values.shape != shape:
+            raise CacheError(
+                f"{path}: column '{col.name}' is {values.dtype}{list(values.shape)}, "
+                f"expected {col.dtype}{list(shape)}"
+            )
+    for name in STRING_COLUMNS:
+        if name not in shard.names or shard.string_length(name) != images:
+            raise CacheError(f"{path}: column '{name}' is missing or has the wrong length")
+    extra = sorted(shard.names - {c.name for c in columns} - set(STRING_COLUMNS))
+    if extra:
+        raise CacheError(f"{path}: unexpected column '{extra[0]}'")
 
 
 class CacheReader:
-    """Random access to a cache's rows by (content key, view)."""
+    """Random access to a cache's views by (content key, view)."""
 
-    def __init__(
-        self, cache_dir: str | Path, require_complete: bool = True, max_shards_in_memory: int = 8
-    ):
+    def __init__(self, cache_dir: str | Path, require_complete: bool = True):
         self.cache_dir = Path(cache_dir)
         self.manifest: Manifest = load_manifest(self.cache_dir)
         if require_complete and not self.manifest.complete:
@@ -38,77 +78,152 @@ class CacheReader:
             self.codec: Codec = codec_from_settings(self.manifest.codec)
         except ValueError as exc:
             raise CacheError(f"{self.cache_dir}/manifest.json: field 'codec': {exc}") from None
-        self._lru: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._capacity = max(1, max_shards_in_memory)
-        self._index: dict[bytes, tuple[int, int]] | None = None
+        self.columns: list[ColumnSpec] = numeric_columns(self.manifest, self.codec)
+        self._params = [param_column(n) for n in self.manifest.param_names]
+        self._payload = [(c.name, c.width) for c in self.codec.columns()]
+        self._mapped: dict[int, MappedShard] = {}
+        self._verified: set[int] = set()  # inherited by forked workers: the same mapping
+        self._starts = np.cumsum([0] + [s.images for s in self.manifest.shards], dtype=np.int64)
+        self._prefix: np.ndarray | None = None
+        self._image: np.ndarray | None = None
 
     @property
     def views(self) -> int:
         return self.manifest.views
 
-    def expected_columns(self) -> dict[str, tuple[str, int]]:
-        cols = dict(BASE_COLUMNS)
-        cols["params"] = ("int32", len(self.manifest.param_names))
-        for col in self.codec.columns():
-            cols[col.name] = (col.dtype, col.width)
-        return cols
-
-    def load_shard(self, number: int, verify: bool = True) -> dict[str, np.ndarray]:
-        """All columns of shard `number` (position in the manifest), checksum-verified."""
-        if number in self._lru:
-            self._lru.move_to_end(number)
-            return self._lru[number]
+    def shard(self, number: int, verify: bool = True) -> MappedShard:
+        """Shard `number` (position in the manifest), mapped once; checksummed once per
+        process before its first verified use."""
+        mapped = self._mapped.get(number)
+        if mapped is not None and (not verify or number in self._verified):
+            return mapped  # the per-view path: no file system call
         info = self.manifest.shards[number]
         path = self.cache_dir / info.name
-        if not path.exists():
-            raise CacheError(f"{path}: shard file is missing")
-        if verify and file_checksum(path) != info.checksum:
-            raise CacheError(f"{path}: checksum mismatch: the shard is damaged or was replaced")
-        columns = read_columns(self.manifest.backend, path)
-        self._validate(path, columns, info.rows)
-        self._lru[number] = columns
-        if len(self._lru) > self._capacity:
-            self._lru.popitem(last=False)
-        return columns
+        if mapped is None:
+            if not path.exists():
+                raise CacheError(f"{path}: shard file is missing")
+            mapped = map_shard(self.manifest.backend, path)
+            check_layout(mapped, self.columns, self.views, info.images)
+            self._mapped[number] = mapped
+        if verify and number not in self._verified:
+            if mapped.checksum() != info.checksum:
+                raise CacheError(f"{path}: checksum mismatch: the shard is damaged or was replaced")
+            self._verified.add(number)
+        return mapped
 
-    def _validate(self, path: Path, columns: dict[str, np.ndarray], rows: int) -> None:
-        expected = self.expected_columns()
-        for name, (dtype, width) in expected.items():
-            if name not in columns:
-                raise CacheError(f"{path}: column '{name}' is missing")
-            col = columns[name]
-            if col.dtype != np.dtype(dtype) or col.shape != (rows, width):
-                raise CacheError(
-                    f"{path}: column '{name}' is {col.dtype}{list(col.shape)}, "
-                    f"expected {dtype}[{rows}, {width}]"
-                )
-        if "path" not in columns or len(columns["path"]) != rows:
-            raise CacheError(f"{path}: column 'path' is missing or has the wrong length")
-        views = columns["view"][:, 0]
-        if not np.array_equal(
-            views, np.tile(np.arange(self.views, dtype=np.int32), rows // self.views)
-        ):
-            raise CacheError(f"{path}: column 'view' is not in image-major view order")
+    def verify_all(self) -> None:
+        """Make sure every shard matches its checksum before training starts: hash each one
+        not verified in this process, unless `verified.json` shows that it was verified in
+        full under its current file state (see format.py). Records what it hashed there when
+        the directory is writable (a read-only cache is simply hashed at every start)."""
+        record_path = self.cache_dir / VERIFIED
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            record = record if isinstance(record, dict) else {}
+        except (OSError, ValueError):
+            record = {}
+        fresh = 0
+        for number, info in enumerate(self.manifest.shards):
+            mapped = self.shard(number, verify=False)
+            state = [info.checksum, *mapped.state]
+            if number in self._verified:
+                continue
+            if record.get(info.name) == state:
+                self._verified.add(number)
+                continue
+            self.shard(number)  # hashes the mapped bytes, refusing a mismatch
+            record[info.name] = state
+            fresh += 1
+        if fresh:
+            listed = {s.name for s in self.manifest.shards}
+            record = {name: v for name, v in record.items() if name in listed}
+            # A read-only cache is verified again next time; nothing else changes.
+            with contextlib.suppress(OSError):
+                write_json_atomic(record_path, record)
 
-    def index(self) -> dict[bytes, tuple[int, int]]:
-        """content key -> (shard number, row of view 0); views follow in order."""
-        if self._index is None:
-            index: dict[bytes, tuple[int, int]] = {}
-            for number in range(len(self.manifest.shards)):
-                keys = self.load_shard(number)["key"]
-                for row in range(0, len(keys), self.views):
-                    index[keys[row].tobytes()] = (number, row)
-            self._index = index
-        return self._index
+    def load_into_memory(self) -> None:
+        """Copy every shard's numeric columns into memory (verified first): the reference
+        `train-student --data-only --in-memory-reference` compares the mapped cache with."""
+        self.verify_all()
+        for number in range(len(self.manifest.shards)):
+            mapped = self.shard(number)
+            mapped.numeric = {name: np.array(v) for name, v in mapped.numeric.items()}
 
-    def lookup(self, key: bytes, view: int) -> tuple[int, int] | None:
-        hit = self.index().get(key)
-        if hit is None:
+    def index(self) -> None:
+        """Build the sorted key index from the key columns (no shard is read whole)."""
+        if self._prefix is not None:
+            return
+        parts = [
+            key_prefixes(self.shard(n, verify=False).numeric["key"])
+            for n in range(len(self.manifest.shards))
+        ]
+        prefixes = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        order = np.argsort(prefixes, kind="stable")
+        self._prefix = prefixes[order]
+        dtype = np.uint32 if len(order) < 2**32 else np.int64
+        self._image = order.astype(dtype)
+
+    def lookup(self, key: bytes) -> tuple[int, int] | None:
+        """(shard number, image within the shard) holding `key`, or None."""
+        if self._prefix is None:
+            self.index()
+        prefixes, images = self._prefix, self._image
+        assert prefixes is not None and images is not None  # index() built them
+        if len(key) != KEY_BYTES:
             return None
-        return hit[0], hit[1] + view
+        prefix = np.uint64(int.from_bytes(key[:8], "big"))
+        position = int(prefixes.searchsorted(prefix))
+        while position < len(prefixes) and prefixes[position] == prefix:
+            image = int(images[position])
+            number = int(self._starts.searchsorted(image, side="right")) - 1
+            local = image - int(self._starts[number])
+            if self.shard(number, verify=False).numeric["key"][local].tobytes() == key:
+                return number, local
+            position += 1
+        return None
 
-    def read_row(self, number: int, row: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(view params, codec payload as 1-row arrays) of one stored row."""
-        shard = self.load_shard(number)
-        payload = {c.name: shard[c.name][row : row + 1] for c in self.codec.columns()}
-        return shard["params"][row], payload
+    def read_view(self, number: int, image: int, view: int) -> tuple[np.ndarray, list]:
+        """(view params as int64, codec payload as one (1, width) array per codec column, in
+        `codec.columns()` order) of one stored view."""
+        if not 0 <= view < self.views:
+            raise CacheError(f"{self.cache_dir}: view {view} outside [0, {self.views})")
+        cols = self.shard(number).numeric
+        params = np.array([int(cols[name][image, view]) for name in self._params], np.int64)
+        payload = [
+            cols[name][image : image + 1, view * width : (view + 1) * width]
+            for name, width in self._payload
+        ]
+        return params, payload
+
+    def decode(self, payloads: list[list[np.ndarray]]) -> np.ndarray:
+        """Dense float32 targets of the views whose `read_view` payloads are given: decoding
+        a whole batch at once costs a fraction of decoding view by view."""
+        columns = [np.concatenate(column) for column in zip(*payloads, strict=True)]
+        names = [name for name, _ in self._payload]
+        return self.codec.decode(dict(zip(names, columns, strict=True))).astype(np.float32)
+
+    def load_shard(self, number: int, verify: bool = True) -> dict[str, np.ndarray]:
+        """Shard `number` copied out and expanded to one row per view (audits and tests):
+        key, path, label, view, params (int64, one column per name) and the codec columns."""
+        shard = self.shard(number, verify)
+        cols, views = shard.numeric, self.views
+        images = len(cols["key"])
+        try:
+            dirs, names = shard.strings("path_dir"), shard.strings("path_name")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CacheError(f"{shard.path}: cannot decode paths ({exc})") from None
+        paths = np.array([join_path(d, n) for d, n in zip(dirs, names, strict=True)], object)
+        out = {
+            "key": np.repeat(cols["key"], views, axis=0),
+            "path": np.repeat(paths, views),
+            "label": np.repeat(cols["label"].astype(np.int32), views, axis=0),
+            "view": np.tile(np.arange(views, dtype=np.int32), images)[:, None],
+            "params": np.stack(
+                [cols[name].reshape(-1).astype(np.int64) for name in self._params], axis=1
+            )
+            if self._params
+            else np.zeros((images * views, 0), np.int64),
+        }
+        for name, width in self._payload:
+            out[name] = np.array(cols[name]).reshape(images * views, width)
+        return out

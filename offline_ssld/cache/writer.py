@@ -13,58 +13,47 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.backends import read_columns, write_columns
+from offline_ssld.cache.backends import map_shard, write_columns
 from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.fingerprint import first_difference
 from offline_ssld.cache.format import (
     MANIFEST,
     TMP_MARK,
+    VERIFIED,
     Manifest,
     ShardInfo,
     commit_file,
     file_checksum,
     load_manifest,
+    numeric_columns,
     shard_name,
     tmp_path,
 )
+from offline_ssld.cache.reader import check_layout
 from offline_ssld.errors import CacheError
 
 
 def _is_ours(path: Path) -> bool:
     name = path.name
-    return name == MANIFEST or name.startswith(("shard-", ".shard-", f".{MANIFEST}{TMP_MARK}"))
+    return name in (MANIFEST, VERIFIED) or name.startswith(
+        ("shard-", ".shard-", f".{MANIFEST}{TMP_MARK}", f".{VERIFIED}{TMP_MARK}")
+    )
 
 
 def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
     """Why the whole-looking file `path` cannot be shard `index` of `manifest`, or None."""
-    ips, views = manifest.images_per_shard, manifest.views
+    ips = manifest.images_per_shard
     images = min(ips, manifest.num_images - index * ips)
-    rows = images * views
     try:
-        columns = read_columns(manifest.backend, path)
-        codec = codec_from_settings(manifest.codec)
+        shard = map_shard(manifest.backend, path)
+        columns = numeric_columns(manifest, codec_from_settings(manifest.codec))
+        check_layout(shard, columns, manifest.views, images)
     except (CacheError, ValueError) as exc:
         return str(exc)
-    expected = {
-        "key": ("uint8", 16),
-        "label": ("int32", 1),
-        "view": ("int32", 1),
-        "params": ("int32", len(manifest.param_names)),
-        **{c.name: (c.dtype, c.width) for c in codec.columns()},
-    }
-    for name, (dtype, width) in expected.items():
-        col = columns.get(name)
-        if col is None or col.dtype != np.dtype(dtype) or col.shape != (rows, width):
-            return f"column '{name}' is missing or not {dtype}[{rows}, {width}]"
-    if len(columns.get("path", ())) != rows:
-        return "column 'path' is missing or has the wrong length"
-    if not np.array_equal(columns["view"][:, 0], np.tile(np.arange(views), images)):
-        return "column 'view' is not in image-major view order"
     if keys is not None:
         first = index * ips
-        own = [np.frombuffer(k, dtype=np.uint8) for k in keys[first : first + images]]
-        want = np.repeat(np.stack(own), views, axis=0)
-        if not np.array_equal(columns["key"], want):
+        want = np.stack([np.frombuffer(k, dtype=np.uint8) for k in keys[first : first + images]])
+        if not np.array_equal(shard.numeric["key"], want):
             return "its content keys are not the images of this shard"
     return None
 
@@ -162,9 +151,15 @@ def _save(manifest: Manifest, cache_dir: Path) -> None:
 
 
 def write_shard(
-    cache_dir: Path, backend: str, index: int, columns: dict[str, np.ndarray], images: int
+    cache_dir: Path,
+    backend: str,
+    index: int,
+    columns: dict[str, np.ndarray],
+    images: int,
+    views: int,
 ) -> ShardInfo:
-    """Write one shard under a temporary name, fsync, rename; return its manifest entry."""
+    """Write one shard (one row per image) under a temporary name, fsync, rename; return its
+    manifest entry."""
     final = cache_dir / shard_name(index, backend)
     tmp = tmp_path(final)
     try:
@@ -173,8 +168,7 @@ def write_shard(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    rows = len(columns["key"])
-    return ShardInfo(final.name, rows, images, file_checksum(final), final.stat().st_size)
+    return ShardInfo(final.name, images * views, images, file_checksum(final), final.stat().st_size)
 
 
 class BackgroundWriter:
@@ -203,7 +197,14 @@ class BackgroundWriter:
                 continue
             index, columns, images = item
             try:
-                info = write_shard(self.cache_dir, self.manifest.backend, index, columns, images)
+                info = write_shard(
+                    self.cache_dir,
+                    self.manifest.backend,
+                    index,
+                    columns,
+                    images,
+                    self.manifest.views,
+                )
                 if not self.update_manifest:
                     continue
                 self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)

@@ -100,14 +100,14 @@ class ColorJitter(Op):
         self.prob = float(prob)
         values = (brightness, contrast, saturation, hue)
         self.values = values
-        self.ranges = tuple(
+        self.factor_ranges = tuple(
             _factor_range(v, f"{key}.{name}", name == "hue")
             for name, v in zip(_COMPONENTS, values, strict=True)
         )
 
     def param_ranges(self) -> tuple[tuple[int, int], ...]:
         out = [(0, 1), (0, len(ORDERS) - 1)]
-        for i, r in enumerate(self.ranges):
+        for i, r in enumerate(self.factor_ranges):
             if r is None:
                 out.append((0, 0))
             elif i == 3:
@@ -122,7 +122,7 @@ class ColorJitter(Op):
         order = tuple(int(i) for i in rng.permutation(4))
         factors = [0, 0, 0, 0]
         for i in order:  # drawn in application order, as paddle does
-            r = self.ranges[i]
+            r = self.factor_ranges[i]
             if r is None:
                 continue
             f = r[0] + (r[1] - r[0]) * float(rng.random())
@@ -139,7 +139,7 @@ class ColorJitter(Op):
         ]
         pil = _to_pil(img)
         for i in ORDERS[values[1]]:
-            if self.ranges[i] is None:
+            if self.factor_ranges[i] is None:
                 continue
             if i == 3:
                 pil = _adjust_hue(pil, values[5])
@@ -151,7 +151,10 @@ class ColorJitter(Op):
         return {
             "name": self.name,
             "prob": self.prob,
-            **{n: list(r) if r else None for n, r in zip(_COMPONENTS, self.ranges, strict=True)},
+            **{
+                n: list(r) if r else None
+                for n, r in zip(_COMPONENTS, self.factor_ranges, strict=True)
+            },
             "factor_resolution": FACTOR_RESOLUTION,
         }
 

@@ -41,8 +41,17 @@ def _quiet_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def fetch(dataset, indices: list[int]) -> tuple[np.ndarray, ...]:
+    """One collated batch; a dataset with `get_batch(indices)` builds it whole (e.g. to decode
+    all its targets at once), any other is read item by item."""
+    get_batch = getattr(dataset, "get_batch", None)
+    if get_batch is not None:
+        return get_batch(indices)
+    return collate([dataset[i] for i in indices])
+
+
 def _fetch(indices: list[int]) -> tuple[np.ndarray, ...]:
-    return collate([_DATASET[i] for i in indices])
+    return fetch(_DATASET, indices)
 
 
 class BatchLoader:
@@ -74,7 +83,7 @@ class BatchLoader:
                 for indices in batches:
                     if stop.is_set():
                         return
-                    out.put((collate([self.dataset[i] for i in indices]), None))
+                    out.put((fetch(self.dataset, indices), None))
             except BaseException as exc:  # handed to the consumer, raised there
                 out.put((None, exc))
                 return

@@ -37,6 +37,8 @@ TRANSFORMS_VERSION = 1
 
 MAX_IMAGE_PIXELS = 2**26
 """Images above this many pixels are refused: a small file must not be able to exhaust memory."""
+MAX_IMAGE_SIDE = 2**16 - 1
+"""Images wider or taller than this are refused (JPEG's own limit): crop boxes then fit uint16."""
 
 _INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -257,6 +259,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _check_pixels(w: int, h: int) -> None:
+    if max(w, h) > MAX_IMAGE_SIDE:
+        raise DataError(f"image is {w}x{h} pixels, a side above the limit of {MAX_IMAGE_SIDE}")
     if w * h > MAX_IMAGE_PIXELS:
         raise DataError(
             f"image is {w}x{h} = {w * h} pixels, above the limit of {MAX_IMAGE_PIXELS}"
@@ -273,6 +277,10 @@ class Op(ABC):
 
     name: str = ""
     param_names: tuple[str, ...] = ()
+    # Inclusive [lo, hi] of each drawn param: the cache stores each in the narrowest integer
+    # type holding its range, so a range must be exact, never a guess. Ops whose params
+    # depend on their arguments set it in __init__ or override param_ranges().
+    ranges: tuple[tuple[int, int], ...] = ()
     args: tuple[str, ...] = ()  # accepted config argument names
     needs: str | None = HWC  # layout the input must have (None: any)
     needs_uint8: bool = False  # PIL-based ops take 8-bit pixels, i.e. run before NormalizeImage
@@ -284,6 +292,10 @@ class Op(ABC):
     def out_layout(self, layout: str) -> str:
         """Layout of the output given the input layout; lets build_ops reject bad orders."""
         return layout
+
+    def param_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Inclusive [lo, hi] of each param, in `param_names` order."""
+        return self.ranges
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         """Random params for this image; deterministic ops draw nothing."""
@@ -368,6 +380,7 @@ class ResizeImage(Op):
         self.interpolation = _interpolation(interpolation, f"{key}.interpolation", self.backend)
         # 'random' interpolation: the bilinear/bicubic pick is a param, range [0, 1]
         self.param_names = ("interp",) if self.interpolation == RANDOM_INTERPOLATION else ()
+        self.ranges = ((0, 1),) if self.param_names else ()
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         return (int(rng.integers(0, 2)),) if self.param_names else ()
@@ -397,6 +410,9 @@ class RandCropImage(Op):
 
     name = "RandCropImage"
     param_names: tuple[str, ...] = ("x", "y", "w", "h")
+    ranges: tuple[tuple[int, int], ...] = ((0, MAX_IMAGE_SIDE - 1),) * 2 + (
+        (1, MAX_IMAGE_SIDE),
+    ) * 2
     args = ("size", "scale", "ratio", "interpolation", "backend")
 
     def __init__(
@@ -417,9 +433,12 @@ class RandCropImage(Op):
         self.interpolation = _interpolation(interpolation, f"{key}.interpolation", self.backend)
         if self.interpolation == RANDOM_INTERPOLATION:  # the pick is a 5th param, range [0, 1]
             self.param_names = (*RandCropImage.param_names, "interp")
+            self.ranges = (*RandCropImage.ranges, (0, 1))
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         img_h, img_w = img.shape[:2]
+        if max(img_w, img_h) > MAX_IMAGE_SIDE:  # e.g. enlarged by a ResizeImage before
+            raise DataError(f"{self.name} input is {img_w}x{img_h}, above {MAX_IMAGE_SIDE}")
         # Same arithmetic as PaddleClas: aspect from `ratio`, area from `scale` capped so the
         # box fits the image, truncation to int, then a uniform position.
         aspect = math.sqrt(float(rng.uniform(*self.ratio)))
@@ -461,6 +480,7 @@ class RandFlipImage(Op):
 
     name = "RandFlipImage"
     param_names = ("flip",)
+    ranges = ((0, 1),)
     args = ("flip_code", "prob")
 
     def __init__(self, key: str, flip_code: Any = 1, prob: Any = 0.5) -> None:
@@ -682,14 +702,23 @@ class Pipeline:
         self.key = key
         names = [op.name for op in self.ops]
         self._param_names: list[str] = []
+        self._param_ranges: list[tuple[int, int]] = []
         for i, op in enumerate(self.ops):
             prefix = op.name if names.count(op.name) == 1 else f"{op.name}[{i}]"
             self._param_names += [f"{prefix}.{p}" for p in op.param_names]
+            self._param_ranges += list(op.param_ranges())
+        if len(self._param_ranges) != len(self._param_names):
+            raise TypeError("every transform op must declare the range of each param it draws")
 
     @property
     def param_names(self) -> tuple[str, ...]:
         """Column names of the params array, e.g. 'RandCropImage.x' ('Op[i].x' if repeated)."""
         return tuple(self._param_names)
+
+    @property
+    def param_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Inclusive [lo, hi] of each param, in `param_names` order (declared by the ops)."""
+        return tuple(self._param_ranges)
 
     @property
     def is_random(self) -> bool:
@@ -698,9 +727,18 @@ class Pipeline:
 
     def draw(self, data: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Run all ops drawing fresh params; return (output, params as int32)."""
-        img: Any = data
+        return self.draw_decoded(self.decode(data), rng)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """The first op, DecodeImage (it draws nothing): views of one image can share it."""
+        return self.ops[0].apply(data, ())
+
+    def draw_decoded(
+        self, img: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`draw` after `decode`; `img` is only read (every op returns a new array)."""
         params: list[int] = []
-        for op in self.ops:
+        for op in self.ops[1:]:
             p = op.draw(img, rng)
             img = op.apply(img, p)
             params += p

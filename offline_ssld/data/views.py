@@ -7,6 +7,7 @@ train-student never draws anything: it replays the parameters stored in the cach
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ class DumpDataset(paddle.io.Dataset):
     ):
         self.source, self.keys, self.pipeline = source, keys, pipeline
         self.seed, self.views, self.items = seed, views, items
+        self._decoded: tuple[int, np.ndarray] | None = None  # (image, decoded pixels)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,11 +61,19 @@ class DumpDataset(paddle.io.Dataset):
     def __getitem__(self, position: int):
         item = self.items[position]
         image, view = divmod(item, self.views)
-        data = self.source.read(image)
-        if content_key(data) != self.keys[image]:
-            raise DataError(f"{self.source.where(image)}: file changed while dumping")
+        if self._decoded is None or self._decoded[0] != image:
+            # Items are image-major, so a worker's batch holds consecutive views of an image:
+            # it is read, checked and decoded once for all of them.
+            data = self.source.read(image)  # its errors name the file already
+            if content_key(data) != self.keys[image]:
+                raise DataError(f"{self.source.where(image)}: file changed while dumping")
+            try:
+                self._decoded = (image, self.pipeline.decode(data))
+            except DataError as exc:
+                raise DataError(f"{self.source.where(image)}: {exc}") from None
         try:
-            x, params = self.pipeline.draw(data, view_rng(self.seed, self.keys[image], view))
+            rng = view_rng(self.seed, self.keys[image], view)
+            x, params = self.pipeline.draw_decoded(self._decoded[1], rng)
         except DataError as exc:
             raise DataError(f"{self.source.where(image)}: {exc}") from None
         return x, params, np.int64(item)
@@ -74,11 +84,16 @@ class ReplayDataset(paddle.io.Dataset):
 
     The image bytes are read anyway, so they are hashed and looked up in the cache: an image
     that is missing from the cache or changed since the dump stops training with its name.
+    With `timed`, each item also carries the seconds spent in each of `STAGES` (for
+    `train-student --data-only`).
     """
 
-    def __init__(self, source: ImageSource, pipeline: Pipeline, reader):
+    STAGES = ("read image", "content key", "index lookup", "read view", "decode+replay", "target")
+
+    def __init__(self, source: ImageSource, pipeline: Pipeline, reader, timed: bool = False):
         self.source, self.pipeline, self.reader = source, pipeline, reader
         self.views = np.zeros(len(source.samples), dtype=np.int64)
+        self.timed = timed
 
     def set_epoch_views(self, views: np.ndarray) -> None:
         self.views = views
@@ -87,17 +102,39 @@ class ReplayDataset(paddle.io.Dataset):
         return len(self.source.samples)
 
     def __getitem__(self, index: int):
-        data = self.source.read(index)
-        hit = self.reader.lookup(content_key(data), int(self.views[index]))
-        if hit is None:
-            raise CacheError(
-                f"{self.source.where(index)}: image is not in the cache "
-                f"{self.reader.cache_dir} (new, or changed since the dump)"
-            )
-        params, payload = self.reader.read_row(*hit)
-        x = self.pipeline.replay(data, params)
-        target = self.reader.codec.decode(payload)[0].astype(np.float32)
-        return x, target, np.int64(self.source.samples[index].label)
+        return tuple(field[0] for field in self.get_batch([index]))
+
+    def get_batch(self, indices: list[int]) -> tuple[np.ndarray, ...]:
+        """The collated batch of `indices`; the targets are decoded for the whole batch at
+        once (BatchLoader calls this instead of collating single items)."""
+        xs, payloads, labels, timings = [], [], [], []
+        for index in indices:
+            clock = [time.perf_counter()]
+            data = self.source.read(index)
+            clock.append(time.perf_counter())
+            key = content_key(data)
+            clock.append(time.perf_counter())
+            hit = self.reader.lookup(key)
+            if hit is None:
+                raise CacheError(
+                    f"{self.source.where(index)}: image is not in the cache "
+                    f"{self.reader.cache_dir} (new, or changed since the dump)"
+                )
+            clock.append(time.perf_counter())
+            params, payload = self.reader.read_view(*hit, int(self.views[index]))
+            clock.append(time.perf_counter())
+            xs.append(self.pipeline.replay(data, params))
+            clock.append(time.perf_counter())
+            payloads.append(payload)
+            labels.append(self.source.samples[index].label)
+            timings.append(np.diff(clock))
+        start = time.perf_counter()
+        target = self.reader.decode(payloads)
+        decode = (time.perf_counter() - start) / max(len(indices), 1)
+        fields = (np.stack(xs), target, np.array(labels, dtype=np.int64))
+        if not self.timed:
+            return fields
+        return (*fields, np.array([[*t, decode] for t in timings]))
 
 
 class AugmentDataset(paddle.io.Dataset):

@@ -94,7 +94,7 @@ def _warm_up() -> None:
     """Use both backends once here: their first use costs ~0.5 s (pyarrow's lazy set-up),
     which every forked child would pay again."""
     with tempfile.TemporaryDirectory() as directory:
-        columns = {"key": np.zeros((1, 16), np.uint8), "path": np.array(["a"], dtype=object)}
+        columns = {"key": np.zeros((1, 16), np.uint8), "path_name": np.array(["a"], dtype=object)}
         for backend in BACKEND_SUFFIX:
             path = Path(directory) / shard_name(0, backend)
             write_columns(backend, path, columns)

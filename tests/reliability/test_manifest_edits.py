@@ -45,7 +45,8 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
     edits.append(("delete 'format_version'", deleter("format_version"), "'format_version'"))
     edits += [
         ("unknown field", setter("bogus", 1), "'bogus'"),
-        ("format_version 2", setter("format_version", 2), "'format_version'"),
+        ("format_version 1", setter("format_version", 1), "'format_version' is 1"),
+        ("format_version 3", setter("format_version", 3), "'format_version' is 3"),
         ("backend 'zip'", setter("backend", "zip"), "'backend'"),
         ("views 0", setter("views", 0), "'views'"),
         ("views 1", setter("views", 1), "'rows'"),
@@ -57,7 +58,9 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
         ("codec.num_classes 5", setter("codec.num_classes", 5), "'codec.num_classes'"),
         ("codec.name 'topk'", setter("codec.name", "topk"), "column"),
         ("codec.name 'nope'", setter("codec.name", "nope"), "'codec'"),
-        ("param_names one short", lambda m: m["param_names"].pop(), "'params'"),
+        ("param_names one short", lambda m: m["param_names"].pop(), "'param_names'"),
+        ("param_ranges [1, 0]", setter("param_ranges.0", [1, 0]), "'param_ranges'"),
+        ("param_ranges narrowed", setter("param_ranges.0", [0, 255]), "'params."),
         ("param_names [1]", setter("param_names", [1]), "'param_names'"),
         ("complete false", setter("complete", False), "'complete'"),
         ("teacher.name", setter("teacher.name", "ResNet50"), "'teacher'"),
