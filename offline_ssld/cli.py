@@ -389,6 +389,39 @@ def merge_cmd(
     )
 
 
+@main.command("report")
+@CONFIG
+@OVERRIDE
+@click.option(
+    "--student",
+    default=None,
+    metavar="CKPT",
+    help="Student checkpoint (path with or without .safetensors) to compare with the teacher.",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@friendly_errors
+def report_cmd(configs, overrides, student, out) -> None:
+    """Write a Markdown report (report.md, PNG plots, report.json) of what the teacher in
+    Offline.cache_dir (one cache or an ensemble) teaches on the config's training list:
+    per-class teacher accuracy on labeled rows and its confusion matrix, the entropy
+    distribution, images whose views the teacher labels differently, and the labeled images
+    whose label it most confidently contradicts (likely label noise, with paths). With
+    --student, the student's agreement with the teacher per class on the same replayed views
+    and the images where they differ most.
+
+    \b
+    Example:
+      offline-ssld report -c configs/fashion_mnist/mnv3_x0_35_student.yaml \\
+          -o Offline.cache_dir=cache/fmnist_r18 --student output/fmnist/student/best \\
+          --out output/report_r18
+    """
+    from offline_ssld.report import write_report
+
+    cfg = _load(configs, overrides)
+    path = write_report(cfg, out, student)
+    click.echo(f"wrote {path}")
+
+
 def _ops_text(ops: list) -> str:
     parts = []
     for entry in ops:
