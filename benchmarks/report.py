@@ -226,8 +226,7 @@ def ensemble() -> str:
         )
         per_seed = ", ".join(f"{100 * x:.2f}" for x in v["values"])
         lines.append(
-            f"| {label} | {t_top1} | {100 * v['mean']:.2f}% ± {100 * v['std']:.2f} | "
-            f"{per_seed} |"
+            f"| {label} | {t_top1} | {100 * v['mean']:.2f}% ± {100 * v['std']:.2f} | {per_seed} |"
         )
     times = summary["median_epoch_seconds"]
     lines += [

@@ -7,8 +7,9 @@ The rows go through the project's own writer (tmp, fsync, rename, checksummed ma
 the result verifies, inspects and trains like any cache.
 
 The manifest's teacher is the ensemble: `teacher.name` "ensemble", `teacher.ensemble` the
-members (paths, teacher fingerprints, weights) and the rule, `fingerprints.teacher` the
-ensemble fingerprint. train-student accepts such a cache with any Teacher entry (it is no
+ensemble fingerprint (members' teacher fingerprints, codecs, weights, rule), and
+`fingerprints.teacher` the hash of that identity as for any cache; `source.ensemble` records
+the members' paths and weights. train-student accepts such a cache with any Teacher entry (it is no
 config's teacher) as long as transforms and classes match. A merged cache is not merged
 again (its members are not known to line up with new ones), and an existing directory is
 not written over without `overwrite`.
@@ -25,7 +26,11 @@ import numpy as np
 from tqdm import tqdm
 
 from offline_ssld.cache.codecs import build_codec
-from offline_ssld.cache.fingerprint import dataset_fingerprint, order_fingerprint
+from offline_ssld.cache.fingerprint import (
+    dataset_fingerprint,
+    order_fingerprint,
+    teacher_fingerprint,
+)
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.config import CacheMember
 from offline_ssld.data.lists import Sample, hash_images, read_list
@@ -101,28 +106,32 @@ def merge_caches(
     source, keys = _samples(ensemble, image_root, list_path)
     base = ensemble.members[0].reader.manifest
     codec = build_codec("fp16", ensemble.num_classes)
-    provenance = ensemble.provenance()
+    # The teacher identity is path-free (the ensemble fingerprint), so fingerprints.teacher is
+    # its canonical hash as for any cache (verify checks that); which caches and weights went
+    # in, with their paths, is recorded in source.ensemble.
+    teacher = {
+        "name": "ensemble",
+        "class_num": ensemble.num_classes,
+        "weights_sha256": None,
+        "ensemble": ensemble.fingerprint,
+    }
     manifest = dataclasses.replace(
         base,
         codec=codec.settings(),
         fingerprints={
             **base.fingerprints,
-            "teacher": ensemble.fingerprint,
+            "teacher": teacher_fingerprint(teacher),
             "dataset": dataset_fingerprint(keys),
             "order": order_fingerprint(keys),
         },
-        teacher={
-            "name": "ensemble",
-            "class_num": ensemble.num_classes,
-            "weights_sha256": None,
-            "ensemble": provenance,
-        },
+        teacher=teacher,
         num_images=len(keys),
         source={
             **base.source,
             "image_root": str(Path(source.image_root).resolve()),
             "cls_label_path": str(Path(source.list_path).resolve()),
             "teacher_weights": "",  # no single teacher: verify --teacher-check cannot re-run it
+            "ensemble": ensemble.provenance(),
         },
         skipped=[],
         shards=[],

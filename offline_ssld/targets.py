@@ -151,7 +151,12 @@ class OfflineCache(TargetSource):
             "kind": "cache",
             "path": str(self.reader.cache_dir),
             "teacher": self.reader.manifest.fingerprints["teacher"],
-            **({"ensemble": teacher["ensemble"]} if teacher.get("ensemble") else {}),
+            # a merged ensemble (offline-ssld merge): its members, weights and rule
+            **(
+                {"ensemble": self.reader.manifest.source["ensemble"]}
+                if teacher.get("ensemble")
+                else {}
+            ),
         }
 
 

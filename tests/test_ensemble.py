@@ -9,8 +9,11 @@ import json
 import numpy as np
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from offline_ssld.audit import verify_cache
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
+from offline_ssld.cli import main
 from offline_ssld.config import CacheMember, cache_members, load_config
 from offline_ssld.dump import run_dump, shard_columns
 from offline_ssld.ensemble import Ensemble, combine
@@ -203,7 +206,8 @@ def test_merged_cache_trains_to_the_live_ensemble_targets(two_dumped):
             x2, t2, y2 = merged.dataset[i]
             assert np.array_equal(x1, x2) and y1 == y2
             np.testing.assert_allclose(t1, t2, atol=2e-3)
-    assert merged.provenance()["ensemble"]["members"][1]["weight"] == 2.0
+    record = merged.provenance()["ensemble"]
+    assert record["members"][1]["weight"] == 2.0 and record["rule"] == "mean_logits"
     result = train(merged_cfg, "offline", progress=False)
     assert np.isfinite(result.last_top1)
     # Merging a merged cache, or into a non-empty directory without overwrite, is refused.
@@ -211,4 +215,36 @@ def test_merged_cache_trains_to_the_live_ensemble_targets(two_dumped):
         merge_caches([CacheMember(str(tmp / "merged"), 1.0), members[0]], tmp / "again")
     with pytest.raises(CacheError, match="not empty; pass --overwrite"):
         merge_caches(members, tmp / "merged")
-    merge_caches(members, tmp / "merged", overwrite=True)
+    result = CliRunner().invoke(
+        main,
+        ["merge", str(tmp / "a"), str(tmp / "b"), "--weights", "1,2", "--out", str(tmp / "merged")],
+    )
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = CliRunner().invoke(
+        main,
+        [*("merge", str(tmp / "a"), str(tmp / "b"), "--weights", "1,2"), "--quiet"]
+        + ["--out", str(tmp / "merged"), "--overwrite"],
+    )
+    assert result.exit_code == 0, result.output
+    assert verify_cache(tmp / "merged", 0, 0).ok  # checksums, rows and columns of a real cache
+
+
+def test_ensemble_is_as_exact_as_its_least_exact_member(project):
+    path, tmp = project
+    _fake_cache(path, tmp / "a", 0)
+    _fake_cache(path, tmp / "k", 1, "Offline.codec=topk", "Offline.topk=2")
+    _fake_cache(path, tmp / "s", 2, "Offline.codec=sampled")
+    a, k, s = (CacheMember(str(tmp / n), 1.0) for n in "aks")
+    assert Ensemble([a, k]).target == "topk"
+    assert Ensemble([a, s]).target == "sampled"
+    with pytest.raises(ConfigError, match="mean_logits takes logs"):
+        Ensemble([a, s], "mean_logits")
+    with pytest.raises(ConfigError, match="cannot mix topk and sampled"):
+        Ensemble([a, k, s])
+    # train-student applies the codec x loss rule to the ensemble: KL at T=4 needs exact.
+    cfg = load_config(
+        [str(_write_config(path, tmp, cache_dir=[str(tmp / "a"), str(tmp / "k")]))],
+        ["Loss.Train.0={'DistillationKLDivLoss': {'weight': 1.0, 'temperature': 4.0}}"],
+    )
+    with pytest.raises(ConfigError, match="ensemble of fp16\\+topk"):
+        train(cfg, "ensemble", progress=False)
