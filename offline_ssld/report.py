@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from offline_ssld import config as cfgmod
+from offline_ssld.cache.fingerprint import first_difference, transforms_fingerprint
 from offline_ssld.data.lists import hash_images, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource
@@ -59,6 +60,11 @@ def load_table(cfg: dict) -> Table:
     )
     spec = cfgmod.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(spec.transform_ops, f"{spec.key}.transform_ops"))
+    expected = {"fingerprints.transforms": transforms_fingerprint(pipeline)}
+    for member in ensemble.members:  # the student replays these views with this pipeline
+        diff = first_difference(member.reader.manifest, expected)
+        if diff is not None:
+            raise CacheError(f"{member.path}: cache holds {diff}; report with its own config")
     samples = read_list(spec.cls_label_path, ensemble.num_classes)
     hashed = hash_images(spec.image_root, samples, spec.cls_label_path)
     kept, keys, rows, params = [], [], [], []
