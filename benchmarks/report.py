@@ -350,7 +350,51 @@ def data_only() -> str:
         f"One run: {o['images']} images x {o['views']} views = {c['rows']:,} views, fp16, 1000 "
         f"classes, {c['shards']} shards of the default size ({c['bytes'] / 1e9:.2f} GB), batch "
         f"{o['batch']}, {o['workers']} loader workers. Load average before "
-        f"{before[0]:.1f}, after {after[0]:.1f} on {r['machine']['nproc']} cores. "
+        f"{before[0]:.1f}, after {after[0]:.1f} on {r['machine']['nproc']} cores. ",
+    ]
+    return "\n".join(lines)
+
+
+def ensemble() -> str:
+    r = _load("ensemble.json")
+    if r is None:
+        return (
+            "_not measured yet: run `python benchmarks/ensemble.py --images 3000 "
+            "--teacher-epochs 2 --epochs 2 --views 2 --seeds 0,1,2`_"
+        )
+    s, m, summary = r["settings"], r["machine"], r["summary"]
+    seeds = len(s["seeds"])
+    lines = [
+        f"{s['train_images']} train images, {s['val_images']} val images, teachers "
+        f"{s['teacher_epochs']} epochs, students {s['student_epochs']} epochs, {s['views']} "
+        f"views per cache, batch {s['batch_size']}, 32x32, rule {s['rule']}, {seeds} student "
+        f"seeds. Machine: {m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
+        "",
+        "| student trained from | teacher top-1 | student top-1, mean ± std over seeds | "
+        "per seed |",
+        "|---|---|---|---|",
+    ]
+    for mode, v in summary["top1"].items():
+        teacher = r["teachers"].get(mode)
+        t_top1 = f"{100 * teacher['top1']:.2f}%" if teacher else "-"
+        label = (
+            f"ensemble of {summary['members']} ({s['rule']})"
+            if mode == "ensemble"
+            else f"{teacher['arch']} (seed {teacher['seed']}) alone"
+        )
+        per_seed = ", ".join(f"{100 * x:.2f}" for x in v["values"])
+        lines.append(
+            f"| {label} | {t_top1} | {100 * v['mean']:.2f}% ± {100 * v['std']:.2f} | {per_seed} |"
+        )
+    times = summary["median_epoch_seconds"]
+    lines += [
+        "",
+        f"Ensemble minus best single teacher ({summary['best_single']}): "
+        f"{100 * summary['ensemble_minus_best_single']:+.2f} points. Training time, "
+        f"{summary['members']} members vs 1 (median epoch seconds of the interleaved runs, "
+        f"{times['ensemble']:.1f} s vs {times['single']:.1f} s): "
+        f"**{summary['time_ratio']:.3f}x**.",
+        "",
         f"Reproduce: `{r['command']}`",
     ]
     return "\n".join(lines)
@@ -369,6 +413,7 @@ BLOCKS = {
     "dump_throughput": dump_throughput,
     "cache_formats": cache_formats,
     "data_free": data_free,
+    "ensemble": ensemble,
 }
 
 

@@ -88,7 +88,7 @@ def write_synthetic_cache(
     With `images`, keys, paths and labels are those real images' and each view's params are
     drawn by their pipeline exactly as dump-teacher draws them, so the cache replays."""
     from offline_ssld.cache.codecs import build_codec
-    from offline_ssld.cache.fingerprint import canonical_hash
+    from offline_ssld.cache.fingerprint import canonical_hash, transforms_fingerprint
     from offline_ssld.cache.format import Manifest
     from offline_ssld.cache.writer import BackgroundWriter, open_cache
     from offline_ssld.data.lists import Sample
@@ -123,7 +123,7 @@ def write_synthetic_cache(
         codec=codec.settings(),
         fingerprints={
             "teacher": canonical_hash(teacher),
-            "transforms": pipeline.fingerprint(),
+            "transforms": transforms_fingerprint(pipeline),
             "dataset": canonical_hash(sorted(hexes)),
             "order": canonical_hash(hexes),
         },

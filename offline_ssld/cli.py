@@ -322,11 +322,18 @@ def train_student(
     With --online the teacher runs on every batch instead (PaddleClas's online SSLD).
     With --data-only no student runs: one epoch of the data path is timed.
 
+    Offline.cache_dir may list several teachers' caches of the same images (an ensemble):
+    `cache_dir: [cache/r18, {path: cache/r50, weight: 2}]`, combined per row by
+    Offline.ensemble (mean_probs, or mean_logits with Offline.ensemble_temperature).
+
     \b
     Example:
       offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o Offline.cache_dir=cache/fmnist_r50 -o Global.epochs=8
+      offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
+          -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']"
     """
+    from offline_ssld.targets import offline_mode
     from offline_ssld.train import data_only as run_data_only
     from offline_ssld.train import train
 
@@ -351,7 +358,8 @@ def train_student(
                 f"mapped cache / in memory = {ratio:.2f}"
             )
         return
-    _report(train(cfg, "online" if online else "offline", resume=resume, progress=not quiet))
+    mode = "online" if online else offline_mode(cfg)
+    _report(train(cfg, mode, resume=resume, progress=not quiet))
 
 
 @main.command("train")
@@ -391,6 +399,124 @@ def eval_cmd(configs, overrides) -> None:
 
     cfg = _load(configs, overrides)
     click.echo(f"top-1 {evaluate_config(cfg):.4f}")
+
+
+@main.command("merge")
+@click.option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="FILE",
+    help="Config YAML whose Offline.cache_dir lists the caches (repeat to merge files).",
+)
+@OVERRIDE
+@click.argument("caches", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output cache.")
+@click.option(
+    "--weights", default=None, metavar="W1,W2,...", help="Weights of CACHES (default: equal)."
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["mean_probs", "mean_logits"]),
+    default=None,
+    help="Combination rule (default: Offline.ensemble, else mean_probs).",
+)
+@click.option("--temperature", type=float, default=None, help="Temperature of mean_logits.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def merge_cmd(
+    configs, overrides, caches, out, weights, rule, temperature, overwrite, quiet
+) -> None:
+    """Combine several teachers' caches of the same images (an ensemble) into one ordinary
+    fp16 cache holding the combined distribution's log-probabilities, written through the
+    cache writer, so it verifies and trains like any cache. The caches come from -c (its
+    Offline.cache_dir list, weights, Offline.ensemble and Offline.ensemble_temperature) or
+    are given as arguments. Caches that do not line up view by view are refused, naming the
+    field; a merged cache is not merged again; a non-empty --out needs --overwrite.
+
+    \b
+    Example:
+      offline-ssld merge cache/fmnist_r18 cache/fmnist_r50 --weights 1,2 --out cache/fmnist_ens
+      offline-ssld merge -c configs/fashion_mnist/mnv3_small_student.yaml \\
+          -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']" --out cache/fmnist_ens
+    """
+    from offline_ssld.config import CacheMember, cache_members, data_spec
+    from offline_ssld.merge import merge_caches
+
+    image_root = list_path = None
+    if configs:
+        cfg = _load(configs, overrides)
+        offline = cfg["Offline"]
+        members = cache_members(offline["cache_dir"])
+        rule = rule or offline["ensemble"]
+        temperature = temperature if temperature is not None else offline["ensemble_temperature"]
+        spec = data_spec(cfg, "Train")
+        image_root, list_path = spec.image_root, spec.cls_label_path
+    elif caches:
+        members = [CacheMember(str(c), 1.0) for c in caches]
+    else:
+        raise click.UsageError("give the caches as arguments, or -c CONFIG listing them")
+    if caches and configs:
+        members = [CacheMember(str(c), 1.0) for c in caches]
+    if weights is not None:
+        try:
+            values = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise click.UsageError(f"--weights {weights!r}: expected numbers like 1,2") from None
+        if len(values) != len(members) or min(values) <= 0:
+            raise click.UsageError(
+                f"--weights: {len(values)} values for {len(members)} caches (all must be > 0)"
+            )
+        members = [CacheMember(m.path, w) for m, w in zip(members, values, strict=True)]
+    result = merge_caches(
+        members,
+        out,
+        rule or "mean_probs",
+        1.0 if temperature is None else temperature,
+        overwrite,
+        image_root,
+        list_path,
+        progress=not quiet,
+    )
+    click.echo(
+        f"wrote {result.rows} rows ({result.images} images) of the ensemble of "
+        f"{len(members)} caches to {result.out} (teacher fingerprint {result.fingerprint[:16]})"
+    )
+
+
+@main.command("report")
+@CONFIG
+@OVERRIDE
+@click.option(
+    "--student",
+    default=None,
+    metavar="CKPT",
+    help="Student checkpoint (path with or without .safetensors) to compare with the teacher.",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@friendly_errors
+def report_cmd(configs, overrides, student, out) -> None:
+    """Write a Markdown report (report.md, PNG plots, report.json) of what the teacher in
+    Offline.cache_dir (one cache or an ensemble) teaches on the config's training list:
+    per-class teacher accuracy on labeled rows and its confusion matrix, the entropy
+    distribution, images whose views the teacher labels differently, and the labeled images
+    whose label it most confidently contradicts (likely label noise, with paths). With
+    --student, the student's agreement with the teacher per class on the same replayed views
+    and the images where they differ most.
+
+    \b
+    Example:
+      offline-ssld report -c configs/fashion_mnist/mnv3_x0_35_student.yaml \\
+          -o Offline.cache_dir=cache/fmnist_r18 --student output/fmnist/student/best \\
+          --out output/report_r18
+    """
+    from offline_ssld.report import write_report
+
+    cfg = _load(configs, overrides)
+    path = write_report(cfg, out, student)
+    click.echo(f"wrote {path}")
 
 
 def _ops_text(ops: list) -> str:

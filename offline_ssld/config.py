@@ -23,7 +23,11 @@ from offline_ssld.errors import ConfigError
 
 # One place for every Offline key, its default and why it exists.
 OFFLINE_DEFAULTS: dict[str, Any] = {
-    "cache_dir": "cache/offline_ssld",  # where dump-teacher writes and train-student reads
+    # where dump-teacher writes and train-student reads; for train-student also a list of
+    # caches of the same images by several teachers (an ensemble): [a, {path: b, weight: 2}]
+    "cache_dir": "cache/offline_ssld",
+    "ensemble": "mean_probs",  # ensemble rule: mean_probs or mean_logits (tempered log-probs)
+    "ensemble_temperature": 1.0,  # temperature of mean_logits (ignored by mean_probs)
     "teacher_weights": None,  # .safetensors of the teacher (Arch Teacher `pretrained` also works)
     "views": 4,  # dump: views stored per image; train: use the first `views` of the cache
     "format": "arrow",  # shard backend: arrow (default, fastest random reads) or hdf5
@@ -196,7 +200,64 @@ def load_config(
                     f"DataFree.{key}: unknown key; known: {', '.join(sorted(DATAFREE_DEFAULTS))}"
                 )
         cfg["DataFree"] = {**DATAFREE_DEFAULTS, **datafree}
+    cache_members(cfg["Offline"]["cache_dir"])  # a malformed list fails here, naming the item
     return cfg
+
+
+ENSEMBLE_RULES = ("mean_probs", "mean_logits")
+
+
+@dataclass(frozen=True)
+class CacheMember:
+    """One cache of an ensemble (`Offline.cache_dir` as a list) and its relative weight."""
+
+    path: str
+    weight: float
+
+
+def cache_members(value: Any, key: str = "Offline.cache_dir") -> list[CacheMember]:
+    """`Offline.cache_dir` as members: a string is one cache of weight 1; a list holds paths
+    or `{path: P, weight: W}` mappings (weight > 0, default 1)."""
+    if isinstance(value, (str, Path)):
+        return [CacheMember(str(value), 1.0)]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a path or a non-empty list of caches, got {value!r}")
+    members = []
+    for i, item in enumerate(value):
+        where = f"{key}.{i}"
+        path: Any
+        weight: Any
+        if isinstance(item, (str, Path)):
+            path, weight = str(item), 1.0
+        elif isinstance(item, dict):
+            extra = set(item) - {"path", "weight"}
+            if extra:
+                raise ConfigError(f"{where}.{sorted(extra)[0]}: unknown key; known: path, weight")
+            path, weight = item.get("path"), item.get("weight", 1.0)
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"{where}.path: expected a cache directory, got {path!r}")
+        else:
+            raise ConfigError(f"{where}: expected a path or {{path: P, weight: W}}, got {item!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ConfigError(f"{where}.weight: expected a positive number, got {weight!r}")
+        members.append(CacheMember(path, float(weight)))
+    return members
+
+
+def is_ensemble(cfg: dict) -> bool:
+    """Offline.cache_dir given as a list: train-student combines several teachers' caches."""
+    return isinstance(cfg["Offline"]["cache_dir"], list)
+
+
+def single_cache_dir(cfg: dict, what: str) -> str:
+    """The one cache a stage writes or reads; an ensemble list is refused by name."""
+    value = cfg["Offline"]["cache_dir"]
+    if isinstance(value, list):
+        raise ConfigError(
+            f"Offline.cache_dir: {what} needs one cache directory, got a list of {len(value)} "
+            "(an ensemble is only for train-student, report and merge)"
+        )
+    return str(value)
 
 
 def get(cfg: dict, path: str, default: Any = ConfigError) -> Any:

@@ -213,7 +213,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
     dist.init()
     plan = plan_dump(cfg)
-    cache_dir = Path(cfg["Offline"]["cache_dir"])
+    cache_dir = Path(cfgmod.single_cache_dir(cfg, "dump-teacher"))
     if dist.is_main():
         manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys)
     dist.barrier()

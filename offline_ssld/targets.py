@@ -8,7 +8,10 @@ calls only that interface, so it never asks which mode it runs:
 - online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
 - supervised: ground-truth labels only (how the pipelines train their teachers).
 
-A new source (an ensemble of caches, say) is one subclass registered in TARGET_SOURCES.
+- ensemble:   several teachers' caches of the same images combined row by row (ensemble.py).
+
+A new source is one subclass registered in TARGET_SOURCES. `provenance()` says where the
+targets came from; checkpoints and metrics.jsonl record it.
 Every batch a dataset yields starts with the image tensor and ends with the labels.
 """
 
@@ -23,7 +26,11 @@ import paddle.nn.functional as F
 
 from offline_ssld import config as cfgmod
 from offline_ssld.cache.codecs import codec_from_settings
-from offline_ssld.cache.fingerprint import expected_identity, first_difference
+from offline_ssld.cache.fingerprint import (
+    expected_identity,
+    first_difference,
+    transforms_fingerprint,
+)
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import ModelSpec
 from offline_ssld.data.samplers import epoch_views
@@ -59,6 +66,11 @@ class TargetSource(ABC):
     @abstractmethod
     def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         """The scalar loss of the student's `logits` for `batch`."""
+
+    def provenance(self) -> dict:
+        """Where the targets come from (caches, teachers, weights), for checkpoints and
+        metrics.jsonl; empty when there is nothing to name beyond the config."""
+        return {}
 
 
 class SupervisedLabels(TargetSource):
@@ -122,15 +134,10 @@ class OfflineCache(TargetSource):
             )
         codec = codec_from_settings(reader.manifest.codec)
         check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
-        views = cfg["Offline"]["views"]
-        if not isinstance(views, int) or not 1 <= views <= reader.views:
-            raise ConfigError(
-                f"Offline.views: {views!r}; this cache holds {reader.views} views per image "
-                "and train-student uses the first Offline.views of them"
-            )
-        self.views = views
+        self.views = _check_views(cfg["Offline"]["views"], reader.views)
         reader.verify_all()  # before the first batch; the loader workers inherit the result
         reader.index()  # built once here from the key columns, shared by the loader workers
+        self.reader = reader
         return ReplayDataset(source, pipeline, reader)
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,18 +146,89 @@ class OfflineCache(TargetSource):
     def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         return self.loss_fn(logits.astype("float32"), batch[1], batch[-1])[0]
 
+    def provenance(self) -> dict:
+        teacher = self.reader.manifest.teacher
+        return {
+            "kind": "cache",
+            "path": str(self.reader.cache_dir),
+            "teacher": self.reader.manifest.fingerprints["teacher"],
+            # a merged ensemble (offline-ssld merge): its members, weights and rule
+            **(
+                {"ensemble": self.reader.manifest.source["ensemble"]}
+                if teacher.get("ensemble")
+                else {}
+            ),
+        }
+
+
+class EnsembleCache(OfflineCache):
+    """Several teachers' caches of the same images (Offline.cache_dir as a list), combined
+    per row by Offline.ensemble; each member's view is the same crop, replayed exactly."""
+
+    mode = "ensemble"
+
+    def _build(
+        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+    ) -> paddle.io.Dataset:
+        from offline_ssld.ensemble import Ensemble, EnsembleReplayDataset
+
+        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        offline = cfg["Offline"]
+        ensemble = Ensemble(
+            cfgmod.cache_members(offline["cache_dir"]),
+            offline["ensemble"],
+            offline["ensemble_temperature"],
+        )
+        expected = {
+            "fingerprints.transforms": transforms_fingerprint(pipeline),
+            "teacher.class_num": student.class_num,
+        }
+        for member in ensemble.members:  # the teachers differ by design; transforms may not
+            diff = first_difference(member.reader.manifest, expected)
+            if diff is not None:
+                raise CacheError(f"{member.path}: cache holds {diff}; dump it for this config")
+        check_pairing(ensemble.codec_name, ensemble.target, self.loss_fn, "Loss.Train")
+        self.views = _check_views(offline["views"], ensemble.views)
+        ensemble.index()  # built once here, shared copy-on-write by the loader workers
+        self.ensemble = ensemble
+        return EnsembleReplayDataset(source, pipeline, ensemble)
+
+    def provenance(self) -> dict:
+        return self.ensemble.provenance()
+
+
+def _check_views(views: object, stored: int) -> int:
+    if not isinstance(views, int) or isinstance(views, bool) or not 1 <= views <= stored:
+        raise ConfigError(
+            f"Offline.views: {views!r}; this cache holds {stored} views per image "
+            "and train-student uses the first Offline.views of them"
+        )
+    return views
+
+
+def offline_mode(cfg: dict) -> str:
+    """The train() mode of train-student without --online: one cache, or an ensemble."""
+    return "ensemble" if cfgmod.is_ensemble(cfg) else "offline"
+
 
 def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
-    other transforms than this config (naming the differing field)."""
-    cache_dir = cfg["Offline"]["cache_dir"]
+    other transforms than this config (naming the differing field). A merged ensemble cache
+    (`offline-ssld merge`) is no config's Teacher: its transforms and classes must match."""
+    cache_dir = cfgmod.single_cache_dir(cfg, "a single-cache run")
     reader = CacheReader(cache_dir)
-    diff = first_difference(reader.manifest, expected_identity(cfgmod.teacher_spec(cfg), pipeline))
+    expected = expected_identity(cfgmod.teacher_spec(cfg), pipeline)
+    if reader.manifest.teacher.get("ensemble"):
+        expected = {
+            "teacher.class_num": expected["teacher.class_num"],
+            "fingerprints.transforms": expected["fingerprints.transforms"],
+        }
+    diff = first_difference(reader.manifest, expected)
     if diff is not None:
         raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
     return reader
 
 
 TARGET_SOURCES: dict[str, type[TargetSource]] = {
-    cls.mode: cls for cls in (OfflineCache, OnlineTeacher, SupervisedLabels)
+    cls.mode: cls for cls in (OfflineCache, EnsembleCache, OnlineTeacher, SupervisedLabels)
 }

@@ -235,6 +235,7 @@ def train(
         dist.rank(),
         dist.world_size(),
     )
+    provenance = {"targets": targets.provenance()} if targets.provenance() else {}
     loader = BatchLoader(targets.dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     model = build_model(student_spec)
@@ -308,6 +309,7 @@ def train(
             "lr": float(optimizer.get_lr()),
             "train_seconds": round(train_seconds, 3),
             "images_per_second": round(images / train_seconds, 2),
+            **provenance,
         }
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:
@@ -317,7 +319,7 @@ def train(
             if last > best:
                 best = last
                 if main:
-                    info = {"epoch": epoch + 1, "top1": last}
+                    info = {"epoch": epoch + 1, "top1": last, **provenance}
                     save_checkpoint(out, "best", model, optimizer, info, prefix)
         record["best_top1"] = round(best, 5)
         if not main:
@@ -326,7 +328,7 @@ def train(
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
-        state = {"epoch": epoch + 1, "best_top1": best, "mode": mode}
+        state = {"epoch": epoch + 1, "best_top1": best, "mode": mode, **provenance}
         if save_interval > 0 and (epoch + 1) % save_interval == 0:
             save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix)
         save_checkpoint(out, "latest", model, optimizer, state, prefix)

@@ -81,3 +81,26 @@ def test_online_vs_offline_benchmark_smoke(tmp_path):
     assert r["dump"]["rows"] == 256 * 2 and r["dump"]["seconds"] > 0
     assert all(_finite(v) for v in r["summary"].values() if not isinstance(v, str))
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_ensemble_benchmark_smoke(tmp_path):
+    from benchmarks import ensemble
+
+    out = tmp_path / "ensemble.json"
+    args = [
+        *("--images", "64", "--val-images", "32", "--teachers", "resnet18:0,resnet18:1"),
+        *("--teacher-epochs", "1", "--epochs", "1", "--views", "2", "--seeds", "0,1"),
+        *("--batch-size", "32", "--workdir", str(tmp_path / "work")),
+        *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
+    ]
+    result = CliRunner().invoke(ensemble.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["runs"]) == {"0", "1"}
+    assert set(r["runs"]["0"]) == {"resnet18-s0", "resnet18-s1", "ensemble"}
+    for mode in r["summary"]["top1"].values():
+        assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
+    assert r["summary"]["members"] == 2
+    assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
+    ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
+    assert len(ckpt["targets"]["members"]) == 2

@@ -157,3 +157,21 @@ def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -
 def _short(value: Any) -> str:
     text = str(value)
     return text[:16] if len(text) == 64 else text
+
+
+def ensemble_fingerprint(
+    members: Iterable[tuple[str, str, float]], rule: str, temperature: float | None
+) -> str:
+    """An ensemble's teacher fingerprint: its members' (teacher fingerprint, codec settings
+    hash, weight), weights normalised to sum 1 and members sorted, so [a, b] and [b, a], or
+    weights (1, 2) and (2, 4), give one fingerprint; plus the rule (and its temperature)."""
+    listed = list(members)
+    total = sum(w for _, _, w in listed)
+    canon = sorted((t, c, round(w / total, 12)) for t, c, w in listed)
+    return canonical_hash(
+        {
+            "members": [{"teacher": t, "codec": c, "weight": w} for t, c, w in canon],
+            "rule": rule,
+            "temperature": temperature if rule == "mean_logits" else None,
+        }
+    )

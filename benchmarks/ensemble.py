@@ -1,0 +1,245 @@
+"""Teacher ensembles from caches on Fashion-MNIST, in ONE run.
+
+Trains 2-3 teachers (`--teachers NAME:SEED,...`: architectures and/or seeds), dumps each to
+its own cache with the same views (same Offline.seed, transforms and view count), then for
+each student seed trains the same student for the same epochs from each teacher alone and
+from the ensemble of all caches (Offline.cache_dir as a list), interleaved seed by seed.
+The ensemble/single training-time ratio comes from the same interleaved runs (the loop's
+epoch seconds, eval excluded): an ensemble reads and combines one row per member for each
+image, a teacher alone one.
+
+Writes benchmarks/results/ensemble.json; `benchmarks/report.py` renders the README table.
+
+    python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine_info  # noqa: E402
+from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
+
+TEACHER_CONFIGS = {
+    "resnet18": ("resnet18_teacher.yaml", "ResNet18"),
+    "resnet50_vd": ("resnet50_vd_teacher.yaml", "ResNet50_vd"),
+}
+STUDENT_CONFIG = "mnv3_x0_35_student.yaml"
+
+
+def parse_teachers(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        name, _, seed = item.partition(":")
+        if name not in TEACHER_CONFIGS or not seed.isdigit():
+            raise click.BadParameter(
+                f"{item!r}: expected NAME:SEED with NAME in {', '.join(TEACHER_CONFIGS)}"
+            )
+        out.append((name, int(seed)))
+    if not 1 <= len(out) <= 4 or len(set(out)) != len(out):
+        raise click.BadParameter("give 2-3 distinct teachers, e.g. resnet18:0,resnet18:1")
+    return out
+
+
+@click.command()
+@click.option("--images", type=int, default=4000, show_default=True, help="Train images.")
+@click.option("--val-images", type=int, default=1000, show_default=True)
+@click.option(
+    "--teachers",
+    default="resnet18:0,resnet18:1,resnet18:2",
+    show_default=True,
+    help="NAME:SEED,... (NAME: resnet18 or resnet50_vd; SEED: its training seed).",
+)
+@click.option("--teacher-epochs", type=int, default=3, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Student epochs.")
+@click.option("--views", type=int, default=4, show_default=True, help="Views per cache.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Student seeds.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--rule", type=click.Choice(["mean_probs", "mean_logits"]), default="mean_probs")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Converted images and lists (default data/fashion_mnist/ensemble-<images>-<val>).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Results JSON (default benchmarks/results/ensemble.json).",
+)
+@click.option("--quiet", is_flag=True)
+def main(
+    images,
+    val_images,
+    teachers,
+    teacher_epochs,
+    epochs,
+    views,
+    seeds,
+    batch_size,
+    rule,
+    workdir,
+    data_dir,
+    out,
+    quiet,
+):
+    """Students from each teacher alone vs from the ensemble of their caches, across seeds,
+    at the same student cost; plus the ensemble/single training-time ratio.
+
+    \b
+    Example:
+      python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
+    """
+    from offline_ssld.config import load_config
+    from offline_ssld.dump import run_dump
+    from offline_ssld.train import evaluate_config, train
+
+    members = parse_teachers(teachers)
+    seed_list = [int(s) for s in seeds.split(",")]
+    preset = dataclasses.replace(
+        PRESETS["small"],
+        train_images=images,
+        val_images=val_images,
+        teacher_epochs=teacher_epochs,
+        student_epochs=epochs,
+        views=views,
+        batch_size=batch_size,
+    )
+    workdir = (workdir or ROOT / "output" / "bench" / f"ensemble-{images}").resolve()
+    data_dir = (
+        data_dir or ROOT / "data" / "fashion_mnist" / f"ensemble-{images}-{val_images}"
+    ).resolve()
+    out = out or ROOT / "benchmarks" / "results" / "ensemble.json"
+    progress = not quiet
+    prepare(data_dir, preset)
+    common = overrides(data_dir, workdir, preset)
+    config_dir = ROOT / "configs" / "fashion_mnist"
+    results: dict = {
+        "machine": machine_info(),
+        "command": shlex.join(["benchmarks/ensemble.py", *sys.argv[1:]]),
+        "settings": {**dataclasses.asdict(preset), "seeds": seed_list, "rule": rule},
+        "teachers": {},
+        "runs": {},
+    }
+
+    caches = {}
+    for name, seed in members:
+        tag = f"{name}-s{seed}"
+        cfg_file, arch = TEACHER_CONFIGS[name]
+        tdir = workdir / f"teacher_{tag}"
+        tcfg = load_config(
+            [str(config_dir / cfg_file)],
+            [
+                *common,
+                f"Global.epochs={teacher_epochs}",
+                f"Global.seed={seed}",
+                f"Global.output_dir={tdir}",
+                f"Offline.teacher_weights={tdir / 'best.safetensors'}",
+                f"Offline.cache_dir={workdir / f'cache_{tag}'}",
+                "Offline.seed=0",  # the view seed: the same for every member, so views line up
+            ],
+        )
+        click.echo(f"== teacher {tag}", err=True)
+        info = tdir / "latest.json"
+        if not (info.exists() and json.loads(info.read_text())["epoch"] == teacher_epochs):
+            train(tcfg, "supervised", resume=True, progress=progress)
+        top1 = evaluate_config(
+            load_config(
+                [str(config_dir / cfg_file)],
+                [*common, f"Global.pretrained_model={tdir / 'best'}"],
+            )
+        )
+        click.echo(f"== dump {tag}", err=True)
+        tick = time.perf_counter()
+        run_dump(tcfg, progress=progress)
+        results["teachers"][tag] = {
+            "arch": arch,
+            "seed": seed,
+            "top1": round(top1, 5),
+            "dump_seconds": round(time.perf_counter() - tick, 2),
+        }
+        caches[tag] = (workdir / f"cache_{tag}", tdir / "best.safetensors")
+
+    def student(out_dir: Path, seed: int, cache_dir: str, teacher_w: Path) -> dict:
+        cfg = load_config(
+            [str(config_dir / STUDENT_CONFIG)],
+            [
+                *common,
+                f"Global.epochs={epochs}",
+                f"Global.seed={seed}",
+                f"Global.output_dir={out_dir}",
+                f"Arch.models.0.Teacher.pretrained={teacher_w}",
+                f"Offline.cache_dir={cache_dir}",
+                f"Offline.ensemble={rule}",
+            ],
+        )
+        mode = "ensemble" if cache_dir.startswith("[") else "offline"
+        res = train(cfg, mode, progress=progress)
+        return {
+            "top1": round(res.best_top1, 5),
+            "last_top1": round(res.last_top1, 5),
+            "epoch_seconds": [round(s, 3) for s in res.train_seconds],
+        }
+
+    everything = repr([str(c) for c, _ in caches.values()])
+    for seed in seed_list:
+        runs: dict = {}
+        for tag, (cache, weights) in caches.items():
+            click.echo(f"== student seed {seed} from {tag}", err=True)
+            runs[tag] = student(workdir / f"s{seed}_{tag}", seed, str(cache), weights)
+        click.echo(f"== student seed {seed} from the ensemble", err=True)
+        first_w = next(iter(caches.values()))[1]
+        runs["ensemble"] = student(workdir / f"s{seed}_ensemble", seed, everything, first_w)
+        results["runs"][str(seed)] = runs
+
+    modes = [*caches, "ensemble"]
+    summary: dict = {"top1": {}}
+    for mode in modes:
+        values = [results["runs"][str(s)][mode]["top1"] for s in seed_list]
+        summary["top1"][mode] = {
+            "mean": round(statistics.fmean(values), 5),
+            "std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
+            "values": values,
+        }
+    single = [
+        s
+        for seed in seed_list
+        for tag in caches
+        for s in results["runs"][str(seed)][tag]["epoch_seconds"]
+    ]
+    ensemble = [
+        s for seed in seed_list for s in results["runs"][str(seed)]["ensemble"]["epoch_seconds"]
+    ]
+    summary["median_epoch_seconds"] = {
+        "single": round(statistics.median(single), 3),
+        "ensemble": round(statistics.median(ensemble), 3),
+    }
+    summary["time_ratio"] = round(statistics.median(ensemble) / statistics.median(single), 4)
+    summary["members"] = len(caches)
+    best_single = max(caches, key=lambda t: summary["top1"][t]["mean"])
+    summary["ensemble_minus_best_single"] = round(
+        summary["top1"]["ensemble"]["mean"] - summary["top1"][best_single]["mean"], 5
+    )
+    summary["best_single"] = best_single
+    results["summary"] = summary
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    click.echo(json.dumps(summary, indent=1))
+    click.echo(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
