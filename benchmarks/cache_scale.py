@@ -89,8 +89,7 @@ def run_epoch(cache_dir: Path, batch: int, workers: int, batches: int) -> dict:
     Runs in a fresh process (see --measure), so RSS is this path's alone."""
     from offline_ssld.cache.reader import CacheReader
     from offline_ssld.data.loader import BatchLoader
-    from offline_ssld.data.views import epoch_views
-    from offline_ssld.train import EpochBatches
+    from offline_ssld.data.samplers import EpochBatches, epoch_views
 
     before = rss()[0]
     start = time.perf_counter()

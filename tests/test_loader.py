@@ -40,3 +40,35 @@ def test_stopping_early_does_not_hang(workers):
     for x, _ in BatchLoader(Items(), BATCHES * 20, workers, 2):
         assert x.shape == [3, 2, 3]
         break
+
+
+def test_stopping_early_with_worker_processes_never_hangs():
+    """Precise BN reads a few batches and stops; the pool must then shut down cleanly. With
+    terminate() it deadlocked now and then (a killed worker holding the task queue's lock)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from offline_ssld.data.loader import BatchLoader
+
+        class Data:
+            def __len__(self):
+                return 4096
+            def __getitem__(self, i):
+                return (np.full((3, 224, 224), i, np.float32), np.int64(i))
+
+        batches = [list(range(i, i + 8)) for i in range(0, 4096, 8)]
+        for _ in range(30):
+            for n, batch in enumerate(BatchLoader(Data(), batches, num_workers=2)):
+                if n == 2:
+                    break
+        print("done")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-2000:]

@@ -124,9 +124,11 @@ class BatchLoader:
                 if nxt is not None:
                     pending.append(pool.apply_async(_fetch, (nxt,)))
                 yield batch
-            pool.close()
-        except BaseException:  # an error, or the consumer stopped early
-            pool.terminate()
+        except BaseException:  # an error, or the consumer stopped early (precise BN does)
+            # No terminate(): killing a worker that holds the task queue's lock deadlocks the
+            # pool's own shutdown (seen as a hang at exit). At most `prefetch` batches are
+            # queued; the workers finish them and leave on close's sentinel.
             raise
         finally:
+            pool.close()
             pool.join()
