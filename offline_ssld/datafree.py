@@ -48,6 +48,7 @@ from offline_ssld.cache.fingerprint import teacher_identity
 from offline_ssld.data.transforms import DecodeImage, NormalizeImage, Pipeline, build_ops
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import load_teacher, select_device
+from offline_ssld.train import visualdl_writer
 
 CHECKPOINT = "generator.safetensors"
 LIST_FILE = "list.txt"
@@ -416,18 +417,6 @@ class SynthesisResult:
     mean_confidence: float
 
 
-def _visualdl(cfg: dict, out: Path):
-    if not (cfg.get("Global") or {}).get("use_visualdl"):
-        return None
-    try:
-        from visualdl import LogWriter
-    except ImportError:
-        raise ConfigError(
-            "Global.use_visualdl: VisualDL is not installed (pip install visualdl)"
-        ) from None
-    return LogWriter(logdir=str(out / "vdl"))
-
-
 def _write_images(
     s: DataFreeSettings,
     generator: Generator,
@@ -480,7 +469,7 @@ def synthesize(cfg: dict, progress: bool = True) -> SynthesisResult:
     expected["teacher"] = teacher_identity(spec, spec.pretrained)["weights_sha256"]
     ckpt = out / CHECKPOINT
     start = load_checkpoint(ckpt, generator, optimizer, expected) if ckpt.exists() else 0
-    vdl = _visualdl(cfg, out)
+    vdl = visualdl_writer(cfg.get("Global") or {}, out)
     bar = tqdm(
         total=s.steps,
         initial=min(start, s.steps),

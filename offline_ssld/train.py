@@ -256,7 +256,7 @@ def train(
             keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
         metrics_path.unlink()
-    vdl = _visualdl(glob, out) if main else None
+    vdl = visualdl_writer(glob, out) if main else None
     # Forward and backward through `net`; checkpoints and eval use the plain `model`.
     net = paddle.DataParallel(model) if dist.is_distributed() else model
 
@@ -344,7 +344,7 @@ def train(
     return TrainResult(best, last, epochs, seconds, speeds, out)
 
 
-def _visualdl(glob: dict, out: Path) -> Any:
+def visualdl_writer(glob: dict, out: Path) -> Any:
     """A VisualDL LogWriter when Global.use_visualdl asks for one (imported only then)."""
     if not glob.get("use_visualdl"):
         return None
