@@ -26,8 +26,15 @@ LABELS = {
 
 
 def _load(name: str) -> dict | None:
+    """A results file, with its recorded command made runnable anywhere: the interpreter
+    path of the machine that ran it becomes `python`."""
     path = RESULTS / name
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    r = json.loads(path.read_text())
+    if isinstance(r.get("command"), str):
+        r["command"] = re.sub(r"^\S*/python[0-9.]*(?=\s)", "python", r["command"])
+    return r
 
 
 def _label(mode: str) -> str:
