@@ -13,7 +13,6 @@ columns (12 bytes per image), reported separately.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import write_synthetic_cache  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_bytes.json"
@@ -52,7 +51,7 @@ def main(rows: int, shard_size: int, out: Path) -> None:
     Example:
       python benchmarks/cache_bytes.py --rows 32768
     """
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     results = []
     with tempfile.TemporaryDirectory(prefix="cache_bytes-") as tmp:
         for codec, settings in CODECS:

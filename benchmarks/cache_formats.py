@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import shutil
 import statistics
 import sys
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READ_TIE = 0.10
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import write_synthetic_cache  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_formats.json"
@@ -111,7 +110,7 @@ def main(rows, lookups, repeats, views, shard_rows, seed, out, tmp_dir) -> None:
     from offline_ssld.cache.codecs import build_codec
     from offline_ssld.config import OFFLINE_DEFAULTS
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     results = []
     with tempfile.TemporaryDirectory(prefix="cache_formats-", dir=tmp_dir) as tmp:
         for label, name, num_classes, settings in CASES:

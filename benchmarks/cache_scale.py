@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import write_synthetic_cache  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_scale.json"
@@ -174,7 +173,7 @@ def main(sizes, codec, views, classes, batch_size, workers, batches, out, tmp_di
     if measure is not None:  # the child process of `measure_in_child()`
         print(json.dumps(run_epoch(measure, batch_size, workers, batches)))
         return
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     settings = {"k": 5} if codec == "topk" else {}
     load_before = os.getloadavg()
     results = []

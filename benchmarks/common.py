@@ -34,3 +34,12 @@ def machine_info() -> dict:
         "device": "cpu",
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
+
+
+def reproduce_command() -> str:
+    """The command line of this run as a reader types it: `python`, not this machine's
+    interpreter path."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", *sys.argv])

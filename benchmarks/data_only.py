@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import ImageSet, write_synthetic_cache  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/data_only.json"
@@ -72,7 +71,7 @@ def main(images, views, workers, batch_size, out, tmp_dir) -> None:
     from offline_ssld.data.views import ImageSource
     from offline_ssld.train import data_only
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="data_only-", dir=tmp_dir) as tmp:
         root = Path(tmp)

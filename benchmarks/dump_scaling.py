@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import dump_throughput as throughput  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/dump_scaling.json"
 CLI = Path(sys.executable).with_name("offline-ssld")
@@ -172,7 +171,7 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
     counts = [int(p) for p in procs.split(",") if p.strip()]
     if not counts or min(counts) < 1:
         raise click.BadParameter("expected positive counts, e.g. 1,2", param_hint="--procs")
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     files = [str(Path(c).resolve()) for c in configs]
     extra = list(overrides)
     if not files:

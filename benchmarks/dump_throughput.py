@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -31,7 +30,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "configs/fashion_mnist/resnet18_teacher.yaml"
 DEFAULT_DATA = ROOT / "data/fashion_mnist/small"
@@ -179,7 +178,7 @@ def main(configs, overrides, images, workers, repeats, out, tmp_dir) -> None:
     from offline_ssld.errors import OfflineSSLDError
     from offline_ssld.models import build_model, save_weights
 
-    command = shlex.join([sys.executable, *sys.argv])
+    command = reproduce_command()
     files = [str(c) for c in configs]
     preset: list[str] = []
     if not files:
