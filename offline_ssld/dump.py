@@ -1,9 +1,18 @@
 """Stage 1, dump-teacher: run the teacher once over `views` augmented views of every image.
 
 Order of work: everything that can be checked without the teacher (config, list, transforms,
-weights, every image readable and decodable) is checked first, so a bad input fails in
-seconds, not after an hour of inference. Batches never cross a shard, so a resumed dump sees
-exactly the batches an uninterrupted one would.
+weights, every image readable, with a known image header or a trial decode) is checked first,
+so a bad input fails in seconds, not after an hour of inference. That pass reads and hashes
+each image (the content keys fix the plan: duplicates, new images, shard cuts); it decodes
+only files whose header it does not recognise, so the loader's decode is the only one for
+PNG/JPEG/BMP/WebP. Batches never cross a shard, so a resumed dump sees exactly the batches an
+uninterrupted one would.
+
+A cache grows by parts (cache/format.py): a list that adds images to a whole cache dumps only
+the images the cache lacks, into new shards after the existing ones, under the same teacher,
+transforms, codec, views and seed (any other is refused, naming the field). The extended
+manifest is written first, listing the part and the old shards, so a killed extension is
+resumed like any dump; images the list drops stay in the cache (--overwrite alone deletes).
 
 Under `python -m paddle.distributed.launch` the work is split by shard: rank 0 opens the
 cache (identity check, adoption of committed shards) and alone writes the manifest; every
@@ -14,6 +23,7 @@ resumed by running the same launch command: only missing shards are reassigned.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -29,12 +39,14 @@ from offline_ssld.cache.codecs import Codec, codec_from_offline
 from offline_ssld.cache.fingerprint import (
     dataset_fingerprint,
     first_difference,
+    manifest_field,
     order_fingerprint,
     teacher_fingerprint,
     teacher_identity,
     transforms_fingerprint,
 )
 from offline_ssld.cache.format import (
+    MANIFEST,
     Manifest,
     load_manifest,
     narrowest_int,
@@ -42,11 +54,12 @@ from offline_ssld.cache.format import (
     shard_name,
     split_path,
 )
+from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import ShardBatches
-from offline_ssld.data.transforms import Pipeline, build_ops
+from offline_ssld.data.transforms import DecodeImage, Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import CacheError, ConfigError, DataError
 from offline_ssld.models import build_model, load_teacher, load_weights, select_device
@@ -54,13 +67,17 @@ from offline_ssld.models import build_model, load_teacher, load_weights, select_
 
 @dataclass
 class DumpPlan:
-    """What a dump will compute, fixed before the teacher runs."""
+    """What a dump will compute, fixed before the teacher runs. `keys` are every image of the
+    cache in storage order; the first `base` are already in it (an extension), and
+    `source.samples[i - base]` is image i's list line."""
 
     source: ImageSource
     keys: list[bytes]
     pipeline: Pipeline
     codec: Codec
     manifest: Manifest
+    base: int = 0
+    extends: Manifest | None = None  # the whole cache on disk that this plan adds a part to
 
 
 def build_codec_from(offline: dict, num_classes: int) -> Codec:
@@ -70,11 +87,11 @@ def build_codec_from(offline: dict, num_classes: int) -> Codec:
         raise ConfigError(f"Offline.codec: {exc}") from None
 
 
-def _decode_check(pipeline: Pipeline):
+def _precheck(pipeline: Pipeline):
     first = pipeline.ops[0] if pipeline.ops else None
-    if first is None or first.name != "DecodeImage":
+    if not isinstance(first, DecodeImage):
         raise ConfigError("DataLoader.Train.dataset.transform_ops.0: must be DecodeImage")
-    return lambda data: first.apply(data, ())
+    return first.precheck
 
 
 def plan_dump(cfg: dict) -> DumpPlan:
@@ -107,7 +124,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
         "Offline.teacher_weights",
         offline["allow_pickle_weights"],
     )
-    results = hash_images(data.image_root, samples, data.cls_label_path, _decode_check(pipeline))
+    results = hash_images(data.image_root, samples, data.cls_label_path, _precheck(pipeline))
     keys: list[bytes] = []
     kept: list[Sample] = []
     skipped: list[dict] = []
@@ -152,6 +169,83 @@ def plan_dump(cfg: dict) -> DumpPlan:
     )
 
 
+# What an extension must share with the cache it extends: the rows of both parts are then
+# the same function of (image, view), whichever dump wrote them.
+EXTEND_FIELDS = (
+    "fingerprints.teacher",
+    "fingerprints.transforms",
+    "codec",
+    "views",
+    "seed",
+    "backend",
+    "images_per_shard",
+)
+
+
+def plan_against_cache(plan: DumpPlan, cache_dir: Path, overwrite: bool) -> DumpPlan:
+    """The dump `plan`'s list asks of the cache on disk: all of it (no cache, --overwrite, or
+    the resume of an interrupted first dump, checked by open_cache), or the images its whole
+    parts lack, as a new part (or the rest of that part, when an extension was killed)."""
+    if overwrite or not (cache_dir / MANIFEST).exists():
+        return plan
+    old = load_manifest(cache_dir)
+    expected = {f: manifest_field(plan.manifest, f) for f in EXTEND_FIELDS}
+    diff = first_difference(old, expected)
+    if diff is not None:
+        raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
+    whole = len(old.parts) if old.complete else len(old.parts) - 1
+    if whole == 0:
+        return plan
+    base = CacheReader(cache_dir, require_complete=False).stored_keys(old.shards_of_parts(whole))
+    held = set(base)
+    new = [(k, s) for k, s in zip(plan.keys, plan.source.samples, strict=True) if k not in held]
+    if old.complete and not new:  # every image is in the cache: nothing to do, nothing deleted
+        return dataclasses.replace(
+            plan, keys=base, base=len(base), manifest=old, source=_with(plan.source, [])
+        )
+    keys = base + [k for k, _ in new]
+    root = plan.manifest.source["image_root"]
+    if root != old.source["image_root"]:
+        raise ConfigError(
+            f"DataLoader.Train.dataset.image_root: {root} is not the cache's image_root "
+            f"{old.source['image_root']} (manifest source.image_root); an extension's paths "
+            "are relative to the same root"
+        )
+    listed = {s["path"] for s in old.skipped}
+    manifest = dataclasses.replace(
+        old,
+        parts=[*old.parts[:whole], len(new)],
+        num_images=len(keys),
+        fingerprints={
+            **old.fingerprints,
+            "dataset": dataset_fingerprint(keys),
+            "order": order_fingerprint(keys),
+        },
+        source=plan.manifest.source,
+        skipped=old.skipped + [s for s in plan.manifest.skipped if s["path"] not in listed],
+        shards=[],
+        complete=False,
+    )
+    if not old.complete and manifest.fingerprints["order"] != old.fingerprints["order"]:
+        raise CacheError(
+            f"{cache_dir}: an extension by {old.parts[-1]} images is unfinished and this list "
+            "asks for another; finish it with the list that started it, or pass --overwrite "
+            "to replace the cache"
+        )
+    return dataclasses.replace(
+        plan,
+        keys=keys,
+        base=len(base),
+        manifest=manifest,
+        source=_with(plan.source, [s for _, s in new]),
+        extends=old if old.complete else None,
+    )
+
+
+def _with(source: ImageSource, samples: list[Sample]) -> ImageSource:
+    return ImageSource(source.image_root, source.list_path, samples)
+
+
 def shard_columns(
     plan: DumpPlan, shard: int, items: np.ndarray, params: np.ndarray, logits: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -165,13 +259,14 @@ def shard_columns(
     rng = np.random.Generator(
         np.random.PCG64(np.random.SeedSequence([manifest.seed, 0xC0DEC, shard]))
     )
-    dirs, names = zip(*(split_path(plan.source.samples[i].path) for i in images), strict=True)
+    samples = [plan.source.samples[i - plan.base] for i in images]
+    dirs, names = zip(*(split_path(s.path) for s in samples), strict=True)
     columns = {
         "key": np.stack([np.frombuffer(plan.keys[i], dtype=np.uint8) for i in images]),
         "path_dir": np.array(dirs, dtype=object),
         "path_name": np.array(names, dtype=object),
     }
-    labels = [plan.source.samples[i].label for i in images]
+    labels = [s.label for s in samples]
     columns["label"] = np.array(labels, narrowest_int(-1, manifest.num_classes - 1))[:, None]
     params = params.reshape(len(images), views, -1)
     for p, (name, (lo, hi)) in enumerate(
@@ -212,23 +307,23 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     `shards_written` and `images_per_second` (views/s) count the shards of all ranks."""
     device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
     dist.init()
-    plan = plan_dump(cfg)
     cache_dir = Path(cfgmod.single_cache_dir(cfg, "dump-teacher"))
+    plan = plan_against_cache(plan_dump(cfg), cache_dir, overwrite)
+    dist.barrier()  # every rank planned from the cache as it was
     if dist.is_main():
-        manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys)
+        manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys, plan.extends)
     dist.barrier()
     if not dist.is_main():
         manifest = _follow(cache_dir, plan.manifest)
     done = {s.name for s in manifest.shards}
-    ips, views = manifest.images_per_shard, manifest.views
+    views = manifest.views
     missing = [j for j in range(manifest.num_shards) if shard_name(j, manifest.backend) not in done]
     if not missing:  # every rank reads the same manifest, so all return here together
         return DumpResult(manifest, 0, 0.0, 0.0)
-    total = sum(min((j + 1) * ips, manifest.num_images) * views - j * ips * views for j in missing)
+    spans = {j: manifest.shard_span(j) for j in missing}
+    total = sum((stop - first) * views for first, stop in spans.values())
     todo = missing[dist.rank() :: dist.world_size()]
-    shard_items = [
-        list(range(j * ips * views, min((j + 1) * ips, manifest.num_images) * views)) for j in todo
-    ]
+    shard_items = [list(range(spans[j][0] * views, spans[j][1] * views)) for j in todo]
     teacher = load_teacher(cfg) if todo else None
     writer = BackgroundWriter(cache_dir, manifest, update_manifest=dist.is_main())
     start = time.perf_counter()
@@ -270,7 +365,9 @@ def _dump_shards(
     workers = cfg["Offline"]["num_workers"]
     if workers is None:
         workers = cfgmod.data_spec(cfg, "Train").num_workers
-    dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items)
+    dataset = DumpDataset(
+        plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items, plan.base
+    )
     batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
     loader = BatchLoader(dataset, batches, workers)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

@@ -2,10 +2,11 @@
 combined row by row into one target.
 
 The caches must line up view by view: the view parameters of (seed, content key, view) are
-the same in every member only when seed, transforms, view count and parameter names agree,
-and the images are the same set (dataset fingerprint). `Ensemble` refuses members that
-differ in any of these, naming the field and both caches; it also checks, on every row it
-reads, that the members stored the same view parameters.
+the same in every member only when seed, transforms, view count and parameter names agree.
+`Ensemble` refuses members that differ in any of these, naming the field and both caches;
+it also checks, on every row it reads, that the members stored the same view parameters.
+The members may hold different images (one was extended, say): train-student needs every
+image of its list in every member (data/listed.py names the first one a member lacks).
 
 Combination rules (`Offline.ensemble`), with weights w_i normalised to sum 1:
 
@@ -31,17 +32,20 @@ from typing import Any
 import numpy as np
 import paddle
 
-from offline_ssld.cache.fingerprint import canonical_hash, ensemble_fingerprint
+from offline_ssld.cache.fingerprint import (
+    cache_fingerprint,
+    canonical_hash,
+    ensemble_fingerprint,
+)
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import ENSEMBLE_RULES, CacheMember
-from offline_ssld.data.lists import content_key
+from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import ImageSource
 from offline_ssld.errors import CacheError, ConfigError
 
 # Manifest fields every member must share, so view v of an image is the same crop in each.
 ALIGNMENT_FIELDS = (
-    "fingerprints.dataset",
     "fingerprints.transforms",
     "seed",
     "views",
@@ -195,17 +199,25 @@ class Ensemble:
         hits = [m.reader.lookup(key) for m in self.members]
         if all(hit is None for hit in hits):
             return None
-        params_of, probs = [], []
         for m, hit in zip(self.members, hits, strict=True):
             if hit is None:
                 raise CacheError(f"{m.path}: image {key.hex()} is missing from this member")
-            params, payload = m.reader.read_view(*hit, view)
+        return self.read([hit for hit in hits if hit is not None], view, f"image {key.hex()}")
+
+    def read(
+        self, rows: Sequence[tuple[int, int]], view: int, what: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(view params, combined probabilities) of `view` of the image at `rows` (its
+        (shard number, image) in each member); `what` names it in errors."""
+        params_of, probs = [], []
+        for m, (number, image) in zip(self.members, rows, strict=True):
+            params, payload = m.reader.read_view(int(number), int(image), view)
             params_of.append(np.asarray(params))
             probs.append(m.reader.decode([payload])[0].astype(np.float64))
         for m, params in zip(self.members[1:], params_of[1:], strict=True):
             if not np.array_equal(params, params_of[0]):
                 raise CacheError(
-                    f"ensemble members differ in the view parameters of image {key.hex()} "
+                    f"ensemble members differ in the view parameters of {what} "
                     f"view {view}: {self.members[0].path} has {params_of[0].tolist()}, "
                     f"{m.path} has {params.tolist()}"
                 )
@@ -221,6 +233,7 @@ class Ensemble:
             "members": [
                 {
                     "path": m.path,
+                    "fingerprint": cache_fingerprint(m.reader.manifest),
                     "teacher": m.teacher_fingerprint,
                     "codec": m.reader.manifest.codec,
                     "weight": m.given_weight,
@@ -233,10 +246,14 @@ class Ensemble:
 
 class EnsembleReplayDataset(paddle.io.Dataset):
     """train-student from an ensemble: image -> (its stored view, replayed; the combined
-    target; label). Like ReplayDataset, with the target combined over the members."""
+    target; label). Like ReplayDataset, with the target combined over the members' rows
+    that `listed` found."""
 
-    def __init__(self, source: ImageSource, pipeline: Pipeline, ensemble: Ensemble):
+    def __init__(
+        self, source: ImageSource, pipeline: Pipeline, ensemble: Ensemble, listed: ListedImages
+    ):
         self.source, self.pipeline, self.ensemble = source, pipeline, ensemble
+        self.listed = listed
         self.views = np.zeros(len(source.samples), dtype=np.int64)
 
     def set_epoch_views(self, views: np.ndarray) -> None:
@@ -247,14 +264,9 @@ class EnsembleReplayDataset(paddle.io.Dataset):
 
     def __getitem__(self, index: int):
         data = self.source.read(index)
-        hit = self.ensemble.lookup(content_key(data), int(self.views[index]))
-        if hit is None:
-            raise CacheError(
-                f"{self.source.where(index)}: image is not in the ensemble's caches "
-                f"{', '.join(m.path for m in self.ensemble.members)} (new, or changed since "
-                "the dump)"
-            )
-        params, target = hit
+        self.listed.check(index, data)
+        rows = [tuple(r) for r in self.listed.rows[:, index]]
+        params, target = self.ensemble.read(rows, int(self.views[index]), self.source.where(index))
         x = self.pipeline.replay(data, params)
         return x, target.astype(np.float32), np.int64(self.source.samples[index].label)
 

@@ -127,6 +127,7 @@ def merge_caches(
         },
         teacher=teacher,
         num_images=len(keys),
+        parts=[len(keys)],
         source={
             **base.source,
             "image_root": str(Path(source.image_root).resolve()),
@@ -141,11 +142,12 @@ def merge_caches(
     plan = DumpPlan(source, keys, None, codec, manifest)  # type: ignore[arg-type]
     manifest = open_cache(out, manifest, overwrite=overwrite, keys=keys)
     writer = BackgroundWriter(out, manifest)
-    views, ips = manifest.views, manifest.images_per_shard
+    views = manifest.views
     bar = tqdm(total=len(keys) * views, unit="row", desc="merge", disable=not progress)
     try:
         for shard in range(manifest.num_shards):
-            items = np.arange(shard * ips * views, min((shard + 1) * ips, len(keys)) * views)
+            first, stop = manifest.shard_span(shard)
+            items = np.arange(first * views, stop * views)
             params, logits = [], []
             for item in items:
                 image, view = divmod(int(item), views)

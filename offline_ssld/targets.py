@@ -27,12 +27,14 @@ import paddle.nn.functional as F
 from offline_ssld import config as cfgmod
 from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.fingerprint import (
+    cache_fingerprint,
     expected_identity,
     first_difference,
     transforms_fingerprint,
 )
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import ModelSpec
+from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.samplers import epoch_views
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
@@ -126,7 +128,7 @@ class OfflineCache(TargetSource):
         self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
     ) -> paddle.io.Dataset:
         self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
-        reader = open_matching_cache(cfg, pipeline)
+        reader, self.listed = open_matching_cache(cfg, pipeline, source)
         if reader.manifest.num_classes != student.class_num:
             raise CacheError(
                 f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
@@ -136,9 +138,8 @@ class OfflineCache(TargetSource):
         check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
         self.views = _check_views(cfg["Offline"]["views"], reader.views)
         reader.verify_all()  # before the first batch; the loader workers inherit the result
-        reader.index()  # built once here from the key columns, shared by the loader workers
         self.reader = reader
-        return ReplayDataset(source, pipeline, reader)
+        return ReplayDataset(source, pipeline, reader, self.listed)
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch_views(epoch_views(self.seed, epoch, len(self.dataset), self.views))
@@ -151,7 +152,9 @@ class OfflineCache(TargetSource):
         return {
             "kind": "cache",
             "path": str(self.reader.cache_dir),
+            "fingerprint": cache_fingerprint(self.reader.manifest),
             "teacher": self.reader.manifest.fingerprints["teacher"],
+            "list": self.listed.provenance(),
             # a merged ensemble (offline-ssld merge): its members, weights and rule
             **(
                 {"ensemble": self.reader.manifest.source["ensemble"]}
@@ -186,15 +189,20 @@ class EnsembleCache(OfflineCache):
         for member in ensemble.members:  # the teachers differ by design; transforms may not
             diff = first_difference(member.reader.manifest, expected)
             if diff is not None:
-                raise CacheError(f"{member.path}: cache holds {diff}; dump it for this config")
+                raise CacheError(diff.message(member.path))
+        # every list image in every member, each found once for all of them
+        self.listed = ListedImages(source, [m.reader for m in ensemble.members])
+        first = ensemble.members[0]
+        diff = first_difference(first.reader.manifest, {"fingerprints.dataset": self.listed})
+        if diff is not None:
+            raise CacheError(diff.message(first.path))
         check_pairing(ensemble.codec_name, ensemble.target, self.loss_fn, "Loss.Train")
         self.views = _check_views(offline["views"], ensemble.views)
-        ensemble.index()  # built once here, shared copy-on-write by the loader workers
         self.ensemble = ensemble
-        return EnsembleReplayDataset(source, pipeline, ensemble)
+        return EnsembleReplayDataset(source, pipeline, ensemble, self.listed)
 
     def provenance(self) -> dict:
-        return self.ensemble.provenance()
+        return {**self.ensemble.provenance(), "list": self.listed.provenance()}
 
 
 def _check_views(views: object, stored: int) -> int:
@@ -211,22 +219,27 @@ def offline_mode(cfg: dict) -> str:
     return "ensemble" if cfgmod.is_ensemble(cfg) else "offline"
 
 
-def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
-    """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
-    other transforms than this config (naming the differing field). A merged ensemble cache
-    (`offline-ssld merge`) is no config's Teacher: its transforms and classes must match."""
+def open_matching_cache(
+    cfg: dict, pipeline: Pipeline, source: ImageSource
+) -> tuple[CacheReader, ListedImages]:
+    """The cache named by Offline.cache_dir and the rows of `source`'s images in it, refused
+    if it belongs to another teacher or other transforms than this config (naming the
+    differing field) or lacks a listed image (naming it and its list line). A merged
+    ensemble cache (`offline-ssld merge`) is no config's Teacher: its transforms and classes
+    must match."""
     cache_dir = cfgmod.single_cache_dir(cfg, "a single-cache run")
     reader = CacheReader(cache_dir)
-    expected = expected_identity(cfgmod.teacher_spec(cfg), pipeline)
+    expected: dict = expected_identity(cfgmod.teacher_spec(cfg), pipeline)
     if reader.manifest.teacher.get("ensemble"):
         expected = {
             "teacher.class_num": expected["teacher.class_num"],
             "fingerprints.transforms": expected["fingerprints.transforms"],
         }
-    diff = first_difference(reader.manifest, expected)
+    listed = ListedImages(source, [reader])
+    diff = first_difference(reader.manifest, {**expected, "fingerprints.dataset": listed})
     if diff is not None:
-        raise CacheError(f"{cache_dir}: cache holds {diff}; dump it for this config")
-    return reader
+        raise CacheError(diff.message(cache_dir))
+    return reader, listed
 
 
 TARGET_SOURCES: dict[str, type[TargetSource]] = {

@@ -174,8 +174,7 @@ def data_only(
     student_spec = cfgmod.student_spec(cfg)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
     targets = OfflineCache(cfg, source, pipeline, student_spec, seed)
-    assert isinstance(targets.dataset, ReplayDataset)
-    dataset = ReplayDataset(source, pipeline, targets.dataset.reader, timed=True)
+    dataset = ReplayDataset(source, pipeline, targets.reader, targets.listed, timed=True)
     dataset.set_epoch_views(epoch_views(seed, 0, len(dataset), targets.views))
     sampler = EpochBatches(
         len(dataset),

@@ -84,8 +84,7 @@ def plan_cache(config: Path, *overrides: str):
 
 def shard_items(manifest, shard: int) -> np.ndarray:
     """Item numbers (image * views + view) of one shard, in storage order."""
-    start = shard * manifest.images_per_shard
-    stop = min(start + manifest.images_per_shard, manifest.num_images)
+    start, stop = manifest.shard_span(shard)
     return np.arange(start * manifest.views, stop * manifest.views)
 
 

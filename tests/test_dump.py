@@ -245,7 +245,8 @@ def test_refuses_a_cache_of_other_inputs(dumped):
     shorter = write_list(tmp / "shorter_list.txt", entries[:-1])
     cases = {
         "fingerprints.teacher": [f"Offline.teacher_weights={other_weights}"],
-        "fingerprints.dataset": [f"DataLoader.Train.dataset.cls_label_path={shorter}"],
+        "views": ["Offline.views=2"],
+        "seed": ["Offline.seed=3"],
         "fingerprints.transforms": [
             "DataLoader.Train.dataset.transform_ops.1.RandCropImage.size=12"
         ],
@@ -257,6 +258,10 @@ def test_refuses_a_cache_of_other_inputs(dumped):
         assert field in line and "--overwrite" in line, line
         assert str(cache) in line
         assert checksums(cache) == before, field
+    # A list that drops an image is no other dataset: the cache holds it all, rows stay.
+    result = dump(config, f"DataLoader.Train.dataset.cls_label_path={shorter}")
+    assert result.exit_code == 0 and "nothing to do" in result.stdout, result.output
+    assert checksums(cache) == before
 
     result = dump(config, "Offline.codec=topk", flags=("--overwrite",))
     assert result.exit_code == 0, result.output

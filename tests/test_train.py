@@ -12,6 +12,7 @@ import yaml
 
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import load_config
+from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import content_key, read_list
 from offline_ssld.data.samplers import EpochBatches, epoch_views
 from offline_ssld.data.transforms import Pipeline, build_ops
@@ -50,7 +51,9 @@ def test_replay_is_pixel_identical_to_teacher_input(project):
     samples = read_list(train_cfg["cls_label_path"], CLASSES)
     source = ImageSource(train_cfg["image_root"], train_cfg["cls_label_path"], samples)
     reader = CacheReader(cfg["Offline"]["cache_dir"])
-    dataset = ReplayDataset(source, pipeline, reader)
+    listed = ListedImages(source, [reader])
+    assert listed.first_missing() is None and listed.hashed == 0  # every path is in the cache
+    dataset = ReplayDataset(source, pipeline, reader, listed)
     for epoch in range(3):
         views = epoch_views(0, epoch, len(dataset), reader.views)
         dataset.set_epoch_views(views)
@@ -87,7 +90,7 @@ def test_offline_stops_on_image_changed_since_dump(project):
     cfg, tmp = _dumped(project)
     victim = tmp / "images" / "class1" / "img001.jpg"
     victim.write_bytes(victim.read_bytes() + b"\0")
-    with pytest.raises(CacheError, match="img001.jpg.*not in the cache"):
+    with pytest.raises(CacheError, match=r"train_list.txt:2: class1/img001.jpg: image changed"):
         train(cfg, "offline", progress=False)
 
 

@@ -5,13 +5,19 @@ computation, so equal inputs always give the same fingerprint and any change giv
 
 - `teacher`:    backbone name, class_num and the SHA-256 of the weights file;
 - `transforms`: the canonical op specs of the pipeline (and the transforms version);
-- `dataset`:    the sorted content keys (the set of images: a reordered list still matches);
-- `order`:      the ordered content keys (a dump resumes only along the same shard cuts).
+- `dataset`:    the sorted content keys of every image the cache holds (a set: a reordered
+                list matches, and a cache extended by a part holds what a fresh dump of the
+                union list holds, so both get the same value);
+- `order`:      the content keys in storage order (a dump resumes only along the same
+                shard cuts; an extension appends its part's keys).
 
-`first_difference` is the single comparison that dump (resuming), train (opening a cache)
-and audit (verifying one) call; each caller words what a difference means for it. The
-values computed here are stored in manifests: changing how one is computed orphans every
-existing cache.
+`first_difference` is the single comparison that dump (resuming, extending), train (opening
+a cache) and audit (verifying one) call; each caller words what a difference means for it.
+The teacher, transforms, codec and views compare exactly. The dataset compares exactly
+against a fingerprint (audit: do the shards hold what the manifest says), or as membership
+against a list (`ListedKeys`: train-student accepts any list whose images are all in the
+cache, in any order). The values computed here are stored in manifests: changing how one is
+computed orphans every existing cache.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # type hints only: keep this module free of paddle and cv2
     from offline_ssld.cache.format import Manifest
@@ -70,6 +76,28 @@ def order_fingerprint(keys: Iterable[bytes]) -> str:
     return canonical_hash([k.hex() for k in keys])
 
 
+def cache_fingerprint(manifest: Manifest) -> str:
+    """What a cache holds, whatever its directory is called: its fingerprints (teacher,
+    transforms, images and their storage order), codec, views and seed. Checkpoints and
+    metrics record it next to the cache path."""
+    return canonical_hash(
+        {
+            "fingerprints": manifest.fingerprints,
+            "codec": manifest.codec,
+            "views": manifest.views,
+            "seed": manifest.seed,
+        }
+    )
+
+
+class ListedKeys(Protocol):
+    """A list's images as `first_difference` checks them against a cache: found lazily, so
+    the identity fields are compared (and refused) before any image is looked up."""
+
+    def first_missing(self) -> str | None:
+        """`list:line: path` of the first listed image the cache lacks, or None."""
+
+
 def expected_identity(teacher: ModelSpec, pipeline: Pipeline) -> dict[str, Any]:
     """The identity fields a teacher and a pipeline fix, for `first_difference`. The teacher
     fingerprint needs its weights file; without one, name and class count still must match."""
@@ -113,7 +141,7 @@ RESUME_FIELDS = (
 )
 
 
-def _manifest_field(manifest: Manifest, dotted: str) -> Any:
+def manifest_field(manifest: Manifest, dotted: str) -> Any:
     value: Any = manifest.to_json()
     for part in dotted.split("."):
         value = value[part]
@@ -127,12 +155,24 @@ class Difference:
     field: str  # dotted manifest field, e.g. fingerprints.transforms
     cached: Any
     expected: Any
+    missing: str | None = None  # a listed image the cache lacks: `list:line: path`
 
     def __str__(self) -> str:
+        if self.missing is not None:
+            return f"no row for {self.missing} ({self.field}: every listed image must be in it)"
         return (
             f"another {IDENTITY_FIELDS[self.field]} ({self.field}: cache has "
             f"{_short(self.cached)}, config gives {_short(self.expected)})"
         )
+
+    def message(self, cache_dir: str | Path) -> str:
+        """The one-line error train-student gives for this difference."""
+        if self.missing is not None:
+            return (
+                f"{self.missing}: image is not in the cache {cache_dir} (new, or another "
+                "cache's list); dump-teacher on this list adds the missing images"
+            )
+        return f"{cache_dir}: cache holds {self}; dump it for this config"
 
 
 def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -> Difference | None:
@@ -140,18 +180,28 @@ def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -
 
     `expected` holds the fields the caller can compute (a training config knows its teacher
     and transforms, not the dump's list order); a Manifest stands for the RESUME_FIELDS of
-    the dump it describes."""
+    the dump it describes. A `ListedKeys` as `fingerprints.dataset` asks for membership
+    instead, checked after every exact field."""
     if not isinstance(expected, Mapping):
-        expected = {f: _manifest_field(expected, f) for f in RESUME_FIELDS}
+        expected = {f: manifest_field(expected, f) for f in RESUME_FIELDS}
     unknown = set(expected) - set(IDENTITY_FIELDS)
     if unknown:
         raise ValueError(f"not an identity field: {sorted(unknown)[0]}")
+    listed = expected.get("fingerprints.dataset")
     for dotted in IDENTITY_FIELDS:
-        if dotted in expected:
-            have = _manifest_field(cached, dotted)
+        if dotted in expected and not (dotted == "fingerprints.dataset" and not _exact(listed)):
+            have = manifest_field(cached, dotted)
             if have != expected[dotted]:
                 return Difference(dotted, have, expected[dotted])
+    if listed is not None and not _exact(listed):
+        missing = listed.first_missing()
+        if missing is not None:
+            return Difference("fingerprints.dataset", cached.fingerprints["dataset"], None, missing)
     return None
+
+
+def _exact(value: Any) -> bool:
+    return not hasattr(value, "first_missing")
 
 
 def _short(value: Any) -> str:

@@ -31,7 +31,8 @@ shard), in HDF5 a contiguous dataset (strings are fixed-length UTF-8 bytes).
     codec: {name, num_classes, ...settings},
     fingerprints: {teacher, transforms, dataset, order},
     teacher: {name, class_num, weights_sha256},
-    num_images, source: {image_root, cls_label_path, transform_ops, teacher_weights},
+    num_images, parts (images added by each dump: [num_images], then one more per extension),
+    source: {image_root, cls_label_path, transform_ops, teacher_weights},
     complete, skipped: [{path, line, reason}],
     shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}]
 
@@ -54,8 +55,13 @@ per shard, the file state (size, mtime, ctime, inode, device) under which its ch
 last verified in full; a start-up skips hashing a shard whose state is unchanged. A file
 written, replaced or copied since has another state and is hashed again before use
 (`offline-ssld verify` always hashes everything, for damage no write explains).
-New images extend a cache in new shards: the reader's index is built from the shards' key
-columns, so no global index file has to be rewritten.
+New images extend a cache in new shards (`dump-teacher` on a list that adds images): each
+dump is a part, whose images fill shards of `images_per_shard` from a fresh shard number, so
+the last shard of every part may be short and the shards of earlier parts are never
+rewritten. The reader's index is built from the shards' key columns, so no global index file
+has to be rewritten. While an extension runs, the manifest already lists its part; the earlier
+parts are whole, so the cache stays usable for lists of their images (`Manifest.usable`).
+A manifest without `parts` (written before extensions existed) is one part.
 """
 
 from __future__ import annotations
@@ -134,10 +140,36 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)
     shards: list[ShardInfo] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    parts: list[int] = field(default_factory=list)  # empty: one part of num_images
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [self.num_images]
 
     @property
     def num_shards(self) -> int:
-        return -(-self.num_images // self.images_per_shard)
+        return sum(-(-p // self.images_per_shard) for p in self.parts)
+
+    def shard_span(self, index: int) -> tuple[int, int]:
+        """[first, stop) image numbers of shard `index`: shards fill each part in turn."""
+        ips, first_shard, first_image = self.images_per_shard, 0, 0
+        for images in self.parts:
+            count = -(-images // ips)
+            if index < first_shard + count:
+                start = first_image + (index - first_shard) * ips
+                return start, min(start + ips, first_image + images)
+            first_shard, first_image = first_shard + count, first_image + images
+        raise IndexError(f"shard {index} outside [0, {self.num_shards})")
+
+    def shards_of_parts(self, parts: int) -> int:
+        """How many shards the first `parts` parts fill."""
+        return sum(-(-p // self.images_per_shard) for p in self.parts[:parts])
+
+    @property
+    def usable(self) -> bool:
+        """Readable for training: whole, or an extension under way over whole earlier parts
+        (load_manifest checks that they are listed)."""
+        return self.complete or len(self.parts) > 1
 
     @property
     def rows(self) -> int:
@@ -169,7 +201,9 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "complete": (bool,),
     "skipped": (list,),
     "shards": (list,),
+    "parts": (list,),
 }
+_OPTIONAL = {"parts"}  # absent in manifests written before extensions existed
 _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "rows": (int,),
@@ -196,6 +230,8 @@ def _check_fields(obj: Any, fields: dict, where: str, prefix: str = "") -> None:
         what = f"field '{prefix[:-1]}' is not" if prefix else "expected"
         raise CacheError(f"{where}: {what} a JSON object")
     for name, types in fields.items():
+        if name not in obj and name in _OPTIONAL and not prefix:
+            continue
         if name not in obj:
             raise CacheError(f"{where}: field '{prefix}{name}' is missing")
         value = obj[name]
@@ -312,8 +348,20 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         key = "num_classes" if name == "codec" else "class_num"
         if obj[name].get(key) != obj["num_classes"]:
             raise CacheError(f"{path}: field '{name}.{key}' disagrees with 'num_classes'")
-    shards = []
-    num_shards = -(-obj["num_images"] // obj["images_per_shard"])
+    parts = obj.setdefault("parts", [obj["num_images"]])
+    if (
+        not parts
+        or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts)
+        or sum(parts) != obj["num_images"]
+        or (len(parts) > 1 and 0 in parts)
+    ):
+        raise CacheError(
+            f"{path}: field 'parts' must list the non-negative image count of each dump, "
+            "summing to 'num_images'"
+        )
+    spans = Manifest(**{**obj, "shards": []})
+    shards, numbers = [], set()
+    num_shards = spans.num_shards
     suffix = BACKEND_SUFFIX[obj["backend"]]
     for i, shard in enumerate(obj["shards"]):
         _check_fields(shard, _SHARD_FIELDS, f"{path}: shards[{i}]")
@@ -326,19 +374,26 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
             )
         if shard["rows"] != shard["images"] * obj["views"] or shard["rows"] < 1:
             raise CacheError(f"{path}: shards[{i}] field 'rows' disagrees with images x views")
-        images = min(obj["images_per_shard"], obj["num_images"] - number * obj["images_per_shard"])
-        if shard["images"] != images:
+        first, stop = spans.shard_span(number)
+        if shard["images"] != stop - first:
             raise CacheError(
-                f"{path}: shards[{i}] field 'images' is {shard['images']}, but 'num_images' and "
-                f"'images_per_shard' give {images}"
+                f"{path}: shards[{i}] field 'images' is {shard['images']}, but 'parts' and "
+                f"'images_per_shard' give {stop - first}"
             )
         shards.append(ShardInfo(**shard))
+        numbers.add(number)
     if len({s.name for s in shards}) != len(shards):
         raise CacheError(f"{path}: field 'shards' lists a shard twice")
     if obj["complete"] != (len(shards) == num_shards):
         raise CacheError(
             f"{path}: field 'complete' is {obj['complete']} but {len(shards)} of {num_shards} "
             "shards are listed"
+        )
+    earlier = spans.shards_of_parts(len(parts) - 1)
+    if len([n for n in numbers if n < earlier]) != earlier:
+        raise CacheError(
+            f"{path}: field 'shards' misses a shard of an earlier part (an extension starts "
+            "from a whole cache)"
         )
     obj["shards"] = sorted(shards, key=lambda s: s.name)
     return Manifest(**obj)

@@ -18,6 +18,7 @@ import contextlib
 import json
 from pathlib import Path
 
+import blake3
 import numpy as np
 
 from offline_ssld.cache.backends import MappedShard, map_shard
@@ -40,6 +41,11 @@ from offline_ssld.errors import CacheError
 def key_prefixes(keys: np.ndarray) -> np.ndarray:
     """The first 8 bytes of each 16-byte key as a big-endian uint64 (sorts like the bytes)."""
     return np.ascontiguousarray(keys[:, :8]).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def path_hash(path: str) -> int:
+    """A relative image path as 64 bits, for `CacheReader.path_index`."""
+    return int.from_bytes(blake3.blake3(path.encode("utf-8")).digest(length=8), "big")
 
 
 def check_layout(shard: MappedShard, columns: list[ColumnSpec], views: int, images: int) -> None:
@@ -69,7 +75,7 @@ class CacheReader:
     def __init__(self, cache_dir: str | Path, require_complete: bool = True):
         self.cache_dir = Path(cache_dir)
         self.manifest: Manifest = load_manifest(self.cache_dir)
-        if require_complete and not self.manifest.complete:
+        if require_complete and not self.manifest.usable:
             raise CacheError(
                 f"{self.cache_dir}: cache is incomplete ({len(self.manifest.shards)} of "
                 f"{self.manifest.num_shards} shards); run the same dump-teacher command to resume"
@@ -163,6 +169,35 @@ class CacheReader:
         dtype = np.uint32 if len(order) < 2**32 else np.int64
         self._image = order.astype(dtype)
 
+    def stored_keys(self, shards: int) -> list[bytes]:
+        """The content keys of the first `shards` listed shards, in storage order."""
+        return [
+            row.tobytes()
+            for n in range(shards)
+            for row in self.shard(n, verify=False).numeric["key"]
+        ]
+
+    def path_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted path hashes, image numbers): the relative path each row was dumped from,
+        as the first 8 bytes of its BLAKE3 (reads the path columns, never an image). A hash
+        is only a hint: the key of the image read later decides."""
+        parts = []
+        for n in range(len(self.manifest.shards)):
+            shard = self.shard(n, verify=False)
+            paths = zip(shard.strings("path_dir"), shard.strings("path_name"), strict=True)
+            parts.append(np.array([path_hash(join_path(d, f)) for d, f in paths], np.uint64))
+        hashes = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        return hashes[order], order
+
+    def locate(self, image: int) -> tuple[int, int]:
+        """(shard number, image within the shard) of image number `image` (storage order)."""
+        number = int(self._starts.searchsorted(image, side="right")) - 1
+        return number, image - int(self._starts[number])
+
+    def key_at(self, number: int, image: int) -> bytes:
+        return self.shard(number, verify=False).numeric["key"][image].tobytes()
+
     def lookup(self, key: bytes) -> tuple[int, int] | None:
         """(shard number, image within the shard) holding `key`, or None."""
         if self._prefix is None:
@@ -174,10 +209,8 @@ class CacheReader:
         prefix = np.uint64(int.from_bytes(key[:8], "big"))
         position = int(prefixes.searchsorted(prefix))
         while position < len(prefixes) and prefixes[position] == prefix:
-            image = int(images[position])
-            number = int(self._starts.searchsorted(image, side="right")) - 1
-            local = image - int(self._starts[number])
-            if self.shard(number, verify=False).numeric["key"][local].tobytes() == key:
+            number, local = self.locate(int(images[position]))
+            if self.key_at(number, local) == key:
                 return number, local
             position += 1
         return None

@@ -7,6 +7,7 @@ refused (naming the differing field) unless the caller passes `overwrite=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from pathlib import Path
@@ -42,8 +43,8 @@ def _is_ours(path: Path) -> bool:
 
 def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
     """Why the whole-looking file `path` cannot be shard `index` of `manifest`, or None."""
-    ips = manifest.images_per_shard
-    images = min(ips, manifest.num_images - index * ips)
+    first, stop = manifest.shard_span(index)
+    images = stop - first
     try:
         shard = map_shard(manifest.backend, path)
         columns = numeric_columns(manifest, codec_from_settings(manifest.codec))
@@ -51,7 +52,6 @@ def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | No
     except (CacheError, ValueError) as exc:
         return str(exc)
     if keys is not None:
-        first = index * ips
         want = np.stack([np.frombuffer(k, dtype=np.uint8) for k in keys[first : first + images]])
         if not np.array_equal(shard.numeric["key"], want):
             return "its content keys are not the images of this shard"
@@ -77,9 +77,8 @@ def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
         if index is None or _shard_problem(path, manifest, index, keys) is not None:
             path.unlink()
             continue
-        images = min(
-            manifest.images_per_shard, manifest.num_images - index * manifest.images_per_shard
-        )
+        first, stop = manifest.shard_span(index)
+        images = stop - first
         adopted.append(
             ShardInfo(
                 path.name,
@@ -95,18 +94,30 @@ def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
     return [s.name for s in adopted]
 
 
-def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False, keys=None) -> Manifest:
+def open_cache(
+    cache_dir: Path,
+    manifest: Manifest,
+    overwrite: bool = False,
+    keys=None,
+    extends: Manifest | None = None,
+) -> Manifest:
     """Return the manifest to continue from: a fresh one, or the matching existing one.
 
     Leftover temporary files are removed. Whole shards the manifest does not list (a run
     killed between rename and manifest update, or the shards of other ranks) are adopted
-    when the existing manifest's identity matches (see `adopt_shards`).
+    when the existing manifest's identity matches (see `adopt_shards`). `extends` is the
+    whole cache on disk that `manifest` extends by a part (dump.plan_against_cache): its
+    shards are kept as they are and the extended manifest replaces it atomically.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     entries = list(cache_dir.iterdir())
     foreign = [p for p in entries if not _is_ours(p)]
     if (cache_dir / MANIFEST).exists() and not overwrite:
         old = load_manifest(cache_dir)
+        if extends is not None:
+            if old.to_json() != extends.to_json():
+                raise CacheError(f"{cache_dir}: the cache changed while this dump planned")
+            old = dataclasses.replace(manifest, shards=old.shards, skipped=manifest.skipped)
         diff = first_difference(old, manifest)
         if diff:
             raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
@@ -123,7 +134,7 @@ def open_cache(cache_dir: Path, manifest: Manifest, overwrite: bool = False, key
         manifest.shards = old.shards
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
-        if adopt_shards(cache_dir, manifest, keys):
+        if adopt_shards(cache_dir, manifest, keys) or extends is not None:
             _save(manifest, cache_dir)
         return manifest
     if foreign and not (cache_dir / MANIFEST).exists():

@@ -349,6 +349,16 @@ class DecodeImage(Op):
             out = out.transpose((2, 0, 1))
         return out
 
+    def precheck(self, data: bytes) -> None:
+        """dump-teacher's check before the teacher runs. A PNG/JPEG/BMP/WebP header within
+        the size limits passes without decoding, so the dump decodes each image once (in its
+        loader); a file whose header is not recognised is decoded on trial."""
+        size = _header_size(data) if data else None
+        if size is None:
+            self.apply(data, ())
+        else:
+            _check_pixels(*size)
+
     def spec(self) -> dict:
         return {"name": self.name, "to_rgb": self.to_rgb, "channel_first": self.channel_first}
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import paddle
 
 from offline_ssld.data.lists import Sample, content_key, read_image_bytes
 from offline_ssld.data.transforms import Pipeline
-from offline_ssld.errors import CacheError, DataError
+from offline_ssld.errors import DataError
+
+if TYPE_CHECKING:  # listed.py imports this module
+    from offline_ssld.cache.reader import CacheReader
+    from offline_ssld.data.listed import ListedImages
 
 
 def view_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
@@ -50,9 +55,12 @@ class DumpDataset(paddle.io.Dataset):
         seed: int,
         views: int,
         items: list[int],
+        base: int = 0,
     ):
+        """`keys[i]` is image i's key; `source` lists the images from `base` on (an extension
+        dumps only those)."""
         self.source, self.keys, self.pipeline = source, keys, pipeline
-        self.seed, self.views, self.items = seed, views, items
+        self.seed, self.views, self.items, self.base = seed, views, items, base
         self._decoded: tuple[int, np.ndarray] | None = None  # (image, decoded pixels)
 
     def __len__(self) -> int:
@@ -64,34 +72,44 @@ class DumpDataset(paddle.io.Dataset):
         if self._decoded is None or self._decoded[0] != image:
             # Items are image-major, so a worker's batch holds consecutive views of an image:
             # it is read, checked and decoded once for all of them.
-            data = self.source.read(image)  # its errors name the file already
+            line = image - self.base
+            data = self.source.read(line)  # its errors name the file already
             if content_key(data) != self.keys[image]:
-                raise DataError(f"{self.source.where(image)}: file changed while dumping")
+                raise DataError(f"{self.source.where(line)}: file changed while dumping")
             try:
                 self._decoded = (image, self.pipeline.decode(data))
             except DataError as exc:
-                raise DataError(f"{self.source.where(image)}: {exc}") from None
+                raise DataError(f"{self.source.where(line)}: {exc}") from None
         try:
             rng = view_rng(self.seed, self.keys[image], view)
             x, params = self.pipeline.draw_decoded(self._decoded[1], rng)
         except DataError as exc:
-            raise DataError(f"{self.source.where(image)}: {exc}") from None
+            raise DataError(f"{self.source.where(image - self.base)}: {exc}") from None
         return x, params, np.int64(item)
 
 
 class ReplayDataset(paddle.io.Dataset):
     """train-student offline: image -> (the stored view, replayed; teacher target; label).
 
-    The image bytes are read anyway, so they are hashed and looked up in the cache: an image
-    that is missing from the cache or changed since the dump stops training with its name.
-    With `timed`, each item also carries the seconds spent in each of `STAGES` (for
+    `listed` (data/listed.py) holds each list image's cache row and content key, found
+    before the first batch. The image bytes are read anyway, so they are hashed here and an
+    image whose key is not the cached one (changed since the dump) stops training with its
+    name. With `timed`, each item also carries the seconds spent in each of `STAGES` (for
     `train-student --data-only`).
     """
 
-    STAGES = ("read image", "content key", "index lookup", "read view", "decode+replay", "target")
+    STAGES = ("read image", "content key", "row lookup", "read view", "decode+replay", "target")
 
-    def __init__(self, source: ImageSource, pipeline: Pipeline, reader, timed: bool = False):
+    def __init__(
+        self,
+        source: ImageSource,
+        pipeline: Pipeline,
+        reader: CacheReader,
+        listed: ListedImages,
+        timed: bool = False,
+    ):
         self.source, self.pipeline, self.reader = source, pipeline, reader
+        self.listed = listed
         self.views = np.zeros(len(source.samples), dtype=np.int64)
         self.timed = timed
 
@@ -112,16 +130,11 @@ class ReplayDataset(paddle.io.Dataset):
             clock = [time.perf_counter()]
             data = self.source.read(index)
             clock.append(time.perf_counter())
-            key = content_key(data)
+            self.listed.check(index, data)
             clock.append(time.perf_counter())
-            hit = self.reader.lookup(key)
-            if hit is None:
-                raise CacheError(
-                    f"{self.source.where(index)}: image is not in the cache "
-                    f"{self.reader.cache_dir} (new, or changed since the dump)"
-                )
+            number, image = self.listed.rows[0, index]
             clock.append(time.perf_counter())
-            params, payload = self.reader.read_view(*hit, int(self.views[index]))
+            params, payload = self.reader.read_view(int(number), int(image), int(self.views[index]))
             clock.append(time.perf_counter())
             xs.append(self.pipeline.replay(data, params))
             clock.append(time.perf_counter())

@@ -12,6 +12,7 @@ import numpy as np
 from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import load_config
+from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource, ReplayDataset
@@ -115,9 +116,10 @@ def test_two_paths_with_identical_bytes(project, rlog):
     samples = read_list(listing, CLASSES)
     dataset_cfg = cfg["DataLoader"]["Train"]["dataset"]
     pipeline = Pipeline(build_ops(dataset_cfg["transform_ops"], "ops"))
-    dataset = ReplayDataset(
-        ImageSource(dataset_cfg["image_root"], listing, samples), pipeline, reader
-    )
+    source = ImageSource(dataset_cfg["image_root"], listing, samples)
+    listed = ListedImages(source, [reader])
+    assert listed.first_missing() is None
+    dataset = ReplayDataset(source, pipeline, reader, listed)
     a, b = dataset[0], dataset[len(samples) - 1]
     result = train(cfg, "offline", progress=False)
     ok = (
