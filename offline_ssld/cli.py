@@ -79,7 +79,9 @@ def main() -> None:
 @main.command("dump-teacher")
 @CONFIG
 @OVERRIDE
-@click.option("--overwrite", is_flag=True, help="Replace a cache of another teacher/dataset/codec.")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the cache: the only way to delete its rows."
+)
 @click.option(
     "--skip-bad", is_flag=True, help="Record unreadable images in the manifest and go on."
 )
@@ -90,12 +92,25 @@ def dump_teacher(configs, overrides, overwrite, skip_bad, quiet) -> None:
     its logits, view parameters and content keys in a sharded cache (Offline.cache_dir).
 
     Running the same command again resumes at the first missing shard; a cache made with
-    another teacher, dataset, transforms or codec is refused unless --overwrite.
+    another teacher, transforms, codec, views, seed or format is refused (naming the field)
+    unless --overwrite.
+
+    A list that adds images to a whole cache extends it: only the images the cache lacks
+    are dumped, into new shards after the existing ones, which stay byte for byte as they
+    are. A killed extension resumes with the same command; until it is done the cache still
+    trains any list of its earlier images. A list that drops images deletes no rows (it is
+    nothing to do; train-student accepts any list whose images are all in the cache):
+    --overwrite is the only way to delete rows.
 
     \b
     Example:
       offline-ssld dump-teacher -c configs/fashion_mnist/resnet50_vd_teacher.yaml \\
           -o Offline.cache_dir=cache/fmnist_r50 -o Offline.views=4
+    \b
+    Extend that cache by the images of a longer list (the old ones are kept, not redone):
+      offline-ssld dump-teacher -c configs/fashion_mnist/resnet50_vd_teacher.yaml \\
+          -o Offline.cache_dir=cache/fmnist_r50 -o Offline.views=4 \\
+          -o DataLoader.Train.dataset.cls_label_path=data/train_plus_pool.txt
     """
     from offline_ssld.dump import run_dump
 
@@ -104,7 +119,8 @@ def dump_teacher(configs, overrides, overwrite, skip_bad, quiet) -> None:
     m = result.manifest
     if result.shards_written == 0:
         click.echo(
-            f"{cfg['Offline']['cache_dir']}: cache is complete ({m.rows} rows); nothing to do"
+            f"{cfg['Offline']['cache_dir']}: cache is complete ({m.rows} rows) and holds every "
+            "listed image; nothing to do"
         )
         return
     click.echo(
@@ -321,6 +337,11 @@ def train_student(
 
     With --online the teacher runs on every batch instead (PaddleClas's online SSLD).
     With --data-only no student runs: one epoch of the data path is timed.
+
+    The training list may be any subset of the cache's images, in any order (no new dump);
+    an image the cache lacks is refused with its list line before the first batch, and one
+    changed since the dump when it is read. Checkpoints and metrics.jsonl record the list
+    (path, fingerprint of its images) and the cache's fingerprint.
 
     Offline.cache_dir may list several teachers' caches of the same images (an ensemble):
     `cache_dir: [cache/r18, {path: cache/r50, weight: 2}]`, combined per row by
