@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,12 +16,13 @@ from offline_ssld.cache.fingerprint import cache_fingerprint, dataset_fingerprin
 from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import load_config
+from offline_ssld.data import transforms
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import content_key, read_list
 from offline_ssld.data.transforms import DecodeImage
 from offline_ssld.data.views import ImageSource
 from offline_ssld.dump import run_dump
-from offline_ssld.errors import CacheError
+from offline_ssld.errors import CacheError, DataError
 from offline_ssld.train import train
 from tests.helpers import CLASSES, make_images, write_list
 from tests.test_dump import checksums, cli, dump, error_line
@@ -308,3 +310,19 @@ def test_manifest_parts_are_validated(dumped):
     del good["parts"]  # a manifest from before extensions: one part
     path.write_text(json.dumps(good))
     assert load_manifest(cache).parts == [24]
+
+
+def test_precheck_decodes_only_files_it_cannot_vouch_for(monkeypatch):
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    png = cv2.imencode(".png", rgb)[1].tobytes()
+    jpeg = cv2.imencode(".jpg", rgb)[1].tobytes()
+    decode = DecodeImage("k")
+    decoded: list[int] = []
+    real = transforms.cv2.imdecode
+    monkeypatch.setattr(transforms.cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    for whole in (png, jpeg):
+        decode.precheck(whole)
+    assert decoded == []  # whole PNG and JPEG: the header is enough
+    with pytest.raises(DataError, match="cannot decode"):
+        decode.precheck(png[: len(png) // 2])  # truncated: decoded on trial, refused
+    assert decoded == [1]

@@ -233,6 +233,18 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _looks_whole(data: bytes) -> bool:
+    """Whether a file whose header `_header_size` read is whole: PNG ends with its IEND chunk,
+    JPEG with its end-of-image marker, BMP and WebP have the size their header declares."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data.endswith(b"IEND\xae\x42\x60\x82")
+    if data[:2] == b"\xff\xd8":
+        return data.endswith(b"\xff\xd9")
+    if data[:2] == b"BM":
+        return int.from_bytes(data[2:6], "little") == len(data)
+    return int.from_bytes(data[4:8], "little") + 8 == len(data)  # RIFF (WebP)
+
+
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     """Walk JPEG segments up to the first start-of-frame marker, which holds the size."""
     pos, n = 2, len(data)
@@ -350,11 +362,13 @@ class DecodeImage(Op):
         return out
 
     def precheck(self, data: bytes) -> None:
-        """dump-teacher's check before the teacher runs. A PNG/JPEG/BMP/WebP header within
-        the size limits passes without decoding, so the dump decodes each image once (in its
-        loader); a file whose header is not recognised is decoded on trial."""
+        """dump-teacher's check before the teacher runs. A PNG/JPEG/BMP/WebP file with a
+        header within the size limits that is whole (ends as its format ends, or has the
+        size its header declares) passes without decoding, so the dump decodes each image
+        once, in its loader; any other file (unknown format, truncated) is decoded on trial,
+        so --skip-bad can still skip it."""
         size = _header_size(data) if data else None
-        if size is None:
+        if size is None or not _looks_whole(data):
             self.apply(data, ())
         else:
             _check_pixels(*size)
