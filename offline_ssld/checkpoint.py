@@ -6,7 +6,9 @@ A checkpoint `tag` (latest, best) in the output directory is:
     <tag>.opt.safetensors   optimizer state, keyed by structured parameter names, and the lr
                             schedule's state as JSON metadata
     <tag>.pdparams/.pdopt   the same for PaddleClas tools (pickles: written, never read back)
-    <tag>.json              epoch and metrics, written last: it marks the checkpoint whole
+    <tag>.json              epoch, metrics and `targets` (which cache, by path and
+                            fingerprint, and which list, by path and the fingerprint of its
+                            images' content keys), written last: it marks the checkpoint whole
 
 Every file goes through the durable atomic write (offline_ssld/atomic.py).
 """
