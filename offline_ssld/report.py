@@ -292,7 +292,7 @@ def histogram_png(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # an atomic write's temporary name has no .png
     plt.close(fig)
 
 
