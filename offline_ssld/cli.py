@@ -540,6 +540,80 @@ def report_cmd(configs, overrides, student, out) -> None:
     click.echo(f"wrote {path}")
 
 
+@main.command("select")
+@CONFIG
+@OVERRIDE
+@click.option(
+    "--per-class", type=click.IntRange(min=1), required=True, metavar="K", help="Images per class."
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="LIST",
+    help="PaddleClas list of images never to select, nor their copies (repeatable).",
+)
+@click.option(
+    "--exclude-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Root of the --exclude paths (default: DataLoader.Train.dataset.image_root).",
+)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Selected list.")
+@click.option(
+    "--labels",
+    type=click.Choice(["zero", "teacher", "none"]),
+    default="zero",
+    show_default=True,
+    help="Label column: 0 (PaddleClas SSLD's mark of unlabeled images; offline-ssld reads it as "
+    "class 0, which only label-using losses such as GTFusion would see), the teacher's class, "
+    "or none (a bare path: unlabeled to offline-ssld, unreadable to PaddleClas).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out and its summary.")
+@friendly_errors
+def select_cmd(configs, overrides, per_class, exclude, exclude_root, out, labels, overwrite):
+    """SSLD's unlabeled set from a pool, read from the teacher cache of the config's training
+    list (Offline.cache_dir, one cache or an ensemble); the teacher never runs.
+
+    Each image's prediction is the mean over its stored views of the teacher's probabilities
+    (every codec decoded to a distribution): the views are the teacher's own test-time
+    augmentation, and the mean of probabilities is the ensemble rule mean_probs. Each class
+    keeps its K highest-scoring images among those predicted as it.
+
+    No image of an --exclude list is selected, nor any copy of one: exact copies by content
+    key (the cache's BLAKE3 key), near copies (re-encoded, resized, cropped by up to ~5%) by
+    a 64-bit DCT pHash within 8 bits of the excluded image or of one of its 5% crops. This
+    reads and decodes every pool image once.
+
+    Writes --out as `path 0` lines (PaddleClas's ImageNetDataset needs a label; see --labels;
+    paths relative to the training image_root), grouped by class, best first; beside it
+    NAME.summary.md and NAME.summary.json (per-class counts, classes short of K, every
+    refused duplicate with both paths, kind and distance) and NAME.scores.png.
+
+    \b
+    Example:
+      offline-ssld select -c cfg.yaml -c overlay.yaml -o Offline.cache_dir=pool_cache \\
+          --per-class 1000 --exclude val_list.txt --out selected.txt
+    """
+    from offline_ssld.select import select
+
+    result = select(
+        _load(configs, overrides),
+        per_class,
+        list(exclude),
+        out,
+        exclude_root,
+        labels,
+        overwrite,
+    )
+    exact = sum(d.kind == "exact" for d in result.duplicates)
+    click.echo(
+        f"selected {result.selected} of {result.in_cache} cached pool images "
+        f"({result.listed} listed) into {result.out}; refused {exact} exact and "
+        f"{len(result.duplicates) - exact} near duplicates; {len(result.short)} classes short "
+        f"of {per_class}; summary {result.summary_md}"
+    )
+
+
 def _ops_text(ops: list) -> str:
     parts = []
     for entry in ops:

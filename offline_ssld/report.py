@@ -19,6 +19,7 @@ From a config's training list and its cache (or ensemble of caches, Offline.cach
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 
 from offline_ssld import config as cfgmod
 from offline_ssld.cache.fingerprint import first_difference, transforms_fingerprint
-from offline_ssld.data.lists import hash_images, read_list
+from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource
 from offline_ssld.ensemble import Ensemble
@@ -49,8 +50,49 @@ class Table:
     describe: str  # what the targets are, for the report's header
 
 
-def load_table(cfg: dict) -> Table:
-    """Every stored row of the config's training images: teacher targets and view params."""
+@dataclass
+class CachedImages:
+    """The config's training list against its cache (or ensemble), read image by image, so
+    a reader of a large pool keeps only what it reduces each image to."""
+
+    ensemble: Ensemble
+    spec: cfgmod.DataSpec
+    pipeline: Pipeline
+    samples: list[Sample]  # the whole list
+    keys: list[bytes | DataError]  # content key of each sample, or why it could not be read
+
+    @property
+    def describe(self) -> str:
+        """What the targets are: one cache, or the ensemble with its weights."""
+        members = self.ensemble.members
+        if len(members) == 1:
+            return f"cache `{members[0].path}`"
+        parts = ", ".join(f"`{m.path}` (weight {m.given_weight:g})" for m in members)
+        return f"ensemble ({self.ensemble.rule}) of {parts}"
+
+    def __iter__(self) -> Iterator[tuple[Sample, bytes, np.ndarray, np.ndarray]]:
+        """(sample, key, view params (V, P), probabilities (V, C) float64) of every listed
+        image the cache holds, in list order: every stored view, decoded by its codec (and
+        combined over an ensemble's members)."""
+        views = self.ensemble.views
+        for sample, key in zip(self.samples, self.keys, strict=True):
+            if isinstance(key, DataError):
+                continue
+            first = self.ensemble.lookup(key, 0)
+            if first is None:
+                continue
+            found = [first] + [self.ensemble.lookup(key, v) for v in range(1, views)]
+            yield (
+                sample,
+                key,
+                np.stack([f[0] for f in found if f is not None]),
+                np.stack([f[1] for f in found if f is not None]),
+            )
+
+
+def open_cached(cfg: dict) -> CachedImages:
+    """The config's training list and its cache(s), refused when a cache was dumped with
+    other transforms (its views would not be this config's); every image is hashed."""
     offline = cfg["Offline"]
     ensemble = Ensemble(
         cfgmod.cache_members(offline["cache_dir"]),
@@ -63,40 +105,34 @@ def load_table(cfg: dict) -> Table:
     for member in ensemble.members:  # the student replays these views with this pipeline
         diff = first_difference(member.reader.manifest, expected)
         if diff is not None:
-            raise CacheError(f"{member.path}: cache holds {diff}; report with its own config")
-    samples = read_list(spec.cls_label_path, ensemble.num_classes)
-    hashed = hash_images(spec.image_root, samples, spec.cls_label_path)
+            raise CacheError(f"{member.path}: cache holds {diff}; use its own config")
+    samples = read_list(spec.cls_label_path, ensemble.num_classes, spec.delimiter)
+    keys = hash_images(spec.image_root, samples, spec.cls_label_path)
+    return CachedImages(ensemble, spec, pipeline, samples, keys)
+
+
+def load_table(cfg: dict) -> Table:
+    """Every stored row of the config's training images: teacher targets and view params."""
+    cached = open_cached(cfg)
     kept, keys, rows, params = [], [], [], []
-    views = ensemble.views
-    for sample, key in zip(samples, hashed, strict=True):
-        if isinstance(key, DataError):
-            continue
-        first = ensemble.lookup(key, 0)
-        if first is None:
-            continue
-        found = [first] + [ensemble.lookup(key, v) for v in range(1, views)]
+    for sample, key, view_params, probs in cached:
         kept.append(sample)
         keys.append(key)
-        params.append(np.stack([f[0] for f in found if f is not None]))
-        rows.append(np.stack([f[1] for f in found if f is not None]))
+        params.append(view_params)
+        rows.append(probs)
     if not kept:
         raise CacheError(
-            f"{spec.cls_label_path}: none of its images is in the cache "
-            f"{', '.join(m.path for m in ensemble.members)}"
+            f"{cached.spec.cls_label_path}: none of its images is in the cache "
+            f"{', '.join(m.path for m in cached.ensemble.members)}"
         )
-    if len(ensemble.members) == 1:
-        describe = f"cache `{ensemble.members[0].path}`"
-    else:
-        parts = ", ".join(f"`{m.path}` (weight {m.given_weight:g})" for m in ensemble.members)
-        describe = f"ensemble ({ensemble.rule}) of {parts}"
     return Table(
-        ImageSource(spec.image_root, spec.cls_label_path, kept),
+        ImageSource(cached.spec.image_root, cached.spec.cls_label_path, kept),
         keys,
         np.array([s.label for s in kept], dtype=np.int64),
         np.stack(rows),
         np.stack(params),
-        pipeline,
-        describe,
+        cached.pipeline,
+        cached.describe,
     )
 
 
@@ -235,6 +271,31 @@ def student_findings(cfg: dict, table: Table, checkpoint: str | Path) -> dict[st
     }
 
 
+def histogram_png(
+    values: np.ndarray,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    marker: tuple[float, str] | None = None,
+) -> None:
+    """A 40-bin histogram as a PNG, with an optional labelled vertical line at a value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(values, bins=40, color="tab:blue")
+    if marker is not None:
+        ax.axvline(marker[0], color="tab:red", ls="--", label=marker[1])
+        ax.legend()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")  # an atomic write's temporary name has no .png
+    plt.close(fig)
+
+
 def _plots(findings: dict, student: dict | None, out: Path) -> list[str]:
     import matplotlib
 
@@ -260,15 +321,13 @@ def _plots(findings: dict, student: dict | None, out: Path) -> list[str]:
     fig.savefig(out / "confusion.png", dpi=100)
     plt.close(fig)
     names.append("confusion.png")
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(findings["_entropy_rows"], bins=40, color="tab:blue")
-    ax.axvline(findings["entropy"]["max_possible"], color="tab:red", ls="--", label="log C")
-    ax.set_xlabel("teacher entropy (nats) per stored view")
-    ax.set_ylabel("rows")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "entropy.png", dpi=100)
-    plt.close(fig)
+    histogram_png(
+        findings["_entropy_rows"],
+        out / "entropy.png",
+        "teacher entropy (nats) per stored view",
+        "rows",
+        marker=(findings["entropy"]["max_possible"], "log C"),
+    )
     names.append("entropy.png")
     if student is not None:
         values = [np.nan if a is None else a for a in student["agreement_per_class"]]

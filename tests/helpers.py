@@ -127,3 +127,44 @@ def write_cache(plan, cache_dir: Path, shards=None):
     for shard in range(manifest.num_shards) if shards is None else shards:
         writer.submit(shard, *shard_of(plan, shard))
     return writer.close()
+
+
+def scene(rng: np.random.Generator, height: int = 72, width: int = 96) -> np.ndarray:
+    """A photo-like BGR image: a smooth random field, a few filled ellipses and mild noise.
+    Unlike noise squares it has the low-frequency structure a perceptual hash keys on, and
+    two scenes are unrelated images."""
+    img = cv2.resize(
+        rng.uniform(0, 255, (4, 5, 3)).astype(np.float32),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
+    for _ in range(4):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        axes = (int(rng.integers(5, width // 3)), int(rng.integers(5, height // 3)))
+        colour = tuple(float(c) for c in rng.uniform(0, 255, 3))
+        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1)
+    img += rng.normal(0, 8, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def encode(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext == ".jpg" else []
+    ok, buf = cv2.imencode(ext, img, params)
+    assert ok
+    return buf.tobytes()
+
+
+def near_copies(img: np.ndarray) -> dict[str, bytes]:
+    """Copies a near-duplicate search must find: re-encoded, resized, ~5% cropped, and all."""
+    h, w = img.shape[:2]
+    dh, dw = round(0.05 * h), round(0.05 * w)
+    return {
+        "jpeg_q60": encode(img, ".jpg", 60),
+        "resized_0.6": encode(cv2.resize(img, (int(w * 0.6), int(h * 0.6)), cv2.INTER_AREA)),
+        "resized_1.5": encode(cv2.resize(img, (int(w * 1.5), int(h * 1.5)))),
+        "crop5_corner": encode(img[dh:, dw:]),
+        "crop5_centre": encode(img[dh // 2 : h - dh // 2, dw // 2 : w - dw // 2]),
+        "crop4_side_jpeg_resized": encode(
+            cv2.resize(img[:, : w - round(0.04 * w)], (int(w * 0.8), int(h * 0.8))), ".jpg", 80
+        ),
+    }

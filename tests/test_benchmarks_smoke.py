@@ -140,3 +140,16 @@ def test_data_only_smoke(tmp_path):
     assert report["cache"]["rows"] == 128 and report["cache"]["shards"] == 1
     check_positive([report["images_per_s"], report["in_memory_images_per_s"], report["ratio"]])
     check_positive(report["stage_us_per_image"])
+
+
+def test_near_duplicates_smoke(tmp_path):
+    out = tmp_path / "near_duplicates.json"
+    module = load("near_duplicates")
+    args = ["--pool", 3000, "--excluded", 50, "--variants", 4, "--planted", 40, "--check", 20]
+    run(module.main, [*args, "--out", out])
+    report = json.loads(out.read_text())
+    assert report["queries"] == 200 and report["planted"] == 40
+    assert report["planted_missed"] == 0 and report["brute_force_mismatches"] == 0
+    assert report["pairs_within_distance"] >= 40
+    check_positive([report["build_seconds"], report["search_seconds"], report["peak_rss_bytes"]])
+    assert isinstance(report["command"], str) and report["machine"]["nproc"] >= 1
