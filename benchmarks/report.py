@@ -228,8 +228,10 @@ def codec_loss() -> str:
     notes = [
         "",
         "exact: the loss sees the teacher's distribution; unbiased: an unbiased estimate of it, "
-        "for losses linear in the target; approximate: exact on the k stored classes and the "
-        "rest mass, the rest spread evenly; refused: train-student stops before the first "
+        "for losses linear in the target; buckets: scored on the k stored classes plus one "
+        "rest bucket (the student's mass on the other classes), exact for what is stored; "
+        "approximate: exact on the k stored classes and the rest mass, the rest spread evenly "
+        "over the other classes; refused: train-student stops before the first "
         "batch, naming the loss, the codec and what to use instead.",
     ]
     return "\n".join([head, "|---|" + "---|" * len(codecs), *rows, *notes])

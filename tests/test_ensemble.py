@@ -235,7 +235,7 @@ def test_ensemble_is_as_exact_as_its_least_exact_member(project):
     _fake_cache(path, tmp / "k", 1, "Offline.codec=topk", "Offline.topk=2")
     _fake_cache(path, tmp / "s", 2, "Offline.codec=sampled")
     a, k, s = (CacheMember(str(tmp / n), 1.0) for n in "aks")
-    assert Ensemble([a, k]).target == "topk"
+    assert Ensemble([a, k]).target == "spread"  # combined densely: the rest is spread
     assert Ensemble([a, s]).target == "sampled"
     with pytest.raises(ConfigError, match="mean_logits takes logs"):
         Ensemble([a, s], "mean_logits")
