@@ -43,3 +43,20 @@ def reproduce_command() -> str:
     import sys
 
     return shlex.join(["python", *sys.argv])
+
+
+# two-sided 95% t quantiles by degrees of freedom (n - 1 seeds); 1.96 beyond
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean, sample std and the half-width of the 95% t interval of per-seed values."""
+    import math
+    import statistics
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": round(mean, 5), "std": None, "ci95": None, "values": values}
+    std = statistics.stdev(values)
+    half = _T95.get(len(values) - 1, 1.96) * std / math.sqrt(len(values))
+    return {"mean": round(mean, 5), "std": round(std, 5), "ci95": round(half, 5), "values": values}

@@ -228,8 +228,10 @@ def codec_loss() -> str:
     notes = [
         "",
         "exact: the loss sees the teacher's distribution; unbiased: an unbiased estimate of it, "
-        "for losses linear in the target; approximate: exact on the k stored classes and the "
-        "rest mass, the rest spread evenly; refused: train-student stops before the first "
+        "for losses linear in the target; buckets: scored on the k stored classes plus one "
+        "rest bucket (the student's mass on the other classes), exact for what is stored; "
+        "approximate: exact on the k stored classes and the rest mass, the rest spread evenly "
+        "over the other classes; refused: train-student stops before the first "
         "batch, naming the loss, the codec and what to use instead.",
     ]
     return "\n".join([head, "|---|" + "---|" * len(codecs), *rows, *notes])
@@ -407,6 +409,60 @@ def ensemble() -> str:
     return "\n".join(lines)
 
 
+def codec_accuracy() -> str:
+    r = _load("codec_accuracy.json")
+    if r is None:
+        return "_not measured yet: run `python benchmarks/codec_accuracy.py`_"
+    s, m = r["settings"], r["machine"]
+    lines = [
+        f"Fashion-MNIST, {s['train_images']} train and {s['val_images']} val images; teacher "
+        f"ResNet18 ({100 * r['teacher_top1']:.2f}% top-1, {s['teacher_epochs']} epochs) dumped "
+        f"once as fp16 with {s['views']} views, the other codecs transcoded from it (`merge "
+        f"--codec`); student MobileNetV3_small_x0_35, DML, {s['student_epochs']} epochs, "
+        f"{len(s['seeds'])} seeds interleaved, last-epoch top-1. Machine: {m['nproc']} cores, "
+        f"{m['cpu']}, Paddle {m['paddle']} on CPU.",
+        "",
+        "| codec | bytes per view (10 classes) | top-1, mean ± 95% CI | minus fp16 (paired) | "
+        "per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in r["accuracy"].items():
+        ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
+        d = v["minus_fp16"]
+        diff = "-" if d is None or name == "fp16" else f"{100 * d['mean']:+.2f}"
+        if d is not None and d["ci95"] is not None and name != "fp16":
+            diff += f" ± {100 * d['ci95']:.2f}"
+        lines.append(
+            f"| {name} | {v['bytes_per_row']} | {100 * v['mean']:.2f}%{ci} | {diff} | "
+            + ", ".join(f"{100 * x:.2f}" for x in v["values"])
+            + " |"
+        )
+    mp = r["math_1000_classes"]
+    lines += [
+        "",
+        f"`spread`: the same top-k cache with the rest mass spread evenly over the other "
+        f"classes (the decode before the rest bucket). At {mp['classes']} classes (synthetic "
+        "teacher, no training): cosine between the student's DML gradient under each codec's "
+        "target and under the exact distribution, for an untrained student and for one that "
+        "has nearly learned the teacher (teacher logits + N(0, 0.5) noise):",
+        "",
+        "| codec | bytes per view | cosine, untrained student | cosine, student near the teacher |",
+        "|---|---|---|---|",
+    ]
+    for name, v in mp["settings"].items():
+        lines.append(
+            f"| {name} | {v['bytes_per_row']} | {v['cosine_random_student']:.3f} | "
+            f"{v['cosine_near_student']:.3f} |"
+        )
+    lines += [
+        "",
+        "![accuracy against bytes](benchmarks/results/codec_accuracy.png)",
+        "",
+        f"Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "paddleclas_configs": paddleclas_configs,
     "codec_loss": codec_loss,
@@ -421,6 +477,7 @@ BLOCKS = {
     "cache_formats": cache_formats,
     "data_free": data_free,
     "ensemble": ensemble,
+    "codec_accuracy": codec_accuracy,
 }
 
 

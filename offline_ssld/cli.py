@@ -15,6 +15,7 @@ from functools import wraps
 import click
 
 from offline_ssld import __version__
+from offline_ssld.cache.codecs import CODEC_NAMES
 from offline_ssld.errors import OfflineSSLDError
 
 CONFIG = click.option(
@@ -444,11 +445,35 @@ def eval_cmd(configs, overrides) -> None:
     help="Combination rule (default: Offline.ensemble, else mean_probs).",
 )
 @click.option("--temperature", type=float, default=None, help="Temperature of mean_logits.")
+@click.option(
+    "--codec",
+    type=click.Choice(CODEC_NAMES),
+    default="fp16",
+    show_default=True,
+    help="Codec of the written cache.",
+)
+@click.option(
+    "--codec-option",
+    "codec_options",
+    multiple=True,
+    metavar="NAME=INT",
+    help="A setting of --codec, e.g. k=10 for topk, samples=12 for sampled (repeat).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def merge_cmd(
-    configs, overrides, caches, out, weights, rule, temperature, overwrite, quiet
+    configs,
+    overrides,
+    caches,
+    out,
+    weights,
+    rule,
+    temperature,
+    codec,
+    codec_options,
+    overwrite,
+    quiet,
 ) -> None:
     """Combine several teachers' caches of the same images (an ensemble) into one ordinary
     fp16 cache holding the combined distribution's log-probabilities, written through the
@@ -456,10 +481,13 @@ def merge_cmd(
     Offline.cache_dir list, weights, Offline.ensemble and Offline.ensemble_temperature) or
     are given as arguments. Caches that do not line up view by view are refused, naming the
     field; a merged cache is not merged again; a non-empty --out needs --overwrite.
+    With --codec the result is written smaller (topk, sampled); one cache with --codec is a
+    transcode: an fp16 cache compressed without running the teacher again.
 
     \b
     Example:
       offline-ssld merge cache/fmnist_r18 cache/fmnist_r50 --weights 1,2 --out cache/fmnist_ens
+      offline-ssld merge cache/fmnist_r18 --codec topk --codec-option k=3 --out cache/r18_top3
       offline-ssld merge -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']" --out cache/fmnist_ens
     """
@@ -491,6 +519,12 @@ def merge_cmd(
                 f"--weights: {len(values)} values for {len(members)} caches (all must be > 0)"
             )
         members = [CacheMember(m.path, w) for m, w in zip(members, values, strict=True)]
+    settings = {}
+    for option in codec_options:
+        name, _, value = option.partition("=")
+        if not value.lstrip("-").isdigit():
+            raise click.UsageError(f"--codec-option {option!r}: expected NAME=INTEGER, e.g. k=10")
+        settings[name] = int(value)
     result = merge_caches(
         members,
         out,
@@ -500,6 +534,8 @@ def merge_cmd(
         image_root,
         list_path,
         progress=not quiet,
+        codec=codec,
+        codec_settings=settings,
     )
     click.echo(
         f"wrote {result.rows} rows ({result.images} images) of the ensemble of "

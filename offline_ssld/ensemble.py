@@ -16,7 +16,8 @@ Combination rules (`Offline.ensemble`), with weights w_i normalised to sum 1:
   (`Offline.ensemble_temperature`) and renormalised.
 
 What the student sees is at best as exact as the least exact member (losses.check_pairing):
-an ensemble with a `topk` member is `topk`-approximate; `sampled` members (unbiased counts)
+an ensemble with a `topk` member combines its dense decode, whose rest is spread evenly
+(target "spread": approximate for losses that accept it); `sampled` members (unbiased counts)
 combine only under `mean_probs`, which is linear, and not with `topk` members.
 
 Only the reader's public API is used here: open a cache, look up (key, view), read a row's
@@ -170,7 +171,9 @@ class Ensemble:
                 f"Offline.ensemble: mean_logits takes logs of {bad}'s sampled counts, which is "
                 "biased (and -inf on unsampled classes); use mean_probs or an fp16 cache"
             )
-        return max(kinds, key=_EXACTNESS.index)
+        kind = max(kinds, key=_EXACTNESS.index)
+        # combined densely (decode), so a top-k member's rest is spread, never bucketed
+        return "spread" if kind == "topk" else kind
 
     @property
     def codec_name(self) -> str:

@@ -1,9 +1,14 @@
 """Distillation losses computed from the student's logits and a dense teacher PROBABILITY matrix.
 
 Offline, the teacher's logits are gone: the cache decodes to probabilities (softmax of fp16
-logits, top-k plus evenly spread leftover mass, or sampled counts/N with exact zeros). Every
-loss here therefore takes probabilities, never teacher logits, and must stay finite when the
-target contains exact zeros (0 * log 0 is taken as 0).
+logits, sampled counts/N with exact zeros, or top-k probabilities plus one "rest" bucket).
+Every loss here therefore takes probabilities, never teacher logits, and must stay finite
+when the target contains exact zeros (0 * log 0 is taken as 0).
+
+A top-k target has C + 1 columns (Codec.decode_target): the stored classes, zeros, and the
+rest mass. Losses that depend only on the two distributions (LossKind.buckets) score the
+student on the same k + 1 buckets, its rest being the mass it puts on the zero classes; the
+others get the rest spread evenly over the zero classes (losses.pairing says which is which).
 
 Each loss is built from a per-row function (`_*_rows`) so that `DistillLoss` can fuse the KD
 terms with ground-truth cross-entropy row by row (see `DistillLoss`).
@@ -334,6 +339,10 @@ class LossKind:
     # False if the loss couples the rows of a batch (DIST's per-class correlation): its rows
     # then only carry the batch value, and GTFusion's per-row fusion is refused.
     per_row: bool = True
+    # True if, for these arguments, the loss is a function of the two distributions alone
+    # (no labels, no per-class structure, no tempering), so it is exact on a partition of the
+    # classes: a top-k target is then scored on its k classes plus one rest bucket.
+    buckets: Callable[[dict[str, float]], bool] = lambda _: False
 
 
 def _t(args: dict[str, float]) -> float:
@@ -360,6 +369,7 @@ LOSSES: dict[str, LossKind] = {
             ("DistillationDMLLoss", "DMLLoss"),
             False,
             "symmetric KL (SSLD's JS loss), PaddleClas DMLLoss",
+            buckets=lambda _: True,
         ),
         LossKind(
             "js",
@@ -368,6 +378,7 @@ LOSSES: dict[str, LossKind] = {
             ("DistillationJSLoss", "JSLoss"),
             False,
             "Jensen-Shannon divergence, mixture form",
+            buckets=lambda _: True,
         ),
         LossKind(
             "kl",
@@ -378,6 +389,7 @@ LOSSES: dict[str, LossKind] = {
             "Hinton KD: KL(t_T || s_T) * T^2",
             linear=lambda a: _t(a) == 1.0,
             needs_full=_tempering,
+            buckets=lambda a: _t(a) == 1.0,
         ),
         LossKind(
             "ce_soft",
@@ -387,6 +399,7 @@ LOSSES: dict[str, LossKind] = {
             False,
             "soft cross-entropy -sum t log s",
             linear=lambda _: True,
+            buckets=lambda _: True,
         ),
         LossKind(
             "gt_ce",
@@ -444,6 +457,26 @@ LOSSES: dict[str, LossKind] = {
         ),
     )
 }
+
+
+def _bucketed(student_logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Student logits and teacher target over the k + 1 buckets of a top-k target (C + 1
+    columns, zero on the unstored classes). The zero classes' logits become -inf-like and one
+    extra logit, their logsumexp, carries their mass: softmax of the result is exactly the
+    student's distribution over the buckets."""
+    stored = target[:, :-1] > 0
+    big = paddle.full_like(student_logits, _NEG_BIG)
+    rest = paddle.logsumexp(paddle.where(stored, big, student_logits), axis=1, keepdim=True)
+    z = paddle.concat([paddle.where(stored, student_logits, big), rest], axis=1)
+    return z, target
+
+
+def _spread(target: Tensor) -> Tensor:
+    """A top-k target as a dense (B, C) distribution: the rest mass spread evenly over the
+    zero classes, for the losses that need one probability per class."""
+    probs, rest = target[:, :-1], target[:, -1:]
+    zero = (probs <= 0).astype(probs.dtype)
+    return probs + zero * rest / paddle.clip(zero.sum(axis=1, keepdim=True), min=1.0)
 
 
 class DistillLoss:
@@ -509,8 +542,15 @@ class DistillLoss:
         logs: dict[str, float] = {}
         kd_total: Tensor | None = None
         kd_rows: Tensor | None = None
+        forms = {"dense": (student_logits, teacher_probs)}
+        if teacher_probs.shape[1] == student_logits.shape[1] + 1:  # a top-k target
+            forms = {
+                "buckets": _bucketed(student_logits, teacher_probs),
+                "dense": (student_logits, _spread(teacher_probs)),
+            }
         for (kind, weight, kwargs), name in zip(self.terms, self._log_names, strict=True):
-            rows, mask = LOSSES[kind].rows(student_logits, teacher_probs, labels, kwargs)
+            form = "buckets" if "buckets" in forms and LOSSES[kind].buckets(kwargs) else "dense"
+            rows, mask = LOSSES[kind].rows(*forms[form], labels, kwargs)
             value = rows.mean() if mask is None else _masked_mean(rows, mask)
             logs[name] = float(value.item())
             kd_total = weight * value if kd_total is None else kd_total + weight * value
@@ -666,13 +706,20 @@ def needs_dense_target(loss: DistillLoss) -> bool:
 
 # ------------------------------------------------------------------ codec x loss pairing
 
-EXACT, UNBIASED, APPROXIMATE, REFUSED = "exact", "unbiased", "approximate", "refused"
+EXACT, UNBIASED, BUCKETED, APPROXIMATE, REFUSED = (
+    "exact",
+    "unbiased",
+    "buckets",
+    "approximate",
+    "refused",
+)
 
 
 def pairing(target: str, kind: str, args: dict[str, float]) -> tuple[str, str]:
     """(status, why) of feeding a codec whose decoded target is `target` (a Codec.target:
-    exact, topk or sampled) to the loss `kind` with `args`. One rule for train-student, the
-    overlay summary and the README table."""
+    exact, topk or sampled; or spread, an ensemble's dense mixture with a top-k member) to
+    the loss `kind` with `args`. One rule for train-student, the overlay summary and the
+    README table."""
     entry = LOSSES[kind]
     if not entry.uses_target:
         return EXACT, "uses the labels only"
@@ -682,7 +729,9 @@ def pairing(target: str, kind: str, args: dict[str, float]) -> tuple[str, str]:
         if entry.linear(args):
             return UNBIASED, "linear in the target, so counts/N give an unbiased loss"
         return REFUSED, "not linear in the target, so a sampled target biases it"
-    if target == "topk":
+    if target == "topk" and entry.buckets(args):
+        return BUCKETED, "scored on the k stored classes plus one rest bucket, as stored"
+    if target in ("topk", "spread"):
         reason = entry.needs_full(args)
         if reason:
             return REFUSED, reason

@@ -1,8 +1,10 @@
 """`offline-ssld merge`: write an ensemble's combined targets as one ordinary cache.
 
 For people who want to ship one cache instead of several: every (image, view) row holds the
-members' shared view parameters and, as fp16 logits, the combined distribution's
-log-probabilities (softmax of them gives the combined distribution back, to fp16 rounding).
+members' shared view parameters and the combined distribution's log-probabilities, encoded
+by a codec (fp16 by default: softmax of them gives the combined distribution back, to fp16
+rounding; topk or sampled to ship it smaller). One member with another codec is a transcode:
+an fp16 cache compressed to topk without running the teacher again.
 The rows go through the project's own writer (tmp, fsync, rename, checksummed manifest), so
 the result verifies, inspects and trains like any cache.
 
@@ -21,6 +23,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -89,8 +92,10 @@ def merge_caches(
     image_root: str | None = None,
     list_path: str | None = None,
     progress: bool = False,
+    codec: str = "fp16",
+    codec_settings: dict[str, Any] | None = None,
 ) -> MergeResult:
-    """Combine `members` by `rule` and write the result to `out` as an fp16 cache."""
+    """Combine `members` by `rule` and write the result to `out`, encoded by `codec`."""
     out = Path(out)
     for m in members:
         if Path(m.path).resolve() == out.resolve():
@@ -106,7 +111,7 @@ def merge_caches(
     ensemble.index()
     source, keys = _samples(ensemble, image_root, list_path)
     base = ensemble.members[0].reader.manifest
-    codec = build_codec("fp16", ensemble.num_classes)
+    encoder = build_codec(codec, ensemble.num_classes, **(codec_settings or {}))
     # The teacher identity is path-free (the ensemble fingerprint), so fingerprints.teacher is
     # its canonical hash as for any cache (verify checks that); which caches and weights went
     # in, with their paths, is recorded in source.ensemble.
@@ -118,7 +123,7 @@ def merge_caches(
     }
     manifest = dataclasses.replace(
         base,
-        codec=codec.settings(),
+        codec=encoder.settings(),
         fingerprints={
             **base.fingerprints,
             "teacher": teacher_fingerprint(teacher),
@@ -139,7 +144,7 @@ def merge_caches(
         shards=[],
         complete=False,
     )
-    plan = DumpPlan(source, keys, None, codec, manifest)  # type: ignore[arg-type]
+    plan = DumpPlan(source, keys, None, encoder, manifest)  # type: ignore[arg-type]
     manifest = open_cache(out, manifest, overwrite=overwrite, keys=keys)
     writer = BackgroundWriter(out, manifest)
     views = manifest.views

@@ -231,7 +231,7 @@ def test_ensemble_is_as_exact_as_its_least_exact_member(project):
     _fake_cache(path, tmp / "k", 1, "Offline.codec=topk", "Offline.topk=2")
     _fake_cache(path, tmp / "s", 2, "Offline.codec=sampled")
     a, k, s = (CacheMember(str(tmp / n), 1.0) for n in "aks")
-    assert Ensemble([a, k]).target == "topk"
+    assert Ensemble([a, k]).target == "spread"  # combined densely: the rest is spread
     assert Ensemble([a, s]).target == "sampled"
     with pytest.raises(ConfigError, match="mean_logits takes logs"):
         Ensemble([a, s], "mean_logits")
@@ -244,3 +244,35 @@ def test_ensemble_is_as_exact_as_its_least_exact_member(project):
     )
     with pytest.raises(ConfigError, match="ensemble of fp16\\+topk"):
         train(cfg, "ensemble", progress=False)
+
+
+def test_one_cache_transcoded_to_topk_keeps_its_views_and_top_classes(two_fake):
+    """merge of one cache with --codec topk: the same view parameters, the same top-k
+    classes and probabilities as the source's decode, and a verifiable cache."""
+    _, tmp, plan = two_fake
+    result = CliRunner().invoke(
+        main,
+        ["merge", str(tmp / "a"), "--codec", "topk", "--codec-option", "k=3", "--quiet"]
+        + ["--out", str(tmp / "a_top3")],
+    )
+    assert result.exit_code == 0, result.output
+    assert verify_cache(tmp / "a_top3", 0, 0).ok
+    src, out = (
+        Ensemble([CacheMember(str(tmp / "a"), 1.0)]),
+        Ensemble([CacheMember(str(tmp / "a_top3"), 1.0)]),
+    )
+    classes = plan.manifest.num_classes
+    assert out.members[0].reader.manifest.codec == {"name": "topk", "num_classes": classes, "k": 3}
+    src.index()
+    out.index()
+    for key in plan.keys[:5]:
+        for view in range(src.views):
+            hit_src, hit_out = src.lookup(key, view), out.lookup(key, view)
+            assert hit_src is not None and hit_out is not None
+            assert np.array_equal(hit_src[0], hit_out[0])
+            top = np.argsort(-hit_src[1])[:3]
+            np.testing.assert_allclose(hit_out[1][top], hit_src[1][top], rtol=2e-3)
+    bad = CliRunner().invoke(
+        main, ["merge", str(tmp / "a"), "--codec", "topk", "--codec-option", "k", "--out", "x"]
+    )
+    assert bad.exit_code == 2 and "NAME=INTEGER" in bad.output

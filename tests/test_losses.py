@@ -406,8 +406,12 @@ def test_needs_dense_target():
     ("target", "entry", "status"),
     [
         ("exact", {"DistillationKLDivLoss": {"temperature": 4}}, "exact"),
-        ("topk", {"DistillationDMLLoss": {}}, "approximate"),
-        ("topk", {"DistillationKLDivLoss": {"temperature": 1}}, "approximate"),
+        ("topk", {"DistillationDMLLoss": {}}, "buckets"),
+        ("topk", {"DistillationKLDivLoss": {"temperature": 1}}, "buckets"),
+        ("topk", {"DistillationJSLoss": {}}, "buckets"),
+        ("topk", {"DistillationDKDLoss": {}}, "approximate"),
+        ("spread", {"DistillationDMLLoss": {}}, "approximate"),
+        ("spread", {"DistillationKLDivLoss": {"temperature": 4}}, "refused"),
         ("topk", {"DistillationKLDivLoss": {"temperature": 4}}, "refused"),
         ("topk", {"DistillationDKDLoss": {"temperature": 2}}, "refused"),
         ("topk", {"CELoss": {}}, "exact"),
@@ -519,3 +523,98 @@ def test_gt_fusion_refuses_batch_coupled_loss():
 
     with pytest.raises(ConfigError, match="couples the rows"):
         build_loss([{"DistillationDISTLoss": {}}, {"GTFusion": {"alpha": 0.5}}])
+
+
+def _bucket_reference(kind: str, z: np.ndarray, t_stored: np.ndarray, rest: float) -> float:
+    """The loss over k + 1 buckets computed directly in numpy (float64)."""
+    s = np.exp(z - z.max())
+    s /= s.sum()
+    stored = t_stored > 0
+    sb = np.append(s[stored], s[~stored].sum())
+    tb = np.append(t_stored[stored], rest)
+    if kind == "dml":
+        ls, lt = np.log(sb + 1e-12), np.log(tb + 1e-12)
+        return float(((tb * (lt - ls)).sum() + (sb * (ls - lt)).sum()) / 2)
+    if kind == "ce_soft":
+        return float(-(tb * np.log(sb)).sum())
+    m = (sb + tb) / 2
+    return float(((sb * np.log(sb / m)).sum() + (tb * np.log(tb / m)).sum()) / 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("DistillationDMLLoss", "dml"), ("DistillationCELoss", "ce_soft"), ("JSLoss", "js")],
+)
+def test_topk_target_is_scored_on_k_plus_one_buckets(name, kind):
+    """A (C + 1)-column top-k target: the loss equals the k + 1 bucket loss computed in
+    numpy, whatever the student does inside its rest bucket."""
+    from offline_ssld.cache.codecs import build_codec
+
+    rng = np.random.default_rng(0)
+    C, k = 10, 3
+    teacher = rng.normal(0, 3, (4, C))
+    target = build_codec("topk", C, k=k).decode_target(build_codec("topk", C, k=k).encode(teacher))
+    assert target.shape == (4, C + 1)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, rtol=1e-5)
+    loss = build_loss([{name: {}}])
+    z = rng.normal(0, 2, (4, C)).astype(np.float32)
+    got, _ = loss(paddle.to_tensor(z), paddle.to_tensor(target), paddle.full([4], -1, "int64"))
+    want = np.mean(
+        [
+            _bucket_reference(kind, z[r].astype(np.float64), target[r, :C], target[r, C])
+            for r in range(4)
+        ]
+    )
+    assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    # moving the student's mass between two unstored classes leaves the loss unchanged
+    z2 = z.copy()
+    for r in range(4):
+        a, b = np.flatnonzero(target[r, :C] == 0)[:2]
+        hi = np.logaddexp(z2[r, a], z2[r, b])
+        z2[r, a], z2[r, b] = hi - np.log(1 / 0.05), hi - np.log(1 / 0.95)
+    again, _ = loss(paddle.to_tensor(z2), paddle.to_tensor(target), paddle.full([4], -1, "int64"))
+    assert float(again) == pytest.approx(float(got), rel=1e-4)
+
+
+def test_topk_target_gradient_keeps_the_students_own_tail_shape():
+    """Bucketed, the unstored classes are one bucket: the gradient scales the student's tail
+    as a whole (grad_c / s_c is the same for every unstored class) instead of pulling it
+    towards an even spread, which the dense spread target does."""
+    from offline_ssld.cache.codecs import build_codec
+
+    C, k = 10, 2
+    codec = build_codec("topk", C, k=k)
+    payload = codec.encode(np.arange(C, dtype=float)[None])
+    z0 = np.linspace(-2, 1, C).astype(np.float32)[None]
+    s = np.exp(z0[0]) / np.exp(z0[0]).sum()
+    ratios = {}
+    for form, target in (
+        ("buckets", codec.decode_target(payload)),
+        ("spread", codec.decode(payload)),
+    ):
+        z = paddle.to_tensor(z0, stop_gradient=False)
+        loss, _ = build_loss([{"DistillationDMLLoss": {}}])(
+            z, paddle.to_tensor(target), paddle.to_tensor([-1])
+        )
+        loss.backward()
+        grad = z.grad.numpy()[0]
+        assert np.isfinite(grad).all()
+        ratios[form] = grad[: C - k] / s[: C - k]
+    assert np.ptp(ratios["buckets"]) < 1e-4 * np.abs(ratios["buckets"]).max()
+    assert np.ptp(ratios["spread"]) > 0.1 * np.abs(ratios["spread"]).max()
+
+
+def test_topk_target_spread_for_losses_that_need_every_class():
+    """DKD (T=1) gets the dense target with the rest spread evenly, i.e. codec.decode."""
+    from offline_ssld.cache.codecs import build_codec
+
+    rng = np.random.default_rng(1)
+    C = 6
+    codec = build_codec("topk", C, k=2)
+    payload = codec.encode(rng.normal(0, 2, (3, C)))
+    labels = paddle.to_tensor([0, 3, 5])
+    z = paddle.to_tensor(rng.normal(0, 1, (3, C)).astype(np.float32))
+    loss = build_loss([{"DistillationDKDLoss": {}}])
+    bucketed, _ = loss(z, paddle.to_tensor(codec.decode_target(payload)), labels)
+    dense, _ = loss(z, paddle.to_tensor(codec.decode(payload)), labels)
+    assert float(bucketed) == pytest.approx(float(dense), rel=1e-5)

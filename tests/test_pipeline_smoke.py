@@ -104,3 +104,30 @@ def test_ensemble_benchmark_smoke(tmp_path):
     assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
     ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
     assert len(ckpt["targets"]["members"]) == 2
+
+
+def test_codec_accuracy_benchmark_smoke(tmp_path):
+    from benchmarks import codec_accuracy
+
+    out = tmp_path / "codec_accuracy.json"
+    args = [
+        *("--images", "64", "--val-images", "32", "--teacher-epochs", "1", "--epochs", "1"),
+        *("--views", "2", "--seeds", "0,1", "--batch-size", "32"),
+        *("--settings", "fp16,topk k=1,topk k=3 spread"),
+        *("--workdir", str(tmp_path / "work"), "--data-dir", str(tmp_path / "data")),
+        *("--out", str(out), "--quiet"),
+    ]
+    result = CliRunner().invoke(codec_accuracy.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["runs"]["1"]) == {"fp16", "topk k=1", "topk k=3 spread"}
+    acc = r["accuracy"]
+    assert acc["topk k=1"]["bytes_per_row"] < acc["fp16"]["bytes_per_row"]
+    for v in acc.values():
+        assert 0.0 <= v["mean"] <= 1.0 and len(v["values"]) == 2
+    assert acc["fp16"]["minus_fp16"]["mean"] == 0.0
+    math_part = r["math_1000_classes"]["settings"]
+    assert math_part["fp16"]["cosine_near_student"] > 0.999
+    # the transcoded caches keep the dump's views: a topk cache exists beside the fp16 one
+    assert (tmp_path / "work" / "cache_topk_k1" / "manifest.json").exists()
+    assert out.with_suffix(".png").stat().st_size > 1000

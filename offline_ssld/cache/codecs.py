@@ -9,11 +9,16 @@ Three codecs:
 
 * ``fp16``    -- all logits as float16; decode is a stable float32 softmax.
 * ``topk``    -- the k largest logits (fp16) with their class ids and the float32 logsumexp
-  of all logits; decode puts ``exp(logit - logsumexp)`` on the k ids and spreads the leftover
-  mass evenly over the other ``C - k`` classes ("marginal smoothing", as FKD does).
+  of all logits. ``decode`` puts ``exp(logit - logsumexp)`` on the k ids and spreads the
+  leftover mass evenly over the other ``C - k`` classes ("marginal smoothing", as FKD does);
+  ``decode_target`` gives the losses what is stored and nothing more: the k probabilities
+  and one "rest" bucket (see ``decode_target``).
 * ``sampled`` -- N class ids drawn i.i.d. from the teacher's softmax, stored as unique ids with
   counts; decode is ``counts / N``, the unbiased estimator of Sparse Logit Sampling
   (Anshumann et al. 2025): ``E[decode(encode(x))] = softmax(x)``.
+
+``decode`` is always a dense ``(B, C)`` distribution (reports, ensembles, selection);
+``decode_target`` is what the student's loss receives.
 
 ``compare(payload, logits)`` and ``tolerance()`` form the ``verify --teacher-check`` pair: the
 checker recomputes teacher logits for some stored rows and accepts the cache when
@@ -126,8 +131,8 @@ class Codec(ABC):
     """Base class. Subclasses set ``name`` and implement columns/encode/decode/compare."""
 
     name: str = ""
-    # What decode() gives the losses: "exact" (the teacher's distribution), "topk" (exact on
-    # k classes and the rest mass, rest spread evenly) or "sampled" (an unbiased estimate).
+    # What decode_target() gives the losses: "exact" (the teacher's distribution), "topk"
+    # (k classes and one rest bucket) or "sampled" (an unbiased estimate).
     # losses.pairing() decides from it which losses a cache of this codec can feed.
     target: str = ""
     # Each codec setting and the Offline key that sets it: dump-teacher, the overlay summary
@@ -151,6 +156,10 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, payload: dict[str, np.ndarray]) -> np.ndarray:
         """See the subclasses."""
+
+    def decode_target(self, payload: dict[str, np.ndarray]) -> np.ndarray:
+        """The student's target: `decode` unless the codec stores less than a distribution."""
+        return self.decode(payload)
 
     @abstractmethod
     def compare(self, payload: dict[str, np.ndarray], logits: np.ndarray) -> float:
@@ -297,19 +306,35 @@ class TopKCodec(Codec):
             "logsumexp": _logsumexp64(x).astype(np.float32)[:, None],
         }
 
-    def decode(self, payload):
+    def _stored(self, payload) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, their probabilities, rest mass), normalised to sum 1 per row."""
         p = self._check_payload(payload)
         ids = p["topk_ids"].astype(np.int64)
-        B, C, k = ids.shape[0], self.num_classes, self.k
+        C, k = self.num_classes, self.k
         if ids.size and (ids.min() < 0 or ids.max() >= C):
             raise ValueError(f"topk codec: stored class ids outside [0, {C})")
         top = np.exp(p["topk_logits"].astype(np.float64) - p["logsumexp"].astype(np.float64))
         mass = top.sum(axis=1, keepdims=True)
-        tail = np.clip(1.0 - mass, 0.0, None) if k < C else np.zeros_like(mass)
-        total = mass + tail  # == 1 unless fp16 rounding pushed the top-k mass past 1
-        out = np.empty((B, C), dtype=np.float64)
-        out[:] = tail / max(C - k, 1) / total
-        np.put_along_axis(out, ids, top / total, axis=1)
+        rest = np.clip(1.0 - mass, 0.0, None) if k < C else np.zeros_like(mass)
+        total = mass + rest  # == 1 unless fp16 rounding pushed the top-k mass past 1
+        return ids, top / total, rest / total
+
+    def decode(self, payload):
+        ids, top, rest = self._stored(payload)
+        out = np.empty((ids.shape[0], self.num_classes), dtype=np.float64)
+        out[:] = rest / max(self.num_classes - self.k, 1)
+        np.put_along_axis(out, ids, top, axis=1)
+        return out.astype(np.float32)
+
+    def decode_target(self, payload):
+        """``(B, C + 1)``: the stored probabilities on their classes, 0 on every other class,
+        and the rest mass in column C. The losses (losses.DistillLoss) score the student on
+        these k + 1 buckets, the student's rest being its mass on the zero classes: exact for
+        what is stored, with no invented shape for the tail it does not know."""
+        ids, top, rest = self._stored(payload)
+        out = np.zeros((ids.shape[0], self.num_classes + 1), dtype=np.float64)
+        np.put_along_axis(out, ids, top, axis=1)
+        out[:, -1:] = rest
         return out.astype(np.float32)
 
     def compare(self, payload, logits):

@@ -228,12 +228,14 @@ class CacheReader:
         ]
         return params, payload
 
-    def decode(self, payloads: list[list[np.ndarray]]) -> np.ndarray:
-        """Dense float32 targets of the views whose `read_view` payloads are given: decoding
-        a whole batch at once costs a fraction of decoding view by view."""
+    def decode(self, payloads: list[list[np.ndarray]], target: bool = False) -> np.ndarray:
+        """Dense float32 distributions of the views whose `read_view` payloads are given, or
+        with `target` the student's targets (Codec.decode_target): decoding a whole batch at
+        once costs a fraction of decoding view by view."""
         columns = [np.concatenate(column) for column in zip(*payloads, strict=True)]
-        names = [name for name, _ in self._payload]
-        return self.codec.decode(dict(zip(names, columns, strict=True))).astype(np.float32)
+        payload = dict(zip([name for name, _ in self._payload], columns, strict=True))
+        out = self.codec.decode_target(payload) if target else self.codec.decode(payload)
+        return out.astype(np.float32)
 
     def load_shard(self, number: int, verify: bool = True) -> dict[str, np.ndarray]:
         """Shard `number` copied out and expanded to one row per view (audits and tests):

@@ -142,7 +142,7 @@ class ReplayDataset(paddle.io.Dataset):
             labels.append(self.source.samples[index].label)
             timings.append(np.diff(clock))
         start = time.perf_counter()
-        target = self.reader.decode(payloads)
+        target = self.reader.decode(payloads, target=True)
         decode = (time.perf_counter() - start) / max(len(indices), 1)
         fields = (np.stack(xs), target, np.array(labels, dtype=np.int64))
         if not self.timed:
