@@ -463,6 +463,57 @@ def codec_accuracy() -> str:
     return "\n".join(lines)
 
 
+def ssld_pool() -> str:
+    r = _load("ssld_pool.json")
+    if r is None:
+        return "_not measured yet: run `python pipelines/ssld_pool.py`_"
+    s, m, sel = r["settings"], r["machine"], r["selection"]
+    names = {
+        "student_only": "student alone on the labeled set (labels, no teacher)",
+        "labeled": "labeled set, distilled",
+        "random": "labeled + random draw from the pool (selected set's size)",
+        "selected": f"labeled + `select` (top {s['per_class']} per class)",
+        "pool": "labeled + the whole pool",
+    }
+    lines = [
+        f"Fashion-MNIST classes 0-{s['task_classes'] - 1}; {s['labeled']} labeled images "
+        f"train the teacher (ResNet18, {100 * r['teacher']['top1']:.2f}% top-1); a pool of "
+        f"{s['pool']} unlabeled training images ({100 * r['pool_ood_share']:.1f}% from the two "
+        f"held-out classes) plus {sel['planted']} planted near-copies of evaluation images. "
+        f"One dump of labeled + pool ({s['views']} views); every student trains from a subset "
+        f"of it: MobileNetV3_small_x0_35, DML, {s['student_epochs']} epochs, batch "
+        f"{s['batch_size']}, {len(s['seeds'])} seeds interleaved, last-epoch top-1 on "
+        f"{s['val_images']} evaluation images. Machine: {m['nproc']} cores, {m['cpu']}, "
+        f"Paddle {m['paddle']} on CPU.",
+        "",
+        "| student trained on | pool images added | out-of-distribution share | planted copies "
+        "in the set | top-1, mean ± 95% CI | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, v in r["summary"].items():
+        ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
+        lines.append(
+            f"| {names[arm]} | {v['extra_images']:.0f} | {100 * v['ood_share']:.1f}% | "
+            f"{v['planted_duplicates_in_set']} | {100 * v['mean']:.2f}%{ci} | "
+            + ", ".join(f"{100 * x:.2f}" for x in v["values"])
+            + " |"
+        )
+    lines += ["", "Paired differences (selected minus the other arm, same seed):", ""]
+    for name, v in r["paired"].items():
+        ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
+        lines.append(f"- {name.replace('_', ' ')}: {100 * v['mean']:+.2f} points{ci}")
+    lines += [
+        "",
+        f"`select` refused {sel['duplicates_refused']} pool images as copies of evaluation "
+        f"images: **{sel['planted_removed']} of the {sel['planted']} planted copies**, and "
+        f"{sel['false_duplicates']} others; {len(sel['short_classes'])} classes were short of "
+        f"{s['per_class']}.",
+        "",
+        f"Reproduce: `{r['command']}`",
+    ]
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "paddleclas_configs": paddleclas_configs,
     "codec_loss": codec_loss,
@@ -478,6 +529,7 @@ BLOCKS = {
     "data_free": data_free,
     "ensemble": ensemble,
     "codec_accuracy": codec_accuracy,
+    "ssld_pool": ssld_pool,
 }
 
 
