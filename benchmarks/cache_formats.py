@@ -108,7 +108,7 @@ def main(rows, lookups, repeats, views, shard_rows, seed, out, tmp_dir) -> None:
       python benchmarks/cache_formats.py --rows 50000 --repeats 3
     """
     from offline_ssld.cache.codecs import build_codec
-    from offline_ssld.config import OFFLINE_DEFAULTS
+    from offline_ssld.config.offline import OFFLINE_DEFAULTS
 
     command = reproduce_command()
     results = []

@@ -23,7 +23,6 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
 from offline_ssld.cache.codecs import Codec, codec_from_offline
 from offline_ssld.cache.fingerprint import (
@@ -43,6 +42,7 @@ from offline_ssld.cache.format import (
     split_path,
 )
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
+from offline_ssld.config import loading, offline, paddleclas, specs
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import ShardBatches
@@ -79,7 +79,7 @@ def _decode_check(pipeline: Pipeline):
 
 def plan_dump(cfg: dict) -> DumpPlan:
     """Validate every input and fix the manifest of the cache this config produces."""
-    cfgmod.check_supported(cfg)
+    paddleclas.check_supported(cfg)
     offline = cfg["Offline"]
     for key in ("views", "shard_size", "batch_size"):
         value = offline[key]
@@ -90,8 +90,8 @@ def plan_dump(cfg: dict) -> DumpPlan:
         raise ConfigError(f"Offline.seed: expected a non-negative integer, got {seed!r}")
     if offline["format"] not in ("arrow", "hdf5"):
         raise ConfigError(f"Offline.format: {offline['format']!r}; supported: arrow, hdf5")
-    teacher = cfgmod.teacher_spec(cfg)
-    data = cfgmod.data_spec(cfg, "Train")
+    teacher = specs.teacher_spec(cfg)
+    data = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
     codec = build_codec_from(offline, teacher.class_num)
     samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter)
@@ -210,10 +210,10 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     """Dump the missing shards; under the launcher, this rank's share of them.
 
     `shards_written` and `images_per_second` (views/s) count the shards of all ranks."""
-    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
+    device = select_device(loading.get(cfg, "Global.device", "gpu"))
     dist.init()
     plan = plan_dump(cfg)
-    cache_dir = Path(cfgmod.single_cache_dir(cfg, "dump-teacher"))
+    cache_dir = Path(offline.single_cache_dir(cfg, "dump-teacher"))
     if dist.is_main():
         manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys)
     dist.barrier()
@@ -269,7 +269,7 @@ def _dump_shards(
     items = [i for chunk in shard_items for i in chunk]
     workers = cfg["Offline"]["num_workers"]
     if workers is None:
-        workers = cfgmod.data_spec(cfg, "Train").num_workers
+        workers = specs.data_spec(cfg, "Train").num_workers
     dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items)
     batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
     loader = BatchLoader(dataset, batches, workers)

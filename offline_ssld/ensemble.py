@@ -33,7 +33,7 @@ import paddle
 
 from offline_ssld.cache.fingerprint import canonical_hash, ensemble_fingerprint
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import ENSEMBLE_RULES, CacheMember
+from offline_ssld.config.offline import ENSEMBLE_RULES, CacheMember
 from offline_ssld.data.lists import content_key
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import ImageSource

@@ -18,7 +18,7 @@ import paddle
 from safetensors.numpy import load_file, save_file
 
 from offline_ssld.atomic import atomic_write
-from offline_ssld.config import ModelSpec
+from offline_ssld.config.specs import ModelSpec
 from offline_ssld.errors import ConfigError
 
 
@@ -123,7 +123,7 @@ def load_weights(
 
 def load_teacher(cfg: dict) -> paddle.nn.Layer:
     """The config's teacher with its weights, frozen and in eval mode (as a cache holds it)."""
-    from offline_ssld.config import teacher_spec
+    from offline_ssld.config.specs import teacher_spec
 
     spec = teacher_spec(cfg)
     if not spec.pretrained:

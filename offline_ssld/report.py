@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from offline_ssld import config as cfgmod
 from offline_ssld.cache.fingerprint import first_difference, transforms_fingerprint
+from offline_ssld.config import specs
+from offline_ssld.config.offline import cache_members
 from offline_ssld.data.lists import hash_images, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource
@@ -53,11 +54,11 @@ def load_table(cfg: dict) -> Table:
     """Every stored row of the config's training images: teacher targets and view params."""
     offline = cfg["Offline"]
     ensemble = Ensemble(
-        cfgmod.cache_members(offline["cache_dir"]),
+        cache_members(offline["cache_dir"]),
         offline["ensemble"],
         offline["ensemble_temperature"],
     )
-    spec = cfgmod.data_spec(cfg, "Train")
+    spec = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(spec.transform_ops, f"{spec.key}.transform_ops"))
     expected = {"fingerprints.transforms": transforms_fingerprint(pipeline)}
     for member in ensemble.members:  # the student replays these views with this pipeline
@@ -183,7 +184,7 @@ def student_findings(cfg: dict, table: Table, checkpoint: str | Path) -> dict[st
     path = Path(checkpoint)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
-    spec = cfgmod.student_spec(cfg)
+    spec = specs.student_spec(cfg)
     model = build_model(spec)
     load_weights(model, path, "--student")
     model.eval()

@@ -24,7 +24,6 @@ from typing import ClassVar
 import paddle
 import paddle.nn.functional as F
 
-from offline_ssld import config as cfgmod
 from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.fingerprint import (
     expected_identity,
@@ -32,7 +31,9 @@ from offline_ssld.cache.fingerprint import (
     transforms_fingerprint,
 )
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import ModelSpec
+from offline_ssld.config import loading, specs
+from offline_ssld.config.offline import cache_members, is_ensemble, single_cache_dir
+from offline_ssld.config.specs import ModelSpec
 from offline_ssld.data.samplers import epoch_views
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
@@ -98,7 +99,7 @@ class OnlineTeacher(TargetSource):
     def _build(
         self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
     ) -> paddle.io.Dataset:
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
         dataset = AugmentDataset(source, pipeline, self.seed)
         self.teacher = load_teacher(cfg)
         bn_mode = cfg["Offline"]["online_teacher_bn"]
@@ -125,7 +126,7 @@ class OfflineCache(TargetSource):
     def _build(
         self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
     ) -> paddle.io.Dataset:
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
         reader = open_matching_cache(cfg, pipeline)
         if reader.manifest.num_classes != student.class_num:
             raise CacheError(
@@ -172,10 +173,10 @@ class EnsembleCache(OfflineCache):
     ) -> paddle.io.Dataset:
         from offline_ssld.ensemble import Ensemble, EnsembleReplayDataset
 
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
         offline = cfg["Offline"]
         ensemble = Ensemble(
-            cfgmod.cache_members(offline["cache_dir"]),
+            cache_members(offline["cache_dir"]),
             offline["ensemble"],
             offline["ensemble_temperature"],
         )
@@ -208,16 +209,16 @@ def _check_views(views: object, stored: int) -> int:
 
 def offline_mode(cfg: dict) -> str:
     """The train() mode of train-student without --online: one cache, or an ensemble."""
-    return "ensemble" if cfgmod.is_ensemble(cfg) else "offline"
+    return "ensemble" if is_ensemble(cfg) else "offline"
 
 
 def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:
     """The cache named by Offline.cache_dir, refused if it belongs to another teacher or
     other transforms than this config (naming the differing field). A merged ensemble cache
     (`offline-ssld merge`) is no config's Teacher: its transforms and classes must match."""
-    cache_dir = cfgmod.single_cache_dir(cfg, "a single-cache run")
+    cache_dir = single_cache_dir(cfg, "a single-cache run")
     reader = CacheReader(cache_dir)
-    expected = expected_identity(cfgmod.teacher_spec(cfg), pipeline)
+    expected = expected_identity(specs.teacher_spec(cfg), pipeline)
     if reader.manifest.teacher.get("ensemble"):
         expected = {
             "teacher.class_num": expected["teacher.class_num"],

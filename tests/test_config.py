@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_ssld.config import (
-    OFFLINE_DEFAULTS,
-    load_config,
-    student_spec,
-    teacher_spec,
-)
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.offline import OFFLINE_DEFAULTS
+from offline_ssld.config.specs import student_spec, teacher_spec
 from offline_ssld.errors import ConfigError
 from tests.helpers import STUDENT, TEACHER, transform_ops
 
@@ -256,7 +253,7 @@ def test_spec_errors(tmp_path, base):
 
 def test_backbone_with_fixed_parameter_names_builds_twice_in_one_process():
     """Res2Net names its parameters itself; Paddle refuses a name twice per process."""
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.models import build_model
 
     spec = ModelSpec("Res2Net50_vd_26w_4s", 2, None, "Arch")
