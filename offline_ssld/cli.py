@@ -96,19 +96,19 @@ def dump_teacher(configs, overrides, overwrite, skip_bad, quiet) -> None:
       offline-ssld dump-teacher -c configs/fashion_mnist/resnet50_vd_teacher.yaml \\
           -o Offline.cache_dir=cache/fmnist_r50 -o Offline.views=4
     """
+    from offline_ssld.config.offline import offline_spec
     from offline_ssld.dump import run_dump
 
     cfg = _load(configs, overrides, ["Offline.skip_bad=True"] if skip_bad else None)
     result = run_dump(cfg, overwrite=overwrite, progress=not quiet)
+    cache_dir = offline_spec(cfg).single_cache("dump-teacher")
     m = result.manifest
     if result.shards_written == 0:
-        click.echo(
-            f"{cfg['Offline']['cache_dir']}: cache is complete ({m.rows} rows); nothing to do"
-        )
+        click.echo(f"{cache_dir}: cache is complete ({m.rows} rows); nothing to do")
         return
     click.echo(
         f"wrote {result.shards_written} shards ({m.rows} rows, {m.num_images} images x "
-        f"{m.views} views) to {cfg['Offline']['cache_dir']} at "
+        f"{m.views} views) to {cache_dir} at "
         f"{result.images_per_second:.1f} views/s; skipped {len(m.skipped)} images"
     )
 
@@ -332,6 +332,7 @@ def train_student(
       offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']"
     """
+    from offline_ssld.config.offline import offline_spec
     from offline_ssld.targets import offline_mode
     from offline_ssld.train import data_only as run_data_only
     from offline_ssld.train import train
@@ -357,7 +358,7 @@ def train_student(
                 f"mapped cache / in memory = {ratio:.2f}"
             )
         return
-    mode = "online" if online else offline_mode(cfg)
+    mode = "online" if online else offline_mode(offline_spec(cfg))
     _report(train(cfg, mode, resume=resume, progress=not quiet))
 
 
@@ -441,17 +442,17 @@ def merge_cmd(
       offline-ssld merge -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']" --out cache/fmnist_ens
     """
-    from offline_ssld.config.offline import CacheMember, cache_members
+    from offline_ssld.config.offline import CacheMember, offline_spec
     from offline_ssld.config.specs import data_spec
     from offline_ssld.merge import merge_caches
 
     image_root = list_path = None
     if configs:
         cfg = _load(configs, overrides)
-        offline = cfg["Offline"]
-        members = cache_members(offline["cache_dir"])
-        rule = rule or offline["ensemble"]
-        temperature = temperature if temperature is not None else offline["ensemble_temperature"]
+        offline = offline_spec(cfg)
+        members = list(offline.caches)
+        rule = rule or offline.ensemble
+        temperature = temperature if temperature is not None else offline.ensemble_temperature
         spec = data_spec(cfg, "Train")
         image_root, list_path = spec.image_root, spec.cls_label_path
     elif caches:

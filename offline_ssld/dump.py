@@ -24,7 +24,7 @@ import paddle
 from tqdm import tqdm
 
 from offline_ssld import distributed as dist
-from offline_ssld.cache.codecs import Codec, codec_from_offline
+from offline_ssld.cache.codecs import Codec, build_codec
 from offline_ssld.cache.fingerprint import (
     dataset_fingerprint,
     first_difference,
@@ -42,7 +42,8 @@ from offline_ssld.cache.format import (
     split_path,
 )
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
-from offline_ssld.config import loading, offline, paddleclas, specs
+from offline_ssld.config import loading, paddleclas, specs
+from offline_ssld.config.offline import OfflineSpec
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import ShardBatches
@@ -63,13 +64,6 @@ class DumpPlan:
     manifest: Manifest
 
 
-def build_codec_from(offline: dict, num_classes: int) -> Codec:
-    try:
-        return codec_from_offline(offline, num_classes)
-    except ValueError as exc:
-        raise ConfigError(f"Offline.codec: {exc}") from None
-
-
 def _decode_check(pipeline: Pipeline):
     first = pipeline.ops[0] if pipeline.ops else None
     if first is None or first.name != "DecodeImage":
@@ -79,21 +73,17 @@ def _decode_check(pipeline: Pipeline):
 
 def plan_dump(cfg: dict) -> DumpPlan:
     """Validate every input and fix the manifest of the cache this config produces."""
-    paddleclas.check_supported(cfg)
-    offline = cfg["Offline"]
-    for key in ("views", "shard_size", "batch_size"):
-        value = offline[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"Offline.{key}: expected a positive integer, got {value!r}")
-    seed = offline["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"Offline.seed: expected a non-negative integer, got {seed!r}")
-    if offline["format"] not in ("arrow", "hdf5"):
-        raise ConfigError(f"Offline.format: {offline['format']!r}; supported: arrow, hdf5")
+    return _plan(cfg, paddleclas.check_supported(cfg))
+
+
+def _plan(cfg: dict, offline: OfflineSpec) -> DumpPlan:
     teacher = specs.teacher_spec(cfg)
     data = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
-    codec = build_codec_from(offline, teacher.class_num)
+    try:
+        codec = build_codec(offline.codec, teacher.class_num, **dict(offline.codec_settings))
+    except ValueError as exc:
+        raise ConfigError(f"Offline.codec: {exc}") from None
     samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter)
     if teacher.pretrained is None:
         raise ConfigError(
@@ -105,7 +95,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
         build_model(teacher),
         teacher.pretrained,
         "Offline.teacher_weights",
-        offline["allow_pickle_weights"],
+        offline.allow_pickle_weights,
     )
     results = hash_images(data.image_root, samples, data.cls_label_path, _decode_check(pipeline))
     keys: list[bytes] = []
@@ -114,7 +104,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
     seen: set[bytes] = set()
     for sample, result in zip(samples, results, strict=True):
         if isinstance(result, DataError):
-            if not offline["skip_bad"]:
+            if not offline.skip_bad:
                 raise DataError(f"{result} (pass --skip-bad to record and skip bad images)")
             skipped.append({"path": sample.path, "line": sample.line, "reason": str(result)})
         elif result not in seen:  # identical bytes: one set of teacher rows serves both
@@ -123,11 +113,11 @@ def plan_dump(cfg: dict) -> DumpPlan:
             kept.append(sample)
     identity = teacher_identity(teacher, teacher.pretrained)
     manifest = Manifest(
-        backend=offline["format"],
-        views=offline["views"],
-        seed=int(offline["seed"]),
+        backend=offline.backend,
+        views=offline.views,
+        seed=offline.seed,
         num_classes=teacher.class_num,
-        images_per_shard=max(1, offline["shard_size"] // offline["views"]),
+        images_per_shard=max(1, offline.shard_size // offline.views),
         param_names=list(pipeline.param_names),
         param_ranges=[list(r) for r in pipeline.param_ranges],
         codec=codec.settings(),
@@ -212,8 +202,9 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     `shards_written` and `images_per_second` (views/s) count the shards of all ranks."""
     device = select_device(loading.get(cfg, "Global.device", "gpu"))
     dist.init()
-    plan = plan_dump(cfg)
-    cache_dir = Path(offline.single_cache_dir(cfg, "dump-teacher"))
+    offline = paddleclas.check_supported(cfg)
+    plan = _plan(cfg, offline)
+    cache_dir = Path(offline.single_cache("dump-teacher"))
     if dist.is_main():
         manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys)
     dist.barrier()
@@ -234,7 +225,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     start = time.perf_counter()
     try:
         if todo:
-            _dump_shards(cfg, device, plan, teacher, todo, shard_items, writer, progress)
+            _dump_shards(cfg, offline, device, plan, teacher, todo, shard_items, writer, progress)
     finally:
         manifest = writer.close()
     if dist.is_distributed():
@@ -256,6 +247,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
 
 def _dump_shards(
     cfg: dict,
+    offline: OfflineSpec,
     device: str,
     plan: DumpPlan,
     teacher: paddle.nn.Layer,
@@ -267,11 +259,11 @@ def _dump_shards(
     """Run the teacher over the items of shards `todo` and submit each shard when whole."""
     views = plan.manifest.views
     items = [i for chunk in shard_items for i in chunk]
-    workers = cfg["Offline"]["num_workers"]
+    workers = offline.num_workers
     if workers is None:
         workers = specs.data_spec(cfg, "Train").num_workers
     dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items)
-    batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
+    batches = ShardBatches(shard_items, offline.batch_size)
     loader = BatchLoader(dataset, batches, workers)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     shard_queue = list(zip(todo, shard_items, strict=True))

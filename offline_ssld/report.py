@@ -27,7 +27,7 @@ import numpy as np
 
 from offline_ssld.cache.fingerprint import first_difference, transforms_fingerprint
 from offline_ssld.config import specs
-from offline_ssld.config.offline import cache_members
+from offline_ssld.config.offline import offline_spec
 from offline_ssld.data.lists import hash_images, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource
@@ -52,12 +52,8 @@ class Table:
 
 def load_table(cfg: dict) -> Table:
     """Every stored row of the config's training images: teacher targets and view params."""
-    offline = cfg["Offline"]
-    ensemble = Ensemble(
-        cache_members(offline["cache_dir"]),
-        offline["ensemble"],
-        offline["ensemble_temperature"],
-    )
+    offline = offline_spec(cfg)
+    ensemble = Ensemble(offline.caches, offline.ensemble, offline.ensemble_temperature)
     spec = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(spec.transform_ops, f"{spec.key}.transform_ops"))
     expected = {"fingerprints.transforms": transforms_fingerprint(pipeline)}

@@ -212,7 +212,7 @@ def train(
     so a long run can be done in slices with --resume (and interruption can be tested)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    paddleclas.check_supported(cfg)
+    offline = paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
     seed = int(glob.get("seed", 0))
     epochs = int(glob.get("epochs", 1))
@@ -242,8 +242,12 @@ def train(
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
     elif student_spec.pretrained and specs.is_distillation(cfg):  # SSLD's fine-tuning stage
-        allow = cfg["Offline"]["allow_pickle_weights"]
-        load_weights(model, student_spec.pretrained, str(student_spec.weights_key), allow)
+        load_weights(
+            model,
+            student_spec.pretrained,
+            str(student_spec.weights_key),
+            offline.allow_pickle_weights,
+        )
     optimizer, scheduler = build_optimizer(cfg, model.parameters(), len(sampler), epochs)
     scaler = paddle.amp.GradScaler() if device == "gpu" else None
 
@@ -313,7 +317,7 @@ def train(
         }
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:
-            recalibrate_batch_norm(model, loader, cfg["Offline"]["precise_bn_batches"])
+            recalibrate_batch_norm(model, loader, offline.precise_bn_batches)
             last = evaluate(model, eval_loader)
             record["top1"] = round(last, 5)
             if last > best:

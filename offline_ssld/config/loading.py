@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from offline_ssld.config.offline import OFFLINE_DEFAULTS, cache_members
+from offline_ssld.config.offline import offline_section
 from offline_ssld.errors import ConfigError
 
 # One place for every DataFree key (`offline-ssld synthesize`, DAFL data-free distillation).
@@ -153,15 +153,7 @@ def load_config(
         raise ConfigError(
             f"unknown config section {unknown[0]!r}; known: {', '.join(sorted(KNOWN_SECTIONS))}"
         )
-    offline = cfg.get("Offline") or {}
-    if not isinstance(offline, dict):
-        raise ConfigError("Offline: must be a mapping")
-    for key in offline:
-        if key not in OFFLINE_DEFAULTS:
-            raise ConfigError(
-                f"Offline.{key}: unknown key; known: {', '.join(sorted(OFFLINE_DEFAULTS))}"
-            )
-    cfg["Offline"] = {**OFFLINE_DEFAULTS, **offline}
+    cfg["Offline"] = offline_section(cfg.get("Offline"))
     if "DataFree" in cfg:  # filled only when given, so other stages' configs stay as written
         datafree = cfg["DataFree"] or {}
         if not isinstance(datafree, dict):
@@ -172,7 +164,6 @@ def load_config(
                     f"DataFree.{key}: unknown key; known: {', '.join(sorted(DATAFREE_DEFAULTS))}"
                 )
         cfg["DataFree"] = {**DATAFREE_DEFAULTS, **datafree}
-    cache_members(cfg["Offline"]["cache_dir"])  # a malformed list fails here, naming the item
     return cfg
 
 

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from offline_ssld.config.loading import get
-from offline_ssld.config.offline import OFFLINE_DEFAULTS
+from offline_ssld.config.offline import OfflineSpec, offline_spec
 from offline_ssld.config.specs import (
     DISTILLATION_ARCH,
     FEATURE_MODEL_KEYS,
@@ -281,13 +281,14 @@ def _check_amp(cfg: dict) -> None:
         )
 
 
-def check_supported(cfg: dict) -> None:
+def check_supported(cfg: dict) -> OfflineSpec:
     """Refuse any key a stage would not honour, naming its path and what is supported.
 
     Called at the start of each stage (dump.plan_dump, train.train, train.evaluate_config)
     and by `offline-ssld overlay`, not by load_config: partial configs stay loadable.
     Known-harmless keys (export settings, logging cadence, ...) are accepted; `Infer` is
-    PaddleClas's predict settings and is not read. Offline is checked by load_config.
+    PaddleClas's predict settings and is not read. Returns the parsed Offline section, so a
+    stage checks its config and reads Offline in one call.
     """
     from offline_ssld.optim import check_optimizer  # optim imports this module
 
@@ -298,9 +299,7 @@ def check_supported(cfg: dict) -> None:
     _check_loss(cfg)
     _check_metric(cfg)
     _check_amp(cfg)
-    policy = (cfg.get("Offline") or {}).get("view_policy", OFFLINE_DEFAULTS["view_policy"])
-    if policy != "cycle":
-        raise ConfigError(f"Offline.view_policy: {policy!r} is not supported; supported: cycle")
+    return offline_spec(cfg)
 
 
 def _ops_text(ops: list) -> str:
@@ -312,16 +311,22 @@ def _ops_text(ops: list) -> str:
     return " -> ".join(parts)
 
 
+def _caches_text(offline: OfflineSpec) -> str:
+    if not offline.is_ensemble:
+        return offline.caches[0].path
+    members = ", ".join(f"{m.path} (weight {m.weight:g})" for m in offline.caches)
+    return f"ensemble of {members}, {offline.ensemble}"
+
+
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
-    from offline_ssld.cache.codecs import describe_codec
     from offline_ssld.losses import build_loss
     from offline_ssld.optim import describe_optimizer
 
     teacher = teacher_spec(cfg)
     weights, source = teacher_weights_source(cfg)
     student = student_spec(cfg)
-    off = cfg["Offline"]
+    off = offline_spec(cfg)
     glob = cfg.get("Global") or {}
     if weights:
         state = "found" if os.path.isfile(weights) else "MISSING"
@@ -359,9 +364,10 @@ def overlay_summary(cfg: dict) -> list[str]:
                 + (f" ({', '.join(names)})" if names else "")
             )
     lines.append(
-        f"cache: {off['cache_dir']}, views {off['views']}, codec {describe_codec(off)}"
-        + f", format {off['format']}, shard_size {off['shard_size']}, seed {off['seed']}, "
-        f"teacher batch {off['batch_size']}"
+        f"cache: {_caches_text(off)}, views {off.views}, codec {off.codec}"
+        + "".join(f" ({setting} {value})" for setting, value in off.codec_settings)
+        + f", format {off.backend}, shard_size {off.shard_size}, seed {off.seed}, "
+        f"teacher batch {off.batch_size}"
     )
     loss_train = (cfg.get("Loss") or {}).get("Train")
     if loss_train:

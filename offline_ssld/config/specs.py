@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_ssld.config.loading import get
+from offline_ssld.config.offline import offline_spec
 from offline_ssld.errors import ConfigError
 
 DISTILLATION_ARCH = "DistillationModel"
@@ -94,8 +95,8 @@ def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
     """(weights file, config key it came from): Offline.teacher_weights, else
     Arch.pretrained_list at the Teacher's index, else the Teacher entry's (or plain Arch's)
     `pretrained`."""
-    chosen = (cfg.get("Offline") or {}).get("teacher_weights")
-    if chosen not in (None, ""):
+    chosen = offline_spec(cfg).teacher_weights
+    if chosen is not None:
         return _weights_path(chosen, "Offline.teacher_weights"), "Offline.teacher_weights"
     arch = get(cfg, "Arch")
     if arch.get("name") == DISTILLATION_ARCH:
