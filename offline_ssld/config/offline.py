@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from offline_ssld.cache.backends import BACKENDS
 from offline_ssld.cache.codecs import CodecError, codec_offline_keys
 from offline_ssld.cache.codecs import offline_defaults as codec_offline_defaults
-from offline_ssld.cache.format import BACKEND_SUFFIX
 from offline_ssld.errors import ConfigError
 
 # One place for every Offline key, its default and why it exists.
@@ -26,7 +26,7 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "ensemble_temperature": 1.0,  # temperature of mean_logits (ignored by mean_probs)
     "teacher_weights": None,  # .safetensors of the teacher (Arch Teacher `pretrained` also works)
     "views": 4,  # dump: views stored per image; train: use the first `views` of the cache
-    "format": "arrow",  # shard backend: arrow (default, fastest random reads) or hdf5
+    "format": "arrow",  # shard backend, an entry of cache/backends.py BACKENDS
     "codec": "fp16",  # fp16 (all logits), topk (k logits + spread tail), sampled (ids+counts)
     # each codec's own keys (topk: its k, samples: sampled's draws per view), as it declares them
     **codec_offline_defaults(),
@@ -183,7 +183,7 @@ def offline_spec(cfg: dict) -> OfflineSpec:
         ensemble_temperature=float(temperature),
         teacher_weights=weights or None,
         views=_int(section, "views", 1, "a positive integer"),
-        backend=_choice(section, "format", tuple(BACKEND_SUFFIX)),
+        backend=_choice(section, "format", tuple(BACKENDS)),
         codec=section["codec"],
         codec_settings=tuple((setting, section[key]) for setting, key in codec_keys.items()),
         shard_size=_int(section, "shard_size", 1, "a positive integer"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from offline_ssld.cache.backends import BACKENDS
 from offline_ssld.config.loading import get
 from offline_ssld.config.offline import OfflineSpec, offline_spec
 from offline_ssld.config.specs import (
@@ -366,7 +367,8 @@ def overlay_summary(cfg: dict) -> list[str]:
     lines.append(
         f"cache: {_caches_text(off)}, views {off.views}, codec {off.codec}"
         + "".join(f" ({setting} {value})" for setting, value in off.codec_settings)
-        + f", format {off.backend}, shard_size {off.shard_size}, seed {off.seed}, "
+        + f", format {off.backend} (of {', '.join(BACKENDS)}), shard_size {off.shard_size}, "
+        f"seed {off.seed}, "
         f"teacher batch {off.batch_size}"
     )
     loss_train = (cfg.get("Loss") or {}).get("Train")
