@@ -27,7 +27,7 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "teacher_weights": None,  # .safetensors of the teacher (Arch Teacher `pretrained` also works)
     "views": 4,  # dump: views stored per image; train: use the first `views` of the cache
     "format": "arrow",  # shard backend, an entry of cache/backends.py BACKENDS
-    "codec": "fp16",  # fp16 (all logits), topk (k logits + spread tail), sampled (ids+counts)
+    "codec": "fp16",  # how logits are stored: a codec of cache/codecs.py (CODEC_NAMES)
     # each codec's own keys (topk: its k, samples: sampled's draws per view), as it declares them
     **codec_offline_defaults(),
     "shard_size": 4096,  # rows per shard, rounded down to whole images (all views of an image)
