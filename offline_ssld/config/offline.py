@@ -2,8 +2,8 @@
 
 Every stage reads its Offline settings from the OfflineSpec its entry point parses, never from
 the raw mapping, so each key is checked here, in one place, with an error naming it. Codec
-settings (`topk`, `samples`, ...) are not listed here: each codec declares its Offline keys
-(cache/codecs.py), and so does each shard backend (cache/backends.py) its name.
+settings (`topk`, `samples`, ...) and the names `format` accepts are not listed here: codecs
+declare their Offline keys (cache/codecs.py), backends their names (cache/backends.py).
 """
 
 from __future__ import annotations
