@@ -24,12 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import write_synthetic_cache  # noqa: E402
+from offline_ssld.cache.backends import BACKENDS as BACKEND_REGISTRY  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_bytes.json"
 CODECS = (("fp16", {}), ("topk", {"k": 5}), ("sampled", {"samples": 12}))
 CLASSES = (100, 1000)
 VIEWS = (2, 8)
-BACKENDS = ("arrow", "hdf5")
+BACKENDS = tuple(BACKEND_REGISTRY)  # every shard backend offline-ssld has
 INDEX_BYTES_PER_IMAGE = 12  # CacheReader: uint64 key prefix + uint32 image number
 TARGET = {"codec": "topk", "classes": 1000, "views": 8, "backend": "arrow", "bytes": 40.0}
 

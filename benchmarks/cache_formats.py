@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from benchmarks.synthetic import write_synthetic_cache  # noqa: E402
+from offline_ssld.cache.backends import BACKENDS as BACKEND_REGISTRY  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/cache_formats.json"
-BACKENDS = ("arrow", "hdf5")
+BACKENDS = tuple(BACKEND_REGISTRY)  # every shard backend offline-ssld has
 # (label, codec name, num_classes, codec settings)
 CASES = (
     ("fp16/10", "fp16", 10, {}),
@@ -108,7 +109,7 @@ def main(rows, lookups, repeats, views, shard_rows, seed, out, tmp_dir) -> None:
       python benchmarks/cache_formats.py --rows 50000 --repeats 3
     """
     from offline_ssld.cache.codecs import build_codec
-    from offline_ssld.config import OFFLINE_DEFAULTS
+    from offline_ssld.config.offline import OFFLINE_DEFAULTS
 
     command = reproduce_command()
     results = []

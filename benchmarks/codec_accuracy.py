@@ -163,7 +163,8 @@ def main(
       python benchmarks/codec_accuracy.py --images 4000 --epochs 3 --seeds 0,1,2
     """
     from offline_ssld.cache.codecs import build_codec
-    from offline_ssld.config import CacheMember, load_config
+    from offline_ssld.config.loading import load_config
+    from offline_ssld.config.offline import CacheMember
     from offline_ssld.dump import run_dump
     from offline_ssld.merge import merge_caches
     from offline_ssld.train import train

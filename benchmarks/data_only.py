@@ -66,7 +66,7 @@ def main(images, views, workers, batch_size, out, tmp_dir) -> None:
       python benchmarks/data_only.py --images 25600 --views 32
     """
     from offline_ssld.cache.format import load_manifest
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.data.lists import content_key, read_list
     from offline_ssld.data.views import ImageSource
     from offline_ssld.train import data_only

@@ -163,8 +163,9 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
     os.environ.setdefault("GLOG_minloglevel", "2")
     import paddle
 
-    from offline_ssld import config as cfgmod
-    from offline_ssld.config import ModelSpec, load_config
+    from offline_ssld.config import loading, specs
+    from offline_ssld.config.loading import load_config
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.errors import OfflineSSLDError
     from offline_ssld.models import build_model, save_weights
 
@@ -190,13 +191,13 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
         work = Path(tmp)
         try:
             cfg = load_config(files, extra)
-            train = cfgmod.get(cfg, "DataLoader.Train.dataset")
+            train = loading.get(cfg, "DataLoader.Train.dataset")
             if images is not None:
                 listing = work / "train_list.txt"
                 used = throughput.first_lines(Path(train["cls_label_path"]), images, listing)
                 extra.append(f"DataLoader.Train.dataset.cls_label_path={listing}")
                 click.echo(f"list: first {used} lines", err=True)
-            spec = cfgmod.teacher_spec(cfg)
+            spec = specs.teacher_spec(cfg)
             weights = str(Path(spec.pretrained).resolve()) if spec.pretrained else None
             if spec.pretrained is None or not Path(spec.pretrained).is_file():
                 paddle.seed(0)
@@ -262,7 +263,7 @@ def main(configs, overrides, images, workers, procs, repeats, threads, out, tmp_
         "batch_size": cfg["Offline"]["batch_size"],
         "num_workers": cfg["Offline"]["num_workers"]
         if cfg["Offline"]["num_workers"] is not None
-        else cfgmod.data_spec(cfg, "Train").num_workers,
+        else specs.data_spec(cfg, "Train").num_workers,
         "procs": summary,
         "identical_caches": identical,
     }

@@ -54,11 +54,11 @@ def first_lines(list_path: Path, count: int, out: Path) -> int:
 
 
 def build_teacher(cfg: dict):
-    from offline_ssld import config as cfgmod
+    from offline_ssld.config import loading, specs
     from offline_ssld.models import build_model, load_weights, select_device
 
-    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
-    spec = cfgmod.teacher_spec(cfg)
+    device = select_device(loading.get(cfg, "Global.device", "gpu"))
+    spec = specs.teacher_spec(cfg)
     teacher = build_model(spec)
     load_weights(
         teacher, spec.pretrained, "Offline.teacher_weights", cfg["Offline"]["allow_pickle_weights"]
@@ -172,8 +172,9 @@ def main(configs, overrides, images, workers, repeats, out, tmp_dir) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
     import paddle
 
-    from offline_ssld import config as cfgmod
-    from offline_ssld.config import ModelSpec, load_config
+    from offline_ssld.config import loading, specs
+    from offline_ssld.config.loading import load_config
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.dump import run_dump
     from offline_ssld.errors import OfflineSSLDError
     from offline_ssld.models import build_model, save_weights
@@ -193,19 +194,19 @@ def main(configs, overrides, images, workers, repeats, out, tmp_dir) -> None:
         if workers is not None:
             cfg["Offline"]["num_workers"] = workers
         elif cfg["Offline"]["num_workers"] is None:  # run_dump's fallback, made explicit
-            cfg["Offline"]["num_workers"] = cfgmod.data_spec(cfg, "Train").num_workers
+            cfg["Offline"]["num_workers"] = specs.data_spec(cfg, "Train").num_workers
     except OfflineSSLDError as exc:
         raise click.ClickException(str(exc)) from None
 
     with tempfile.TemporaryDirectory(prefix="dump_throughput-", dir=tmp_dir) as tmp:
         tmp = Path(tmp)
         try:
-            train = cfgmod.get(cfg, "DataLoader.Train.dataset")
+            train = loading.get(cfg, "DataLoader.Train.dataset")
             if images is not None:
                 used = first_lines(Path(train["cls_label_path"]), images, tmp / "train_list.txt")
                 train["cls_label_path"] = str(tmp / "train_list.txt")
                 click.echo(f"list: first {used} lines", err=True)
-            spec = cfgmod.teacher_spec(cfg)
+            spec = specs.teacher_spec(cfg)
             if spec.pretrained is None or not Path(spec.pretrained).is_file():
                 paddle.seed(0)
                 path = tmp / "teacher-random.safetensors"

@@ -103,7 +103,7 @@ def main(
     Example:
       python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
     """
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.train import evaluate_config, train
 

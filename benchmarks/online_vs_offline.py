@@ -107,7 +107,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
     """
     import dataclasses
 
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.train import evaluate_config, train
 
@@ -159,7 +159,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
     )
     click.echo("== teacher", err=True)
     if teacher_epochs == 0:
-        from offline_ssld.config import teacher_spec
+        from offline_ssld.config.specs import teacher_spec
         from offline_ssld.models import build_model, save_weights
 
         teacher_w.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def _images(root: Path, class_num: int) -> list[tuple[str, int]]:
 def _weights_overrides(raw: dict, work: Path) -> list[str]:
     """Random safetensors weights for every model entry whose weights PaddleClas would
     download (`pretrained: True`) or read from a path of its own machine."""
-    from offline_ssld.config import PADDLECLAS_CLASS_NUM, ModelSpec
+    from offline_ssld.config.specs import PADDLECLAS_CLASS_NUM, ModelSpec
     from offline_ssld.errors import ConfigError
     from offline_ssld.models import build_model, save_weights
 
@@ -93,7 +93,8 @@ def _weights_overrides(raw: dict, work: Path) -> list[str]:
 
 def survey_one(raw: dict, work: Path) -> dict[str, str]:
     """Status of one shipped config; `work` is an empty directory."""
-    from offline_ssld.config import check_supported, load_config
+    from offline_ssld.config.loading import load_config
+    from offline_ssld.config.paddleclas import check_supported
     from offline_ssld.dump import run_dump
     from offline_ssld.errors import OfflineSSLDError
     from offline_ssld.train import train

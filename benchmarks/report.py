@@ -237,6 +237,16 @@ def codec_loss() -> str:
     return "\n".join([head, "|---|" + "---|" * len(codecs), *rows, *notes])
 
 
+def backends() -> str:
+    from offline_ssld.cache.backends import BACKENDS
+
+    lines = ["| backend | shard files | storage |", "|---|---|---|"]
+    lines += [
+        f"| `{b.name}` | `shard-NNNNN{b.suffix}` | {b.description} |" for b in BACKENDS.values()
+    ]
+    return "\n".join(lines)
+
+
 def paddleclas_configs() -> str:
     r = _load("paddleclas_configs.json")
     if r is None:
@@ -515,6 +525,7 @@ def ssld_pool() -> str:
 
 
 BLOCKS = {
+    "backends": backends,
     "paddleclas_configs": paddleclas_configs,
     "codec_loss": codec_loss,
     "dump_scaling": dump_scaling,

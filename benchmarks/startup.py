@@ -38,7 +38,7 @@ def make_project(work: Path, images: int) -> Path:
         return config
     import paddle
 
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.models import build_model, save_weights
 
     root = work / f"images_{images}"
@@ -101,7 +101,7 @@ def make_project(work: Path, images: int) -> Path:
 def measure(config: Path) -> dict[str, float]:
     from offline_ssld import dump as dump_module
     from offline_ssld import targets
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.train import train
 
     cfg = load_config([str(config)], [])

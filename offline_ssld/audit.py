@@ -140,7 +140,7 @@ def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyRep
     """Re-run the teacher on `count` random stored views, replaying their parameters."""
     import paddle
 
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.data.lists import content_key
     from offline_ssld.data.transforms import Pipeline, build_ops
     from offline_ssld.models import build_model, load_weights

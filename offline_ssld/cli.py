@@ -8,7 +8,6 @@ naming the file, line or key, and exit with status 2.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from functools import wraps
 
@@ -52,7 +51,7 @@ def friendly_errors(func):
 
 
 def _load(configs, overrides, extra: list[str] | None = None) -> dict:
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
 
     return load_config(list(configs), [*overrides, *(extra or [])])
 
@@ -113,20 +112,22 @@ def dump_teacher(configs, overrides, overwrite, skip_bad, quiet) -> None:
           -o Offline.cache_dir=cache/fmnist_r50 -o Offline.views=4 \\
           -o DataLoader.Train.dataset.cls_label_path=data/train_plus_pool.txt
     """
+    from offline_ssld.config.offline import offline_spec
     from offline_ssld.dump import run_dump
 
     cfg = _load(configs, overrides, ["Offline.skip_bad=True"] if skip_bad else None)
     result = run_dump(cfg, overwrite=overwrite, progress=not quiet)
+    cache_dir = offline_spec(cfg).single_cache("dump-teacher")
     m = result.manifest
     if result.shards_written == 0:
         click.echo(
-            f"{cfg['Offline']['cache_dir']}: cache is complete ({m.rows} rows) and holds every "
-            "listed image; nothing to do"
+            f"{cache_dir}: cache is complete ({m.rows} rows) and holds every listed image; "
+            "nothing to do"
         )
         return
     click.echo(
         f"wrote {result.shards_written} shards ({m.rows} rows, {m.num_images} images x "
-        f"{m.views} views) to {cfg['Offline']['cache_dir']} at "
+        f"{m.views} views) to {cache_dir} at "
         f"{result.images_per_second:.1f} views/s; skipped {len(m.skipped)} images"
     )
 
@@ -355,6 +356,7 @@ def train_student(
       offline-ssld train-student -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']"
     """
+    from offline_ssld.config.offline import offline_spec
     from offline_ssld.targets import offline_mode
     from offline_ssld.train import data_only as run_data_only
     from offline_ssld.train import train
@@ -380,7 +382,7 @@ def train_student(
                 f"mapped cache / in memory = {ratio:.2f}"
             )
         return
-    mode = "online" if online else offline_mode(cfg)
+    mode = "online" if online else offline_mode(offline_spec(cfg))
     _report(train(cfg, mode, resume=resume, progress=not quiet))
 
 
@@ -491,16 +493,17 @@ def merge_cmd(
       offline-ssld merge -c configs/fashion_mnist/mnv3_small_student.yaml \\
           -o "Offline.cache_dir=['cache/fmnist_r18', 'cache/fmnist_r50']" --out cache/fmnist_ens
     """
-    from offline_ssld.config import CacheMember, cache_members, data_spec
+    from offline_ssld.config.offline import CacheMember, offline_spec
+    from offline_ssld.config.specs import data_spec
     from offline_ssld.merge import merge_caches
 
     image_root = list_path = None
     if configs:
         cfg = _load(configs, overrides)
-        offline = cfg["Offline"]
-        members = cache_members(offline["cache_dir"])
-        rule = rule or offline["ensemble"]
-        temperature = temperature if temperature is not None else offline["ensemble_temperature"]
+        offline = offline_spec(cfg)
+        members = list(offline.caches)
+        rule = rule or offline.ensemble
+        temperature = temperature if temperature is not None else offline.ensemble_temperature
         spec = data_spec(cfg, "Train")
         image_root, list_path = spec.image_root, spec.cls_label_path
     elif caches:
@@ -650,96 +653,6 @@ def select_cmd(configs, overrides, per_class, exclude, exclude_root, out, labels
     )
 
 
-def _ops_text(ops: list) -> str:
-    parts = []
-    for entry in ops:
-        ((name, args),) = entry.items()
-        inner = ", ".join(f"{k}={v!r}" for k, v in (args or {}).items())
-        parts.append(f"{name}({inner})" if inner else name)
-    return " -> ".join(parts)
-
-
-def overlay_summary(cfg: dict) -> list[str]:
-    """What each stage takes from a checked config, one line per item."""
-    from offline_ssld import config as c
-    from offline_ssld.cache.codecs import describe_codec
-    from offline_ssld.losses import build_loss
-    from offline_ssld.optim import describe_optimizer
-
-    teacher = c.teacher_spec(cfg)
-    weights, source = c.teacher_weights_source(cfg)
-    student = c.student_spec(cfg)
-    off = cfg["Offline"]
-    glob = cfg.get("Global") or {}
-    if weights:
-        state = "found" if os.path.isfile(weights) else "MISSING"
-        weights_text = f"{weights} (from {source}; {state})"
-    else:
-        weights_text = "none: set Offline.teacher_weights (dump-teacher needs them)"
-    lines = [
-        f"teacher: {teacher.name}, class_num {teacher.class_num} ({teacher.key}), frozen",
-        f"teacher weights: {weights_text}",
-        f"student: {student.name}, class_num {student.class_num} ({student.key})",
-    ]
-    if not c.is_distillation(cfg):
-        lines.append("note: plain Arch: dump-teacher uses it as the teacher, train trains it")
-    loaders = cfg.get("DataLoader") or {}
-    for split in ("Train", "Eval"):
-        if split not in loaders:
-            lines.append(f"{split.lower()} list: none (DataLoader.{split} not given)")
-            continue
-        d = c.data_spec(cfg, split)
-        given = c.get(cfg, f"DataLoader.{split}.dataset.transform_ops")
-        appended = " (ToCHWImage appended, as PaddleClas's dataset transposes to CHW)"
-        lines += [
-            f"{split.lower()} list: {d.cls_label_path} (image_root {d.image_root}), batch "
-            f"{d.batch_size}, shuffle {d.shuffle}, drop_last {d.drop_last}, workers "
-            f"{d.num_workers}",
-            f"{split.lower()} transforms: {_ops_text(d.transform_ops)}"
-            + (appended if len(d.transform_ops) > len(given) else ""),
-        ]
-        if split == "Train":
-            from offline_ssld.data.transforms import Pipeline, build_ops
-
-            names = Pipeline(build_ops(d.transform_ops, d.key)).param_names
-            lines.append(
-                f"train view params stored per view: {len(names)}"
-                + (f" ({', '.join(names)})" if names else "")
-            )
-    lines.append(
-        f"cache: {off['cache_dir']}, views {off['views']}, codec {describe_codec(off)}"
-        + f", format {off['format']}, shard_size {off['shard_size']}, seed {off['seed']}, "
-        f"teacher batch {off['batch_size']}"
-    )
-    loss_train = (cfg.get("Loss") or {}).get("Train")
-    if loss_train:
-        loss = build_loss(loss_train)
-        terms = iter(loss.terms)
-        mapped = []
-        for i, entry in enumerate(loss_train):
-            ((name, _),) = entry.items()
-            if name == "GTFusion":
-                continue
-            kind, weight, kwargs = next(terms)
-            extra = "".join(
-                f", {k} {v}" if isinstance(v, bool) else f", {k} {v:g}" for k, v in kwargs.items()
-            )
-            mapped.append(f"Loss.Train.{i}.{name} -> {kind} (weight {weight:g}{extra})")
-        if loss.gt_alpha is not None:
-            mapped.append(f"GTFusion alpha {loss.gt_alpha:g} with ground-truth CE")
-        lines.append("losses (train-student): " + "; ".join(mapped))
-    else:
-        lines.append("losses (train-student): none (Loss.Train not given)")
-    lines += [
-        *describe_optimizer(cfg),
-        f"epochs: {glob.get('epochs', 1)}, eval every {glob.get('eval_interval', 1)}, save "
-        f"every {glob.get('save_interval', 1)}, output_dir {glob.get('output_dir', 'output')}, "
-        f"seed {glob.get('seed', 0)}, device {glob.get('device', 'gpu')}",
-        "not read: Infer (PaddleClas predict settings); mixed precision is O1 on GPU, off on CPU",
-    ]
-    return lines
-
-
 @main.command("overlay")
 @CONFIG
 @OVERRIDE
@@ -756,7 +669,8 @@ def overlay_cmd(configs, overrides) -> None:
       offline-ssld overlay -c PPLCNet_x2_5_ssld.yaml -c configs/overlays/offline_ssld.yaml \\
           -o Offline.teacher_weights=pretrained/ResNet50_vd_ssld_pretrained
     """
-    from offline_ssld.config import check_supported, dump_yaml
+    from offline_ssld.config.loading import dump_yaml
+    from offline_ssld.config.paddleclas import check_supported, overlay_summary
 
     cfg = _load(configs, overrides)
     check_supported(cfg)

@@ -42,9 +42,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from tqdm import tqdm
 
-from offline_ssld import config as cfgmod
 from offline_ssld.atomic import atomic_write, write_text_atomic
 from offline_ssld.cache.fingerprint import teacher_identity
+from offline_ssld.config import loading, paddleclas, specs
 from offline_ssld.data.transforms import DecodeImage, NormalizeImage, Pipeline, build_ops
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import load_teacher, select_device
@@ -113,7 +113,7 @@ def _float(section: dict, key: str, positive: bool) -> float:
 
 def datafree_settings(cfg: dict) -> DataFreeSettings:
     """Read and check `DataFree`; each error names the key at fault."""
-    section = {**cfgmod.DATAFREE_DEFAULTS, **(cfg.get("DataFree") or {})}
+    section = {**loading.DATAFREE_DEFAULTS, **(cfg.get("DataFree") or {})}
     image_size = _int(section, "image_size", 4)
     if image_size % 4:
         raise ConfigError(
@@ -232,7 +232,7 @@ class TeacherView:
     normalises the PNG (see the module docstring)."""
 
     def __init__(self, cfg: dict, s: DataFreeSettings) -> None:
-        spec = cfgmod.data_spec(cfg, "Train")
+        spec = specs.data_spec(cfg, "Train")
         key = f"{spec.key}.transform_ops"
         ops = build_ops(spec.transform_ops, key)
         norms = [op for op in ops if isinstance(op, NormalizeImage)]
@@ -450,13 +450,13 @@ def _write_images(
 def synthesize(cfg: dict, progress: bool = True) -> SynthesisResult:
     """Train (or resume) the DAFL generator against the config's frozen teacher, then write
     DataFree.images PNGs, an unlabeled list, a per-class preview and a summary."""
-    cfgmod.check_supported(cfg)
+    paddleclas.check_supported(cfg)
     s = datafree_settings(cfg)
     select_device((cfg.get("Global") or {}).get("device"))
     out = Path(s.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = load_teacher(cfg)
-    spec = cfgmod.teacher_spec(cfg)
+    spec = specs.teacher_spec(cfg)
     view = TeacherView(cfg, s)
     paddle.seed(s.seed)
     generator = Generator(s.latent_dim, s.image_size, s.channels, s.generator_channels)

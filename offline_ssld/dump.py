@@ -33,9 +33,8 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
-from offline_ssld.cache.codecs import Codec, codec_from_offline
+from offline_ssld.cache.codecs import Codec, build_codec
 from offline_ssld.cache.fingerprint import (
     dataset_fingerprint,
     first_difference,
@@ -56,6 +55,8 @@ from offline_ssld.cache.format import (
 )
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, open_cache
+from offline_ssld.config import loading, paddleclas, specs
+from offline_ssld.config.offline import OfflineSpec
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import ShardBatches
@@ -80,13 +81,6 @@ class DumpPlan:
     extends: Manifest | None = None  # the whole cache on disk that this plan adds a part to
 
 
-def build_codec_from(offline: dict, num_classes: int) -> Codec:
-    try:
-        return codec_from_offline(offline, num_classes)
-    except ValueError as exc:
-        raise ConfigError(f"Offline.codec: {exc}") from None
-
-
 def _precheck(pipeline: Pipeline):
     first = pipeline.ops[0] if pipeline.ops else None
     if not isinstance(first, DecodeImage):
@@ -96,21 +90,17 @@ def _precheck(pipeline: Pipeline):
 
 def plan_dump(cfg: dict) -> DumpPlan:
     """Validate every input and fix the manifest of the cache this config produces."""
-    cfgmod.check_supported(cfg)
-    offline = cfg["Offline"]
-    for key in ("views", "shard_size", "batch_size"):
-        value = offline[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"Offline.{key}: expected a positive integer, got {value!r}")
-    seed = offline["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"Offline.seed: expected a non-negative integer, got {seed!r}")
-    if offline["format"] not in ("arrow", "hdf5"):
-        raise ConfigError(f"Offline.format: {offline['format']!r}; supported: arrow, hdf5")
-    teacher = cfgmod.teacher_spec(cfg)
-    data = cfgmod.data_spec(cfg, "Train")
+    return _plan(cfg, paddleclas.check_supported(cfg))
+
+
+def _plan(cfg: dict, offline: OfflineSpec) -> DumpPlan:
+    teacher = specs.teacher_spec(cfg)
+    data = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
-    codec = build_codec_from(offline, teacher.class_num)
+    try:
+        codec = build_codec(offline.codec, teacher.class_num, **dict(offline.codec_settings))
+    except ValueError as exc:
+        raise ConfigError(f"Offline.codec: {exc}") from None
     samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter)
     if teacher.pretrained is None:
         raise ConfigError(
@@ -122,7 +112,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
         build_model(teacher),
         teacher.pretrained,
         "Offline.teacher_weights",
-        offline["allow_pickle_weights"],
+        offline.allow_pickle_weights,
     )
     results = hash_images(data.image_root, samples, data.cls_label_path, _precheck(pipeline))
     keys: list[bytes] = []
@@ -131,7 +121,7 @@ def plan_dump(cfg: dict) -> DumpPlan:
     seen: set[bytes] = set()
     for sample, result in zip(samples, results, strict=True):
         if isinstance(result, DataError):
-            if not offline["skip_bad"]:
+            if not offline.skip_bad:
                 raise DataError(f"{result} (pass --skip-bad to record and skip bad images)")
             skipped.append({"path": sample.path, "line": sample.line, "reason": str(result)})
         elif result not in seen:  # identical bytes: one set of teacher rows serves both
@@ -140,11 +130,11 @@ def plan_dump(cfg: dict) -> DumpPlan:
             kept.append(sample)
     identity = teacher_identity(teacher, teacher.pretrained)
     manifest = Manifest(
-        backend=offline["format"],
-        views=offline["views"],
-        seed=int(offline["seed"]),
+        backend=offline.backend,
+        views=offline.views,
+        seed=offline.seed,
         num_classes=teacher.class_num,
-        images_per_shard=max(1, offline["shard_size"] // offline["views"]),
+        images_per_shard=max(1, offline.shard_size // offline.views),
         param_names=list(pipeline.param_names),
         param_ranges=[list(r) for r in pipeline.param_ranges],
         codec=codec.settings(),
@@ -305,10 +295,11 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     """Dump the missing shards; under the launcher, this rank's share of them.
 
     `shards_written` and `images_per_second` (views/s) count the shards of all ranks."""
-    device = select_device(cfgmod.get(cfg, "Global.device", "gpu"))
+    device = select_device(loading.get(cfg, "Global.device", "gpu"))
     dist.init()
-    cache_dir = Path(cfgmod.single_cache_dir(cfg, "dump-teacher"))
-    plan = plan_against_cache(plan_dump(cfg), cache_dir, overwrite)
+    offline = paddleclas.check_supported(cfg)
+    cache_dir = Path(offline.single_cache("dump-teacher"))
+    plan = plan_against_cache(_plan(cfg, offline), cache_dir, overwrite)
     dist.barrier()  # every rank planned from the cache as it was
     if dist.is_main():
         manifest = open_cache(cache_dir, plan.manifest, overwrite, plan.keys, plan.extends)
@@ -329,7 +320,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     start = time.perf_counter()
     try:
         if todo:
-            _dump_shards(cfg, device, plan, teacher, todo, shard_items, writer, progress)
+            _dump_shards(cfg, offline, device, plan, teacher, todo, shard_items, writer, progress)
     finally:
         manifest = writer.close()
     if dist.is_distributed():
@@ -351,6 +342,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
 
 def _dump_shards(
     cfg: dict,
+    offline: OfflineSpec,
     device: str,
     plan: DumpPlan,
     teacher: paddle.nn.Layer,
@@ -362,13 +354,13 @@ def _dump_shards(
     """Run the teacher over the items of shards `todo` and submit each shard when whole."""
     views = plan.manifest.views
     items = [i for chunk in shard_items for i in chunk]
-    workers = cfg["Offline"]["num_workers"]
+    workers = offline.num_workers
     if workers is None:
-        workers = cfgmod.data_spec(cfg, "Train").num_workers
+        workers = specs.data_spec(cfg, "Train").num_workers
     dataset = DumpDataset(
         plan.source, plan.keys, plan.pipeline, plan.manifest.seed, views, items, plan.base
     )
-    batches = ShardBatches(shard_items, cfg["Offline"]["batch_size"])
+    batches = ShardBatches(shard_items, offline.batch_size)
     loader = BatchLoader(dataset, batches, workers)
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     shard_queue = list(zip(todo, shard_items, strict=True))

@@ -39,7 +39,7 @@ from offline_ssld.cache.fingerprint import (
     ensemble_fingerprint,
 )
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import ENSEMBLE_RULES, CacheMember
+from offline_ssld.config.offline import ENSEMBLE_RULES, CacheMember
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import ImageSource

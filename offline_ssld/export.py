@@ -9,7 +9,7 @@ from pathlib import Path
 
 import paddle
 
-from offline_ssld import config as cfgmod
+from offline_ssld.config import paddleclas, specs
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import build_model, load_weights, select_device
 
@@ -29,7 +29,7 @@ class _Inference(paddle.nn.Layer):
 
 def export_student(cfg: dict) -> Path:
     """Write the inference model of Global.pretrained_model; return its path prefix."""
-    cfgmod.check_supported(cfg)
+    paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
     select_device("cpu")
     weights = glob.get("pretrained_model")
@@ -38,7 +38,7 @@ def export_student(cfg: dict) -> Path:
     shape = glob.get("image_shape", [3, 224, 224])
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape)):
         raise ConfigError(f"Global.image_shape: expected [C, H, W] integers, got {shape!r}")
-    spec = cfgmod.student_spec(cfg)
+    spec = specs.student_spec(cfg)
     model = build_model(spec)
     load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
     model.eval()

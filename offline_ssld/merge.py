@@ -35,7 +35,7 @@ from offline_ssld.cache.fingerprint import (
     teacher_fingerprint,
 )
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
-from offline_ssld.config import CacheMember
+from offline_ssld.config.offline import CacheMember
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.views import ImageSource
 from offline_ssld.dump import DumpPlan, shard_columns

@@ -18,7 +18,7 @@ import paddle
 from safetensors.numpy import load_file, save_file
 
 from offline_ssld.atomic import atomic_write
-from offline_ssld.config import ModelSpec
+from offline_ssld.config.specs import ModelSpec
 from offline_ssld.errors import ConfigError
 
 
@@ -123,7 +123,8 @@ def load_weights(
 
 def load_teacher(cfg: dict) -> paddle.nn.Layer:
     """The config's teacher with its weights, frozen and in eval mode (as a cache holds it)."""
-    from offline_ssld.config import teacher_spec
+    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.config.specs import teacher_spec
 
     spec = teacher_spec(cfg)
     if not spec.pretrained:
@@ -132,9 +133,8 @@ def load_teacher(cfg: dict) -> paddle.nn.Layer:
             "the Teacher entry's pretrained); a random teacher would teach nothing"
         )
     teacher = build_model(spec)
-    load_weights(
-        teacher, spec.pretrained, "Offline.teacher_weights", cfg["Offline"]["allow_pickle_weights"]
-    )
+    allow = offline_spec(cfg).allow_pickle_weights
+    load_weights(teacher, spec.pretrained, "Offline.teacher_weights", allow)
     for param in teacher.parameters():
         param.stop_gradient = True
     teacher.eval()

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from offline_ssld import config as cfgmod
 from offline_ssld.cache.fingerprint import first_difference, transforms_fingerprint
+from offline_ssld.config import specs
+from offline_ssld.config.offline import offline_spec
 from offline_ssld.data.lists import Sample, hash_images, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource
@@ -56,7 +57,7 @@ class CachedImages:
     a reader of a large pool keeps only what it reduces each image to."""
 
     ensemble: Ensemble
-    spec: cfgmod.DataSpec
+    spec: specs.DataSpec
     pipeline: Pipeline
     samples: list[Sample]  # the whole list
     keys: list[bytes | DataError]  # content key of each sample, or why it could not be read
@@ -93,13 +94,9 @@ class CachedImages:
 def open_cached(cfg: dict) -> CachedImages:
     """The config's training list and its cache(s), refused when a cache was dumped with
     other transforms (its views would not be this config's); every image is hashed."""
-    offline = cfg["Offline"]
-    ensemble = Ensemble(
-        cfgmod.cache_members(offline["cache_dir"]),
-        offline["ensemble"],
-        offline["ensemble_temperature"],
-    )
-    spec = cfgmod.data_spec(cfg, "Train")
+    offline = offline_spec(cfg)
+    ensemble = Ensemble(offline.caches, offline.ensemble, offline.ensemble_temperature)
+    spec = specs.data_spec(cfg, "Train")
     pipeline = Pipeline(build_ops(spec.transform_ops, f"{spec.key}.transform_ops"))
     expected = {"fingerprints.transforms": transforms_fingerprint(pipeline)}
     for member in ensemble.members:  # the student replays these views with this pipeline
@@ -219,7 +216,7 @@ def student_findings(cfg: dict, table: Table, checkpoint: str | Path) -> dict[st
     path = Path(checkpoint)
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
-    spec = cfgmod.student_spec(cfg)
+    spec = specs.student_spec(cfg)
     model = build_model(spec)
     load_weights(model, path, "--student")
     model.eval()

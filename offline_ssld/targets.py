@@ -24,7 +24,6 @@ from typing import ClassVar
 import paddle
 import paddle.nn.functional as F
 
-from offline_ssld import config as cfgmod
 from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.fingerprint import (
     cache_fingerprint,
@@ -33,7 +32,9 @@ from offline_ssld.cache.fingerprint import (
     transforms_fingerprint,
 )
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import ModelSpec
+from offline_ssld.config import loading, specs
+from offline_ssld.config.offline import OfflineSpec, offline_spec
+from offline_ssld.config.specs import ModelSpec
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.samplers import epoch_views
 from offline_ssld.data.transforms import Pipeline
@@ -52,11 +53,18 @@ class TargetSource(ABC):
         self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec, seed: int
     ) -> None:
         self.seed = seed
-        self.dataset: paddle.io.Dataset = self._build(cfg, source, pipeline, student)
+        self.dataset: paddle.io.Dataset = self._build(
+            cfg, offline_spec(cfg), source, pipeline, student
+        )
 
     @abstractmethod
     def _build(
-        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+        self,
+        cfg: dict,
+        offline: OfflineSpec,
+        source: ImageSource,
+        pipeline: Pipeline,
+        student: ModelSpec,
     ) -> paddle.io.Dataset:
         """Check the config for this source and return the training dataset."""
 
@@ -81,7 +89,12 @@ class SupervisedLabels(TargetSource):
     mode = "supervised"
 
     def _build(
-        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+        self,
+        cfg: dict,
+        offline: OfflineSpec,
+        source: ImageSource,
+        pipeline: Pipeline,
+        student: ModelSpec,
     ) -> paddle.io.Dataset:
         return AugmentDataset(source, pipeline, self.seed)
 
@@ -98,15 +111,17 @@ class OnlineTeacher(TargetSource):
     mode = "online"
 
     def _build(
-        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+        self,
+        cfg: dict,
+        offline: OfflineSpec,
+        source: ImageSource,
+        pipeline: Pipeline,
+        student: ModelSpec,
     ) -> paddle.io.Dataset:
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
         dataset = AugmentDataset(source, pipeline, self.seed)
         self.teacher = load_teacher(cfg)
-        bn_mode = cfg["Offline"]["online_teacher_bn"]
-        if bn_mode not in ("train", "eval"):
-            raise ConfigError("Offline.online_teacher_bn: expected train or eval")
-        self.teacher.train() if bn_mode == "train" else self.teacher.eval()
+        self.teacher.train() if offline.online_teacher_bn == "train" else self.teacher.eval()
         return dataset
 
     def set_epoch(self, epoch: int) -> None:
@@ -125,10 +140,15 @@ class OfflineCache(TargetSource):
     mode = "offline"
 
     def _build(
-        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+        self,
+        cfg: dict,
+        offline: OfflineSpec,
+        source: ImageSource,
+        pipeline: Pipeline,
+        student: ModelSpec,
     ) -> paddle.io.Dataset:
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
-        reader, self.listed = open_matching_cache(cfg, pipeline, source)
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
+        reader, self.listed = open_matching_cache(cfg, offline, pipeline, source)
         if reader.manifest.num_classes != student.class_num:
             raise CacheError(
                 f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
@@ -136,7 +156,7 @@ class OfflineCache(TargetSource):
             )
         codec = codec_from_settings(reader.manifest.codec)
         check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
-        self.views = _check_views(cfg["Offline"]["views"], reader.views)
+        self.views = _check_views(offline.views, reader.views)
         reader.verify_all()  # before the first batch; the loader workers inherit the result
         self.reader = reader
         return ReplayDataset(source, pipeline, reader, self.listed)
@@ -171,17 +191,17 @@ class EnsembleCache(OfflineCache):
     mode = "ensemble"
 
     def _build(
-        self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
+        self,
+        cfg: dict,
+        offline: OfflineSpec,
+        source: ImageSource,
+        pipeline: Pipeline,
+        student: ModelSpec,
     ) -> paddle.io.Dataset:
         from offline_ssld.ensemble import Ensemble, EnsembleReplayDataset
 
-        self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
-        offline = cfg["Offline"]
-        ensemble = Ensemble(
-            cfgmod.cache_members(offline["cache_dir"]),
-            offline["ensemble"],
-            offline["ensemble_temperature"],
-        )
+        self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
+        ensemble = Ensemble(offline.caches, offline.ensemble, offline.ensemble_temperature)
         expected = {
             "fingerprints.transforms": transforms_fingerprint(pipeline),
             "teacher.class_num": student.class_num,
@@ -197,7 +217,7 @@ class EnsembleCache(OfflineCache):
         if diff is not None:
             raise CacheError(diff.message(first.path))
         check_pairing(ensemble.codec_name, ensemble.target, self.loss_fn, "Loss.Train")
-        self.views = _check_views(offline["views"], ensemble.views)
+        self.views = _check_views(offline.views, ensemble.views)
         self.ensemble = ensemble
         return EnsembleReplayDataset(source, pipeline, ensemble, self.listed)
 
@@ -205,8 +225,8 @@ class EnsembleCache(OfflineCache):
         return {**self.ensemble.provenance(), "list": self.listed.provenance()}
 
 
-def _check_views(views: object, stored: int) -> int:
-    if not isinstance(views, int) or isinstance(views, bool) or not 1 <= views <= stored:
+def _check_views(views: int, stored: int) -> int:
+    if views > stored:
         raise ConfigError(
             f"Offline.views: {views!r}; this cache holds {stored} views per image "
             "and train-student uses the first Offline.views of them"
@@ -214,22 +234,22 @@ def _check_views(views: object, stored: int) -> int:
     return views
 
 
-def offline_mode(cfg: dict) -> str:
+def offline_mode(offline: OfflineSpec) -> str:
     """The train() mode of train-student without --online: one cache, or an ensemble."""
-    return "ensemble" if cfgmod.is_ensemble(cfg) else "offline"
+    return "ensemble" if offline.is_ensemble else "offline"
 
 
 def open_matching_cache(
-    cfg: dict, pipeline: Pipeline, source: ImageSource
+    cfg: dict, offline: OfflineSpec, pipeline: Pipeline, source: ImageSource
 ) -> tuple[CacheReader, ListedImages]:
     """The cache named by Offline.cache_dir and the rows of `source`'s images in it, refused
     if it belongs to another teacher or other transforms than this config (naming the
     differing field) or lacks a listed image (naming it and its list line). A merged
     ensemble cache (`offline-ssld merge`) is no config's Teacher: its transforms and classes
     must match."""
-    cache_dir = cfgmod.single_cache_dir(cfg, "a single-cache run")
+    cache_dir = offline.single_cache("a single-cache run")
     reader = CacheReader(cache_dir)
-    expected: dict = expected_identity(cfgmod.teacher_spec(cfg), pipeline)
+    expected: dict = expected_identity(specs.teacher_spec(cfg), pipeline)
     if reader.manifest.teacher.get("ensemble"):
         expected = {
             "teacher.class_num": expected["teacher.class_num"],

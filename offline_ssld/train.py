@@ -23,7 +23,6 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from offline_ssld import config as cfgmod
 from offline_ssld import distributed as dist
 from offline_ssld.checkpoint import (
     has_checkpoint,
@@ -31,6 +30,7 @@ from offline_ssld.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from offline_ssld.config import paddleclas, specs
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import EpochBatches, epoch_views
@@ -47,9 +47,9 @@ MODES = tuple(TARGET_SOURCES)
 # ------------------------------------------------------------------------ data
 
 
-def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, cfgmod.DataSpec]:
+def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipeline, specs.DataSpec]:
     """A split's images, pipeline and loader settings: train and eval read lists one way."""
-    spec = cfgmod.data_spec(cfg, split)
+    spec = specs.data_spec(cfg, split)
     pipeline = Pipeline(
         build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
     )
@@ -167,11 +167,11 @@ def data_only(
 
     With `in_memory_reference` the same epoch runs again with every cache column copied into
     memory first, so the cost of reading the cache from disk shows as a ratio."""
-    cfgmod.check_supported(cfg)
+    paddleclas.check_supported(cfg)
     seed = int((cfg.get("Global") or {}).get("seed", 0))
     dist.init()
     start = time.perf_counter()
-    student_spec = cfgmod.student_spec(cfg)
+    student_spec = specs.student_spec(cfg)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
     targets = OfflineCache(cfg, source, pipeline, student_spec, seed)
     dataset = ReplayDataset(source, pipeline, targets.reader, targets.listed, timed=True)
@@ -211,7 +211,7 @@ def train(
     so a long run can be done in slices with --resume (and interruption can be tested)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    cfgmod.check_supported(cfg)
+    offline = paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
     seed = int(glob.get("seed", 0))
     epochs = int(glob.get("epochs", 1))
@@ -222,7 +222,7 @@ def train(
     main = dist.is_main()  # writes checkpoints, metrics.jsonl, VisualDL and progress
     paddle.seed(seed)
 
-    student_spec = cfgmod.student_spec(cfg)
+    student_spec = specs.student_spec(cfg)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
     targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
     sampler = EpochBatches(
@@ -240,9 +240,13 @@ def train(
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
-    elif student_spec.pretrained and cfgmod.is_distillation(cfg):  # SSLD's fine-tuning stage
-        allow = cfg["Offline"]["allow_pickle_weights"]
-        load_weights(model, student_spec.pretrained, str(student_spec.weights_key), allow)
+    elif student_spec.pretrained and specs.is_distillation(cfg):  # SSLD's fine-tuning stage
+        load_weights(
+            model,
+            student_spec.pretrained,
+            str(student_spec.weights_key),
+            offline.allow_pickle_weights,
+        )
     optimizer, scheduler = build_optimizer(cfg, model.parameters(), len(sampler), epochs)
     scaler = paddle.amp.GradScaler() if device == "gpu" else None
 
@@ -263,7 +267,7 @@ def train(
     save_interval = int(glob.get("save_interval", 1))
     start_eval_epoch = int(glob.get("start_eval_epoch", 0))  # PaddleClas: eval after it
     # .pdparams keys as PaddleClas names them in this config's Arch: "Student.<param>".
-    prefix = f"{student_spec.key.rsplit('.', 1)[-1]}." if cfgmod.is_distillation(cfg) else ""
+    prefix = f"{student_spec.key.rsplit('.', 1)[-1]}." if specs.is_distillation(cfg) else ""
     last, seconds, speeds = float("nan"), [], []
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
@@ -312,7 +316,7 @@ def train(
         }
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:
-            recalibrate_batch_norm(model, loader, cfg["Offline"]["precise_bn_batches"])
+            recalibrate_batch_norm(model, loader, offline.precise_bn_batches)
             last = evaluate(model, eval_loader)
             record["top1"] = round(last, 5)
             if last > best:
@@ -358,11 +362,11 @@ def visualdl_writer(glob: dict, out: Path) -> Any:
 
 def evaluate_config(cfg: dict) -> float:
     """`eval`: top-1 of Global.pretrained_model on the Eval list."""
-    cfgmod.check_supported(cfg)
+    paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
     select_device(glob.get("device"))
     dist.init()
-    spec = cfgmod.student_spec(cfg)
+    spec = specs.student_spec(cfg)
     weights = glob.get("pretrained_model")
     if not weights:
         raise ConfigError("Global.pretrained_model: required (path without .safetensors)")

@@ -110,7 +110,7 @@ def stage(name: str) -> None:
 
 
 def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.train import evaluate_config, train
 

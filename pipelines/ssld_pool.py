@@ -159,7 +159,7 @@ def main(
     Example:
       python pipelines/ssld_pool.py --labeled 1000 --pool 4000 --per-class 250 --seeds 0,1,2
     """
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.select import select
     from offline_ssld.train import train

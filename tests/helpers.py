@@ -66,7 +66,7 @@ def transform_ops(random: bool = True) -> list:
 def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
     import paddle
 
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.models import build_model, save_weights
 
     paddle.seed(seed)
@@ -76,7 +76,7 @@ def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
 
 def plan_cache(config: Path, *overrides: str):
     """The dump plan (keys, codec, manifest) of a project config, without running a teacher."""
-    from offline_ssld.config import load_config
+    from offline_ssld.config.loading import load_config
     from offline_ssld.dump import plan_dump
 
     return plan_dump(load_config([str(config)], list(overrides)))

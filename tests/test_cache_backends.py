@@ -7,8 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline_ssld.cache.backends import read_columns, write_columns
-from offline_ssld.cache.format import BACKEND_SUFFIX
+from offline_ssld.cache.backends import BACKEND_SUFFIX, read_columns, write_columns
 from offline_ssld.errors import CacheError
 from tests.helpers import plan_cache, shard_of
 
@@ -46,3 +45,21 @@ def test_garbage_and_missing_files_are_cache_errors(tmp_path, backend):
     path.write_bytes(b"not a shard at all" * 10)
     with pytest.raises(CacheError, match=str(path)):
         read_columns(backend, path)
+
+
+def test_registry_is_the_one_list_of_backends():
+    """Names, suffixes, the Offline.format check and shard names all come from BACKENDS."""
+    from offline_ssld.cache.backends import BACKENDS
+    from offline_ssld.cache.format import shard_name
+    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.errors import ConfigError
+
+    assert len({b.suffix for b in BACKENDS.values()}) == len(BACKENDS)
+    for name, entry in BACKENDS.items():
+        assert entry.name == name and entry.description
+        assert shard_name(3, name) == f"shard-00003{entry.suffix}"
+        assert offline_spec({"Offline": {"format": name}}).backend == name
+    with pytest.raises(
+        ConfigError, match=f"Offline.format: 'zip'; supported: {', '.join(BACKENDS)}"
+    ):
+        offline_spec({"Offline": {"format": "zip"}})

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from offline_ssld.cache.format import BACKEND_SUFFIX
+from offline_ssld.cache.backends import BACKEND_SUFFIX
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
 from tests.helpers import fake_logits, fake_params, plan_cache, write_cache

@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from offline_ssld.config import (
-    OFFLINE_DEFAULTS,
-    load_config,
-    student_spec,
-    teacher_spec,
-)
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.offline import OFFLINE_DEFAULTS
+from offline_ssld.config.specs import student_spec, teacher_spec
 from offline_ssld.errors import ConfigError
 from tests.helpers import STUDENT, TEACHER, transform_ops
 
@@ -256,9 +253,41 @@ def test_spec_errors(tmp_path, base):
 
 def test_backbone_with_fixed_parameter_names_builds_twice_in_one_process():
     """Res2Net names its parameters itself; Paddle refuses a name twice per process."""
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.models import build_model
 
     spec = ModelSpec("Res2Net50_vd_26w_4s", 2, None, "Arch")
     first, second = build_model(spec), build_model(spec)
     assert first is not second and len(first.parameters()) == len(second.parameters())
+
+
+def test_offline_spec_is_typed_and_names_bad_keys():
+    from offline_ssld.cache.codecs import TopKCodec
+    from offline_ssld.config.offline import CacheMember, offline_spec
+
+    spec = offline_spec({"Offline": {"codec": "topk", "topk": 3, "views": 2}})
+    assert (spec.codec, spec.codec_settings, spec.views) == ("topk", (("k", 3),), 2)
+    assert spec.caches == (CacheMember(OFFLINE_DEFAULTS["cache_dir"], 1.0),)
+    assert not spec.is_ensemble and spec.single_cache("dump") == OFFLINE_DEFAULTS["cache_dir"]
+    # a codec's Offline default is its constructor's, written once
+    assert OFFLINE_DEFAULTS["topk"] == TopKCodec(10).k
+    ensemble = offline_spec({"Offline": {"cache_dir": ["a", {"path": "b", "weight": 2}]}})
+    assert ensemble.is_ensemble and [m.weight for m in ensemble.caches] == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="Offline.cache_dir: dump-teacher needs one cache"):
+        ensemble.single_cache("dump-teacher")
+    for key, value, message in [
+        ("views", "x", "Offline.views: expected a positive integer, got 'x'"),
+        ("seed", -1, "Offline.seed: expected a non-negative integer, got -1"),
+        ("codec", "zip", "Offline.codec: unknown codec 'zip'"),
+        ("num_workers", -2, "Offline.num_workers: expected null or a non-negative integer"),
+        ("skip_bad", "yes", "Offline.skip_bad: expected true or false, got 'yes'"),
+        ("ensemble", "vote", "Offline.ensemble: 'vote'; supported: mean_probs, mean_logits"),
+        ("ensemble_temperature", 0, "Offline.ensemble_temperature: expected a positive number"),
+        ("online_teacher_bn", "frozen", "Offline.online_teacher_bn: expected train or eval"),
+        ("precise_bn_batches", 1.5, "Offline.precise_bn_batches: expected a non-negative"),
+        ("veiws", 3, "Offline.veiws: unknown key"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            offline_spec({"Offline": {key: value}})
+        assert str(info.value).startswith(message), str(info.value)
+        assert "\n" not in str(info.value)

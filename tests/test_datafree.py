@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 from offline_ssld import datafree as df
 from offline_ssld.cli import main
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.errors import ConfigError
 

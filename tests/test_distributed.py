@@ -22,7 +22,8 @@ from offline_ssld import distributed as dist
 from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
-from offline_ssld.config import load_config, student_spec
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.specs import student_spec
 from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.models import build_model, load_weights
 from offline_ssld.train import evaluate, make_eval_loader

@@ -25,7 +25,8 @@ from offline_ssld.cache.codecs import FP16Codec
 from offline_ssld.cache.format import MANIFEST, TMP_MARK
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
-from offline_ssld.config import ModelSpec, load_config
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.specs import ModelSpec
 from offline_ssld.data.lists import content_key
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import view_rng

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.cli import main
-from offline_ssld.config import CacheMember, cache_members, load_config
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.offline import CacheMember, cache_members
 from offline_ssld.dump import run_dump, shard_columns
 from offline_ssld.ensemble import Ensemble, combine
 from offline_ssld.errors import CacheError, ConfigError
@@ -170,7 +171,7 @@ def test_merged_cache_trains_to_the_live_ensemble_targets(two_dumped):
     members = [CacheMember(str(tmp / "a"), 1.0), CacheMember(str(tmp / "b"), 2.0)]
     merge_caches(members, tmp / "merged", "mean_logits", 2.0)
     # The same image list and views through both sources give the same pixels and targets.
-    from offline_ssld.config import student_spec
+    from offline_ssld.config.specs import student_spec
     from offline_ssld.targets import EnsembleCache, OfflineCache
     from offline_ssld.train import _source
 

@@ -8,7 +8,8 @@ import paddle
 from click.testing import CliRunner
 
 from offline_ssld.cli import main
-from offline_ssld.config import load_config, student_spec
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.specs import student_spec
 from offline_ssld.models import build_model, load_weights
 from offline_ssld.train import train
 

@@ -7,7 +7,7 @@ import math
 import paddle
 import pytest
 
-from offline_ssld.config import check_supported
+from offline_ssld.config.paddleclas import check_supported
 from offline_ssld.errors import ConfigError
 from offline_ssld.optim import build_optimizer, build_schedule, check_optimizer
 

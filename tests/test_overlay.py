@@ -17,14 +17,10 @@ import yaml
 from click.testing import CliRunner
 
 from offline_ssld.cli import main
-from offline_ssld.config import (
-    OFFLINE_DEFAULTS,
-    check_supported,
-    load_config,
-    student_spec,
-    teacher_spec,
-    teacher_weights_source,
-)
+from offline_ssld.config.loading import load_config
+from offline_ssld.config.offline import OFFLINE_DEFAULTS
+from offline_ssld.config.paddleclas import check_supported
+from offline_ssld.config.specs import student_spec, teacher_spec, teacher_weights_source
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import ConfigError
 from offline_ssld.models import build_model, load_weights
@@ -549,7 +545,7 @@ def test_unsupported_keys_name_their_path(tmp_path, images, overrides, key):
 def test_backbone_arguments_pass_through_and_unknown_ones_are_named(tmp_path, images):
     """PaddleClas passes a model entry's other keys to the backbone (dropout_prob,
     stride_list, ...); so do we, and an argument the backbone lacks is named."""
-    from offline_ssld.config import student_spec
+    from offline_ssld.config.specs import student_spec
     from offline_ssld.models import build_model
 
     path = ppcls_config(tmp_path, images)

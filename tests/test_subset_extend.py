@@ -15,7 +15,7 @@ from offline_ssld.cache import writer as writer_module
 from offline_ssld.cache.fingerprint import cache_fingerprint, dataset_fingerprint
 from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.data import transforms
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import content_key, read_list

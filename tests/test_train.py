@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import content_key, read_list
 from offline_ssld.data.samplers import EpochBatches, epoch_views
@@ -179,7 +179,7 @@ def test_online_and_supervised_modes_run(project):
 def test_checkpoint_loads_without_pickle(project):
     path, tmp = project
     train(_cfg(path, "Global.epochs=1"), "supervised", progress=False)
-    from offline_ssld.config import student_spec
+    from offline_ssld.config.specs import student_spec
     from offline_ssld.models import build_model
 
     model = build_model(student_spec(_cfg(path)))
@@ -314,7 +314,7 @@ def test_pdparams_load_into_paddleclas_distillation_model(project):
     from paddleclas.ppcls.arch import build_model as ppcls_build_model
     from paddleclas.ppcls.utils.save_load import load_dygraph_pretrain
 
-    from offline_ssld.config import student_spec
+    from offline_ssld.config.specs import student_spec
     from offline_ssld.models import build_model
 
     path, tmp = project

@@ -1,4 +1,4 @@
-"""Shard backends: one function pair per file format, columns in, columns out.
+"""Shard backends: one registry entry per file format, columns in, columns out.
 
 A shard is a dict of columns: string columns are 1-D arrays of str, every other column a
 2-D numpy array (images x width). Both backends store numeric columns uncompressed and
@@ -6,12 +6,18 @@ contiguous, so `map_shard` can hand them out as zero-copy arrays over one read-o
 map of the file: a reader touches the pages of the views it reads, never the whole shard.
 The same mapping is what `MappedShard.checksum` hashes, so the bytes verified are the bytes
 used. Parsing errors of a damaged or hostile file become CacheError naming the file.
+
+Each backend is a `Backend` entry in BACKENDS; everything else about backends (the
+Offline.format check, shard file names, the manifest check, the overlay summary and the README
+table) is derived from the entries, so adding a backend is one entry here and its test.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
@@ -178,18 +184,49 @@ def _map_hdf5(path: Path) -> MappedShard:
     return MappedShard(path, memory, state, numeric, strings)
 
 
-_WRITERS = {"arrow": _write_arrow, "hdf5": _write_hdf5}
-_MAPPERS = {"arrow": _map_arrow, "hdf5": _map_hdf5}
+@dataclass(frozen=True)
+class Backend:
+    """One shard file format: its Offline.format name, shard file suffix, a one-line
+    description (overlay summary, README) and its writer and mapper. No backend takes
+    settings yet; one that does declares its Offline keys here, as codecs do."""
+
+    name: str
+    suffix: str
+    description: str
+    write: Callable[[Path, dict[str, np.ndarray]], None]
+    map: Callable[[Path], MappedShard]
+
+
+BACKENDS: dict[str, Backend] = {
+    entry.name: entry
+    for entry in (
+        Backend(
+            "arrow",
+            ".arrow",
+            "Arrow IPC, one record batch a shard; path_dir dictionary-encoded (smallest files)",
+            _write_arrow,
+            _map_arrow,
+        ),
+        Backend(
+            "hdf5",
+            ".h5",
+            "HDF5, one contiguous dataset a column; strings as fixed-length UTF-8",
+            _write_hdf5,
+            _map_hdf5,
+        ),
+    )
+}
+BACKEND_SUFFIX = {name: entry.suffix for name, entry in BACKENDS.items()}
 
 
 def write_columns(backend: str, path: Path, columns: dict[str, np.ndarray]) -> None:
-    _WRITERS[backend](path, columns)
+    BACKENDS[backend].write(path, columns)
 
 
 def map_shard(backend: str, path: Path) -> MappedShard:
     """Map a shard file and parse its structure; CacheError names the file on any damage."""
     try:
-        return _MAPPERS[backend](path)
+        return BACKENDS[backend].map(path)
     except CacheError:
         raise
     except FileNotFoundError:

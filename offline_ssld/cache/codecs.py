@@ -27,9 +27,10 @@ checker recomputes teacher logits for some stored rows and accepts the cache whe
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +46,8 @@ __all__ = [
     "TopKCodec",
     "build_codec",
     "codec_from_settings",
+    "codec_offline_keys",
+    "offline_defaults",
 ]
 
 
@@ -135,8 +138,9 @@ class Codec(ABC):
     # (k classes and one rest bucket) or "sampled" (an unbiased estimate).
     # losses.pairing() decides from it which losses a cache of this codec can feed.
     target: str = ""
-    # Each codec setting and the Offline key that sets it: dump-teacher, the overlay summary
-    # and the settings check all read this, so a codec is described in one place.
+    # Each codec setting and the Offline key that sets it, its default being the constructor's:
+    # the Offline keys and defaults, dump-teacher and the overlay summary all derive from this,
+    # so a codec is described in one place.
     offline_keys: ClassVar[dict[str, str]] = {}
 
     def __init__(self, num_classes: int):
@@ -487,20 +491,21 @@ def build_codec(name: str, num_classes: int, **settings) -> Codec:
     return cls(num_classes, **settings)
 
 
-def codec_from_offline(offline: dict, num_classes: int) -> Codec:
-    """The codec an `Offline` section asks for (Offline.codec and the keys it declares)."""
-    name = offline["codec"]
-    cls = _CODECS.get(name) if isinstance(name, str) else None
-    if cls is None:
+def codec_offline_keys(name: Any) -> dict[str, str]:
+    """Codec `name`'s settings, each with the Offline key that sets it."""
+    if not isinstance(name, str) or name not in _CODECS:
         raise CodecError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
-    return build_codec(name, num_classes, **{s: offline[k] for s, k in cls.offline_keys.items()})
+    return dict(_CODECS[name].offline_keys)
 
 
-def describe_codec(offline: dict) -> str:
-    """`topk (k 5)`: the codec an Offline section asks for, with its settings."""
-    cls = _CODECS.get(offline["codec"])
-    settings = "".join(f" ({s} {offline[k]})" for s, k in (cls.offline_keys if cls else {}).items())
-    return f"{offline['codec']}{settings}"
+def offline_defaults() -> dict[str, Any]:
+    """Every codec's Offline keys with their defaults: the defaults of its constructor, so
+    each is written once."""
+    return {
+        key: inspect.signature(cls).parameters[setting].default
+        for cls in _CODECS.values()
+        for setting, key in cls.offline_keys.items()
+    }
 
 
 def codec_from_settings(settings: dict) -> Codec:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # type hints only: keep this module free of paddle and cv2
     from offline_ssld.cache.format import Manifest
-    from offline_ssld.config import ModelSpec
+    from offline_ssld.config.specs import ModelSpec
     from offline_ssld.data.transforms import Pipeline
 
 

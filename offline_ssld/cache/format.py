@@ -82,10 +82,11 @@ FORMAT_VERSION = 2
 KEY_BYTES = 16
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
-BACKEND_SUFFIX = {"arrow": ".arrow", "hdf5": ".h5"}
 
 
 def shard_name(index: int, backend: str) -> str:
+    from offline_ssld.cache.backends import BACKEND_SUFFIX  # backends imports this module
+
     return f"shard-{index:05d}{BACKEND_SUFFIX[backend]}"
 
 
@@ -329,8 +330,13 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
     _check_fields(obj, _FIELDS, str(path))
     for name, fields in _NESTED.items():
         _check_fields(obj[name], fields, str(path), f"{name}.")
+    from offline_ssld.cache.backends import BACKEND_SUFFIX  # backends imports this module
+
     if obj["backend"] not in BACKEND_SUFFIX:
-        raise CacheError(f"{path}: field 'backend' is {obj['backend']!r}; expected arrow or hdf5")
+        raise CacheError(
+            f"{path}: field 'backend' is {obj['backend']!r}; expected "
+            + " or ".join(BACKEND_SUFFIX)
+        )
     for name in ("views", "num_classes", "images_per_shard"):
         if obj[name] < 1:
             raise CacheError(f"{path}: field '{name}' must be positive")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from offline_ssld.audit import verify_cache
-from offline_ssld.cache.backends import read_columns, write_columns
-from offline_ssld.cache.format import BACKEND_SUFFIX, load_manifest, shard_name
+from offline_ssld.cache.backends import BACKEND_SUFFIX, read_columns, write_columns
+from offline_ssld.cache.format import load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
 

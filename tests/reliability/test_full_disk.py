@@ -15,7 +15,7 @@ import pytest
 from offline_ssld.cache import format as cache_format
 from offline_ssld.cache import writer as cache_writer
 from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError
 from tests.reliability.common import FAULTS, dump_cli, leftovers, one_error_line, same_rows

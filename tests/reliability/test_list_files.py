@@ -11,7 +11,7 @@ import numpy as np
 
 from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.data.listed import ListedImages
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.transforms import Pipeline, build_ops

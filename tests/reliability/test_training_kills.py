@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from offline_ssld import train as train_module
-from offline_ssld.config import load_config
+from offline_ssld.config.loading import load_config
 from offline_ssld.dump import run_dump
 from offline_ssld.train import train
 from tests.reliability.common import (

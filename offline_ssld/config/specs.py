@@ -1,0 +1,225 @@
+"""Typed specs of the sections a stage reads: the teacher and student models (ModelSpec)
+and the data loaders (DataSpec), in the shape PaddleClas builds them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offline_ssld.config.loading import get
+from offline_ssld.config.offline import offline_spec
+from offline_ssld.errors import ConfigError
+
+DISTILLATION_ARCH = "DistillationModel"
+# A model entry's own keys; every other key is a backbone argument, except PaddleClas settings
+# that change nothing here and feature-model keys (which paddleclas.py refuses).
+MODEL_KEYS = ("name", "class_num", "pretrained")
+MODEL_HARMLESS = ("use_ssld", "use_sync_bn")  # use_ssld only picks the zoo download URL
+FEATURE_MODEL_KEYS = ("return_stages", "return_patterns", "stages_pattern", "models")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A PaddleClas backbone by name, its class count and optional weights file."""
+
+    name: str
+    class_num: int
+    pretrained: str | None
+    key: str  # config path of the entry, for error messages
+    # Further constructor arguments of the backbone as the config gives them (dropout_prob,
+    # stride_list, ...), passed through as PaddleClas's build_model does.
+    args: tuple[tuple[str, Any], ...] = ()
+    weights_key: str | None = None  # the config key `pretrained` was read from
+
+
+PADDLECLAS_CLASS_NUM = 1000  # what a PaddleClas backbone builds when class_num is not given
+
+
+def _model_entry(entry: Any, key: str, default_class_num: Any = PADDLECLAS_CLASS_NUM) -> ModelSpec:
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{key}: expected a mapping with 'name' and 'class_num'")
+    class_num = entry.get("class_num", default_class_num)
+    if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 2:
+        raise ConfigError(f"{key}.class_num: expected an integer >= 2, got {class_num!r}")
+    pretrained = entry.get("pretrained")
+    if pretrained is False or pretrained is True:
+        pretrained = None  # PaddleClas's True means "download", which cannot happen here
+    args = tuple(
+        sorted(
+            (k, _frozen(v))
+            for k, v in entry.items()
+            if k not in (*MODEL_KEYS, *MODEL_HARMLESS, *FEATURE_MODEL_KEYS)
+        )
+    )
+    return ModelSpec(str(entry["name"]), class_num, pretrained, key, args)
+
+
+def _frozen(value: Any) -> Any:
+    """Lists as tuples, so a spec stays hashable; the backbone takes either."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def _distillation_models(cfg: dict) -> dict[str, tuple[Any, str]]:
+    models = get(cfg, "Arch.models")
+    if not isinstance(models, list):
+        raise ConfigError("Arch.models: expected a list of {Teacher: ...}, {Student: ...}")
+    found: dict[str, tuple[Any, str]] = {}
+    for i, item in enumerate(models):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"Arch.models.{i}: expected a one-key mapping like {{Teacher: ...}}")
+        ((role, entry),) = item.items()
+        found[role] = (entry, f"Arch.models.{i}.{role}")
+    return found
+
+
+def _weights_path(value: Any, key: str) -> str | None:
+    """A weights setting as a file path. PaddleClas writes paths without a suffix
+    (`./pretrained/ResNet50_vd_ssld`): we take `<path>.safetensors`, else `<path>.pdparams`,
+    which models.load_weights loads only with Offline.allow_pickle_weights (and otherwise
+    refuses, saying so)."""
+    if value is None or value is True or value is False or value == "":
+        return None  # True is PaddleClas's "download the zoo weights", impossible here
+    path = str(value)
+    if path.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: {path} is a URL; download the weights and give the local path")
+    if path.endswith((".safetensors", ".pdparams")):
+        return path
+    safe, pickled = f"{path}.safetensors", f"{path}.pdparams"
+    if Path(safe).is_file() or not Path(pickled).is_file():
+        return safe  # when missing, load_weights names the .safetensors file it looked for
+    return pickled
+
+
+def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
+    """(weights file, config key it came from): Offline.teacher_weights, else
+    Arch.pretrained_list at the Teacher's index, else the Teacher entry's (or plain Arch's)
+    `pretrained`."""
+    chosen = offline_spec(cfg).teacher_weights
+    if chosen is not None:
+        return _weights_path(chosen, "Offline.teacher_weights"), "Offline.teacher_weights"
+    arch = get(cfg, "Arch")
+    if arch.get("name") == DISTILLATION_ARCH:
+        models = _distillation_models(cfg)
+        if "Teacher" not in models:
+            raise ConfigError("Arch.models: no Teacher entry")
+        entry, key = models["Teacher"]
+        index = int(key.split(".")[2])
+        plist = arch.get("pretrained_list")
+        if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
+            where = f"Arch.pretrained_list.{index}"
+            return _weights_path(plist[index], where), where
+        where = f"{key}.pretrained"
+        value = entry.get("pretrained") if isinstance(entry, dict) else None
+    else:
+        where, value = "Arch.pretrained", arch.get("pretrained")
+    path = _weights_path(value, where)
+    return path, (where if path else None)
+
+
+def teacher_spec(cfg: dict) -> ModelSpec:
+    """The teacher: the DistillationModel's Teacher entry, or a plain Arch (a teacher config).
+    Its weights: Offline.teacher_weights > Arch.pretrained_list[Teacher] > Teacher.pretrained."""
+    arch = get(cfg, "Arch")
+    if arch.get("name") == DISTILLATION_ARCH:
+        models = _distillation_models(cfg)
+        if "Teacher" not in models:
+            raise ConfigError("Arch.models: no Teacher entry")
+        spec = _model_entry(*models["Teacher"])
+    else:
+        spec = plain_arch(cfg)
+    weights, _ = teacher_weights_source(cfg)
+    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args)
+
+
+def plain_arch(cfg: dict) -> ModelSpec:
+    """A single-model Arch; PaddleClas copies the deprecated Global.class_num into it."""
+    fallback = (cfg.get("Global") or {}).get("class_num", PADDLECLAS_CLASS_NUM)
+    return _model_entry(get(cfg, "Arch"), "Arch", fallback)
+
+
+def student_spec(cfg: dict) -> ModelSpec:
+    """The model being trained: the Student entry, or a plain Arch (supervised training).
+    Its `pretrained` is the file of initial weights (SSLD's fine-tuning stage starts from
+    one): Arch.pretrained_list at the Student's index, else the entry's `pretrained`."""
+    arch = get(cfg, "Arch")
+    if arch.get("name") != DISTILLATION_ARCH:
+        return plain_arch(cfg)
+    models = _distillation_models(cfg)
+    if "Student" not in models:
+        raise ConfigError("Arch.models: no Student entry")
+    entry, key = models["Student"]
+    spec = _model_entry(entry, key)
+    index = int(key.split(".")[2])
+    plist = arch.get("pretrained_list")
+    if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
+        where, value = f"Arch.pretrained_list.{index}", plist[index]
+    else:
+        where, value = f"{key}.pretrained", entry.get("pretrained")
+    if value is True:
+        raise ConfigError(
+            f"{where}: True asks PaddleClas to download the model zoo's weights, which cannot "
+            "happen here; download them and set this key to the file's path"
+        )
+    weights = _weights_path(value, where)
+    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args, where)
+
+
+def is_distillation(cfg: dict) -> bool:
+    return get(cfg, "Arch.name", None) == DISTILLATION_ARCH
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """One `DataLoader.<split>` section, in the shape PaddleClas's ImageNetDataset takes."""
+
+    image_root: str
+    cls_label_path: str
+    transform_ops: list
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    num_workers: int
+    key: str
+    delimiter: str | None = None  # list fields: whitespace, or exactly this when set
+
+
+def data_spec(cfg: dict, split: str) -> DataSpec:
+    key = f"DataLoader.{split}"
+    dataset = get(cfg, f"{key}.dataset")
+    name = dataset.get("name", "ImageNetDataset")
+    if name != "ImageNetDataset":
+        raise ConfigError(
+            f"{key}.dataset.name: {name!r} is not supported; supported: ImageNetDataset"
+        )
+    sampler = get(cfg, f"{key}.sampler", {}) or {}
+    loader = get(cfg, f"{key}.loader", {}) or {}
+    batch_size = sampler.get("batch_size", 64)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"{key}.sampler.batch_size: expected a positive integer")
+    return DataSpec(
+        image_root=str(get(cfg, f"{key}.dataset.image_root")),
+        cls_label_path=str(get(cfg, f"{key}.dataset.cls_label_path")),
+        transform_ops=_chw_output(
+            get(cfg, f"{key}.dataset.transform_ops"), f"{key}.dataset.transform_ops"
+        ),
+        batch_size=batch_size,
+        shuffle=bool(sampler.get("shuffle", split == "Train")),
+        drop_last=bool(sampler.get("drop_last", False)),
+        num_workers=int(loader.get("num_workers", 0)),
+        key=f"{key}.dataset",
+        delimiter=dataset.get("delimiter"),
+    )
+
+
+def _chw_output(transform_ops: Any, key: str) -> list:
+    """PaddleClas's ImageNetDataset transposes the ops' HWC output to CHW itself, so its
+    configs end with NormalizeImage; here the op list must produce CHW, so append ToCHWImage
+    exactly when the list ends in HWC (lists that already end in CHW are unchanged)."""
+    from offline_ssld.data.transforms import HWC, build_ops
+
+    layout = HWC
+    for op in build_ops(transform_ops, key):
+        layout = op.out_layout(layout)
+    ops = list(transform_ops)
+    return [*ops, {"ToCHWImage": None}] if layout == HWC else ops
