@@ -1,6 +1,7 @@
-"""The perceptual hash finds re-encoded, resized and ~5%-cropped copies within NEAR_DISTANCE
-of an original's crop variants, and no unrelated image; the banded index returns exactly
-the pairs a brute-force comparison does."""
+"""Near copies (re-encoded, resized, cropped) are hash candidates of their original and pass
+the pixel verification; distinct images do not, on generated scenes and, when Debian's
+Fashion-MNIST is installed, on real images; the banded index returns exactly the pairs a
+brute-force comparison does."""
 
 from __future__ import annotations
 
@@ -9,30 +10,67 @@ import pytest
 
 from offline_ssld.errors import DataError
 from offline_ssld.near_duplicates import (
+    GATE_MAD,
+    MATCH_SCORE,
     NEAR_DISTANCE,
     HashIndex,
+    coarse_mad,
     crop_variants,
+    decode_gray,
+    fingerprint,
     phash,
     popcount,
+    verify,
 )
+from pipelines import fashion_mnist
 from tests.helpers import encode, near_copies, scene
+
+FASHION = fashion_mnist.IDX_DIR / "t10k-images-idx3-ubyte.gz"
+# Distinct Fashion-MNIST images refused (train against test) measured 1.7% of 4,000 against
+# 1,000 (near_duplicates.MATCH_SCORE); the sample here may not exceed 3%.
+FALSE_REFUSALS = 0.03
+
+
+def is_copy(original: np.ndarray, data: bytes) -> bool:
+    """What select decides for a pool image `data` against one excluded image."""
+    gray, copy = decode_gray(encode(original)), decode_gray(data)
+    variants = np.array(crop_variants(gray), dtype=np.uint64)
+    (hashed, small), (_, coarse) = fingerprint(copy), fingerprint(gray)
+    return (
+        int(popcount(np.uint64(hashed) ^ variants).min()) <= NEAR_DISTANCE
+        and coarse_mad(small[None], coarse[None])[0] <= GATE_MAD
+        and verify(gray, copy) <= MATCH_SCORE
+    )
+
+
+def refused_share(originals: list[np.ndarray], pool: list[np.ndarray]) -> float:
+    """Share of `pool` taken for a copy of some original."""
+    return float(np.mean([any(is_copy(o, encode(p)) for o in originals) for p in pool]))
+
+
+def check_copies(originals: list[np.ndarray]) -> None:
+    missed = [
+        (i, name)
+        for i, img in enumerate(originals)
+        for name, data in near_copies(img).items()
+        if not is_copy(img, data)
+    ]
+    assert not missed
 
 
 def test_copies_found_and_unrelated_images_not():
     rng = np.random.default_rng(7)
-    originals = [scene(rng) for _ in range(40)]
-    variants = [np.array(crop_variants(encode(img)), dtype=np.uint64) for img in originals]
-    worst = {}
-    for i, img in enumerate(originals):
-        for name, data in near_copies(img).items():
-            d = int(popcount(np.uint64(phash(data)) ^ variants[i]).min())
-            worst[name] = max(worst.get(name, 0), d)
-    assert max(worst.values()) <= NEAR_DISTANCE, worst
-    # Unrelated: every other original against every variant of an image.
-    hashes = np.array([phash(encode(img)) for img in originals], dtype=np.uint64)
-    for i, own in enumerate(variants):
-        others = np.delete(hashes, i)
-        assert popcount(others[:, None] ^ own[None, :]).min() > NEAR_DISTANCE
+    originals = [scene(rng) for _ in range(20)]
+    check_copies(originals)
+    assert refused_share(originals[:10], originals[10:]) == 0
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="Debian's dataset-fashion-mnist is absent")
+def test_fashion_mnist_copies_found_and_distinct_rarely_refused():
+    test = fashion_mnist.read_idx(FASHION)
+    train = fashion_mnist.read_idx(fashion_mnist.IDX_DIR / "train-images-idx3-ubyte.gz")
+    check_copies(list(test[:25]))
+    assert refused_share(list(test[:60]), list(train[:200])) <= FALSE_REFUSALS
 
 
 def test_undecodable_image_is_an_error():

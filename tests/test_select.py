@@ -47,7 +47,7 @@ def make_pool(tmp):
         (root / f"val/eval{i}.png").write_bytes(encode(img))
     planted = {"pool/copy_exact.png": ("exact", "val/eval0.png")}
     (root / "pool/copy_exact.png").write_bytes((root / "val/eval0.png").read_bytes())
-    for i, name in ((1, "jpeg_q60"), (2, "resized_0.6"), (3, "crop5_corner"), (1, "crop5_centre")):
+    for i, name in ((1, "jpeg_q60"), (2, "resized_0.6"), (3, "crop5_corner"), (1, "crop4_centre")):
         path = f"pool/copy_{name}_{i}.jpg"
         (root / path).write_bytes(near_copies(evals[i])[name])
         planted[path] = ("near", f"val/eval{i}.png")
@@ -130,6 +130,8 @@ def test_top_k_per_class_excludes_planted_copies(pool_project, codec):
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     refused = {d["pool_path"]: (d["kind"], d["excluded_path"]) for d in summary["duplicates"]}
     assert refused == planted  # every planted copy, matched to its original; nothing else
+    near = [d for d in summary["duplicates"] if d["kind"] == "near"]
+    assert all(0 <= d["score"] <= summary["match_score"] for d in near)
     truth = brute_force(tmp / "cache")
     assert set(truth) == set(paths)
     expected = []
