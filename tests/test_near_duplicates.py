@@ -31,21 +31,30 @@ FASHION = fashion_mnist.IDX_DIR / "t10k-images-idx3-ubyte.gz"
 FALSE_REFUSALS = 0.03
 
 
-def is_copy(original: np.ndarray, data: bytes) -> bool:
-    """What select decides for a pool image `data` against one excluded image."""
-    gray, copy = decode_gray(encode(original)), decode_gray(data)
-    variants = np.array(crop_variants(gray), dtype=np.uint64)
-    (hashed, small), (_, coarse) = fingerprint(copy), fingerprint(gray)
-    return (
-        int(popcount(np.uint64(hashed) ^ variants).min()) <= NEAR_DISTANCE
-        and coarse_mad(small[None], coarse[None])[0] <= GATE_MAD
-        and verify(gray, copy) <= MATCH_SCORE
-    )
+class Excluded:
+    """An excluded image as select keeps it: decoded, its crop variants, its coarse
+    thumbnail."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.gray = decode_gray(encode(img))
+        self.variants = np.array(crop_variants(self.gray), dtype=np.uint64)
+        self.coarse = fingerprint(self.gray)[1]
+
+    def refuses(self, data: bytes) -> bool:
+        """What select decides for a pool image `data`: hash candidate, gate, verified."""
+        copy = decode_gray(data)
+        hashed, coarse = fingerprint(copy)
+        return (
+            int(popcount(np.uint64(hashed) ^ self.variants).min()) <= NEAR_DISTANCE
+            and coarse_mad(coarse[None], self.coarse[None])[0] <= GATE_MAD
+            and verify(self.gray, copy) <= MATCH_SCORE
+        )
 
 
 def refused_share(originals: list[np.ndarray], pool: list[np.ndarray]) -> float:
     """Share of `pool` taken for a copy of some original."""
-    return float(np.mean([any(is_copy(o, encode(p)) for o in originals) for p in pool]))
+    excluded = [Excluded(o) for o in originals]
+    return float(np.mean([any(e.refuses(encode(p)) for e in excluded) for p in pool]))
 
 
 def check_copies(originals: list[np.ndarray]) -> None:
@@ -53,7 +62,7 @@ def check_copies(originals: list[np.ndarray]) -> None:
         (i, name)
         for i, img in enumerate(originals)
         for name, data in near_copies(img).items()
-        if not is_copy(img, data)
+        if not Excluded(img).refuses(data)
     ]
     assert not missed
 
