@@ -29,6 +29,8 @@ Measured on 11 copy kinds (tests/helpers.near_copies-like: JPEG q60; resized 0.6
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterator
 from itertools import combinations
 
@@ -44,16 +46,23 @@ from offline_ssld.errors import DataError
 # largest radius at 2 bits per 16-bit band; 3 bits per band costs ~9x more probes.
 NEAR_DISTANCE = 11
 # Coarse gate (mean absolute difference / 255 of 8x8 thumbnails): copies max 0.106
-# (Fashion-MNIST, 1 px off every side of 28) and 0.047 (scenes); drops ~20% of the
-# Fashion-MNIST candidates and most distinct scene ones before decoding.
+# (Fashion-MNIST, 1 px off every side of 28) and 0.047 (scenes); drops 22% of the distinct
+# Fashion-MNIST candidates (and the one distinct scene candidate) before decoding.
 GATE_MAD = 0.12
 # Verification (match_score: worst 4x4-block mean difference / 255 once aligned). Copies:
 # Fashion-MNIST max 0.118, p99 0.084 (9 of 3,300 above 0.10 with the hash misses: 99.7%
-# caught); scenes max 0.057. Distinct Fashion-MNIST candidates (4,000 train x 1,000 test):
-# min 0.049, p1 0.122, p5 0.160, median 0.287; pool images refused at 0.08 / 0.09 / 0.10 /
-# 0.11: 10 / 23 / 69 / 121 of 4,000 (0.10: 1.7%, mostly near-identical plain garments).
+# caught; 99.7% again on 2,200 copies of 200 other images); scenes max 0.057. Distinct
+# Fashion-MNIST candidates (4,000 train x 1,000 test): min 0.049, p1 0.122, p5 0.161; pool
+# images refused at 0.08 / 0.09 / 0.10 / 0.11: 10 / 23 / 69 / 120 of 4,000 (0.10: 1.7%,
+# near-identical plain garments of one class). Distinct scenes: 0 of 600 refused, and
+# 2,000 random scene pairs all fail at START_MAD.
 # The mean difference alone separates worse (copies max 0.036, distinct p5 0.025).
 MATCH_SCORE = 0.10
+# match_score gives up (inf) when no start crop aligns within this mean difference (/255):
+# copies' best start measured at most 0.053 (Fashion-MNIST), 0.023 (scenes); 38% of the
+# distinct Fashion-MNIST candidates are above 0.08, none of them within MATCH_SCORE after
+# the descent, so their descent (most of the cost) is skipped.
+START_MAD = 0.08
 CROP = 0.05  # the crop of the variants, of each side
 BANDS = ((0, 16), (16, 16), (32, 16), (48, 16))  # (first bit, width) of each band
 HASH_SIZE = 8  # 8x8 low DCT frequencies -> 64 bits
@@ -163,12 +172,17 @@ def match_score(excluded: np.ndarray, pool: np.ndarray) -> float:
     or the other, as a copy may be a crop of the original or the reverse; coordinate descent
     from the variants' crops), then the largest mean absolute difference (/255) of a BLOCK x
     BLOCK block. A copy differs by resampling and compression noise spread thinly over the
-    image; two similar but distinct images differ a lot somewhere (a sleeve, a collar)."""
+    image; two similar but distinct images differ a lot somewhere (a sleeve, a collar).
+    inf when no start crop is within START_MAD: too far to be a copy."""
+
+    @functools.cache  # most steps leave one image uncut: its thumbnail is shared
+    def cropped(image: int, steps: tuple[int, ...]) -> np.ndarray:
+        return box((excluded, pool)[image], *(s * STEP for s in steps))
 
     def pair(steps: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        cut_e = [max(s, 0) * STEP for s in steps]
-        cut_p = [max(-s, 0) * STEP for s in steps]
-        return box(excluded, *cut_e), box(pool, *cut_p)
+        return cropped(0, tuple(max(s, 0) for s in steps)), cropped(
+            1, tuple(max(-s, 0) for s in steps)
+        )
 
     def mad(steps: tuple[int, ...]) -> float:
         return float(cv2.norm(*pair(steps), cv2.NORM_L1)) / (SIDE * SIDE * 255)
@@ -177,8 +191,11 @@ def match_score(excluded: np.ndarray, pool: np.ndarray) -> float:
     starts = {
         tuple(round(c / CROP) * k * sign for c in cut) for cut in VARIANT_BOXES for sign in (1, -1)
     }
-    best = min(starts, key=mad)
-    best_mad = mad(best)
+    start_mads = {steps: mad(steps) for steps in starts}
+    best = min(start_mads, key=start_mads.__getitem__)
+    best_mad = start_mads[best]
+    if best_mad > START_MAD:
+        return math.inf
     improved = True
     while improved:
         improved = False
