@@ -1,25 +1,36 @@
-"""Near-duplicate images: a 64-bit perceptual hash and a sub-quadratic Hamming search.
+"""Near-duplicate images in two stages: pHash candidates, then pixels compared.
 
-The hash is the DCT pHash (as `imagehash.phash`, without the dependency): decode to
-grayscale, resize to 32x32 with area averaging, take the 2-D DCT, keep its 8x8 lowest
-frequencies and set bit i when coefficient i is above their median. A JPEG re-encode or a
-resize moves the low frequencies little (0-4 bits), but a crop shifts and rescales them:
-a 5% crop off a corner alone moves 10-20 bits, as far as unrelated images can come. So an
-excluded image is hashed as `crop_variants`: itself and its 5% crops at 9 anchors (4
-corners, 4 sides, centre). A pool copy cropped by up to ~7% anywhere lies within a few
-bits of one of them (`NEAR_DISTANCE` states the threshold and why).
+Real images defeat a pHash threshold alone: on Fashion-MNIST the median distance from a
+train image to its nearest distinct one is 8 bits (p10 4), while a 1-px crop resized back
+moves up to 18 bits. So the hash only proposes candidates and the pixels decide:
 
-The search is multi-index hashing (Norouzi et al., 2012): the 64 bits are cut into 3 bands
-(21, 21 and 22 bits). If two hashes differ in at most d bits, by the pigeonhole principle
-one band differs in at most d // 3 bits. The indexed hashes are bucketed per band by their
-band value (a counting sort: bucket starts by direct addressing, no search); a query visits,
-in each band, the buckets of every value within d // 3 bits of its own (232-254 values at
-d = 8) and checks the full 64-bit distance only for the hashes found there: against N
-uniform hashes about 3 * 240 * N / 2**21.3 candidates per query instead of N.
+1. canonical image: grayscale resized to WORK x WORK (area when shrinking, linear when
+   enlarging) and blurred (BLUR), so a copy and its original go through the same
+   resampling; every thumbnail is a box of it sampled to SIDE x SIDE (`box`).
+2. pHash (as `imagehash.phash`): 2-D DCT of the SIDE x SIDE thumbnail, its 8x8 lowest
+   frequencies, bit i set when coefficient i is above their median. An excluded image is
+   searched as `crop_variants`: itself, its CROP crops off each side, each corner and all
+   sides (VARIANT_BOXES, 10 hashes).
+3. search: multi-index hashing (Norouzi et al., 2012). The 64 bits are cut into 4 bands of
+   16; two hashes within d bits agree to within d // 4 bits on some band (pigeonhole).
+   Indexed hashes are bucketed per band by value (counting sort); a query visits, per band,
+   the 137 values within 2 bits of its own and checks the full distance of the hashes
+   there. Cost per query: 548 probes and about 548 * N / 2**16 distance checks, against N
+   for brute force (1M pool: 0.8% of it).
+4. gate: the mean absolute difference of the pair's COARSE x COARSE thumbnails (kept per
+   pool image, 64 bytes) drops far candidates before anything is decoded again.
+5. verification (`verify`): both images decoded again (the larger resized to the smaller's
+   size first), aligned by a crop search, scored by their worst block (`match_score`).
+
+Measured on 11 copy kinds (tests/helpers.near_copies-like: JPEG q60; resized 0.6, 0.8,
+1.3, 1.5; 2-5% crops off one side, a corner or all sides, some resized back; crop + resize
+0.7/1.3 + JPEG 75), see the constants for the numbers.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Iterator
 from itertools import combinations
 
@@ -28,18 +39,40 @@ import numpy as np
 
 from offline_ssld.errors import DataError
 
-# Copies re-encoded (JPEG 50-95), resized (0.5-1.5x) and cropped by 0-7% at random anchors
-# measured at most 8 bits (99th percentile 6) from the nearest crop variant of their
-# original, over 1,500 copies of 300 synthetic scenes; unrelated images were 12 or more bits
-# from every variant of another (mean 32). Two independent uniform hashes are within 8 bits
-# with probability 2.9e-10, so a 1M pool against 50k excluded images (500k variants) loses
-# about 150 unrelated pool images, a cost worth a missed copy of an evaluation image that
-# would leak into training. The summary lists every match with its distance to check.
-NEAR_DISTANCE = 8
+# Candidate radius. Copies to nearest variant: Fashion-MNIST 3,300 copies of 300 test images
+# max 14 bits, 4 (0.12%) above 11; synthetic scenes (tests/helpers.scene) 1,650 copies max
+# 8. Distinct Fashion-MNIST pairs are close (4,000 train x 1,000 test: 8.9 candidate pairs
+# per pool image at 11 bits); distinct scenes almost never (1 pair in 600 x 150). 11 is the
+# largest radius at 2 bits per 16-bit band; 3 bits per band costs ~9x more probes.
+NEAR_DISTANCE = 11
+# Coarse gate (mean absolute difference / 255 of 8x8 thumbnails): copies max 0.106
+# (Fashion-MNIST, 1 px off every side of 28) and 0.047 (scenes); drops 22% of the distinct
+# Fashion-MNIST candidates (and the one distinct scene candidate) before decoding.
+GATE_MAD = 0.12
+# Verification (match_score: worst 4x4-block mean difference / 255 once aligned). Copies:
+# Fashion-MNIST max 0.118, p99 0.084 (9 of 3,300 above 0.10 with the hash misses: 99.7%
+# caught; 99.7% again on 2,200 copies of 200 other images); scenes max 0.057. Distinct
+# Fashion-MNIST candidates (4,000 train x 1,000 test): min 0.049, p1 0.122, p5 0.161; pool
+# images refused at 0.08 / 0.09 / 0.10 / 0.11: 10 / 23 / 69 / 120 of 4,000 (0.10: 1.7%,
+# near-identical plain garments of one class). Distinct scenes: 0 of 600 refused, and
+# 2,000 random scene pairs all fail at START_MAD.
+# The mean difference alone separates worse (copies max 0.036, distinct p5 0.025).
+MATCH_SCORE = 0.10
+# match_score gives up (inf) when no start crop aligns within this mean difference (/255):
+# copies' best start measured at most 0.053 (Fashion-MNIST), 0.023 (scenes); 38% of the
+# distinct Fashion-MNIST candidates are above 0.08, none of them within MATCH_SCORE after
+# the descent, so their descent (most of the cost) is skipped.
+START_MAD = 0.08
 CROP = 0.05  # the crop of the variants, of each side
-BANDS = ((0, 21), (21, 21), (42, 22))  # (first bit, width) of each band
+BANDS = ((0, 16), (16, 16), (32, 16), (48, 16))  # (first bit, width) of each band
 HASH_SIZE = 8  # 8x8 low DCT frequencies -> 64 bits
-SIDE = 32  # the grayscale thumbnail the DCT is taken of
+COARSE = 8  # side of the coarse thumbnail kept per image
+SIDE = 32  # the thumbnail the DCT is taken of, and pixels are compared on
+WORK = 64  # the canonical image every thumbnail is sampled from
+BLUR = 1.0  # Gaussian sigma (WORK pixels) of the canonical image
+STEP = CROP / 4  # the verification's crop search step, of each side
+BLOCK = 4  # the block (SIDE pixels) match_score takes the worst mean difference of
+REACH = 6  # the verification searches crops of up to REACH steps per side
 QUERY_BLOCK = 4096  # queries whose probes are listed at once
 PAIRS_PER_CHUNK = 1 << 21  # candidates checked at once (~100 bytes each while checked)
 
@@ -52,32 +85,128 @@ def decode_gray(data: bytes) -> np.ndarray:
     return pixels
 
 
+def canonical(gray: np.ndarray) -> np.ndarray:
+    """The image as WORK x WORK float32, blurred: every hash and comparison samples this, so
+    a copy and its original go through the same resampling whatever their sizes."""
+    h, w = gray.shape
+    interp = cv2.INTER_AREA if min(h, w) >= WORK else cv2.INTER_LINEAR
+    work = cv2.resize(gray, (WORK, WORK), interpolation=interp).astype(np.float32)
+    return cv2.GaussianBlur(work, (0, 0), BLUR)
+
+
+def box(canon: np.ndarray, top: float, bottom: float, left: float, right: float) -> np.ndarray:
+    """SIDE x SIDE samples of `canon` with the given fractions cut off each side."""
+    sy, sx = (1 - top - bottom) * WORK / SIDE, (1 - left - right) * WORK / SIDE
+    inverse = np.array(
+        [[sx, 0, left * WORK + 0.5 * sx - 0.5], [0, sy, top * WORK + 0.5 * sy - 0.5]],
+        np.float32,
+    )
+    return cv2.warpAffine(
+        canon,
+        inverse,
+        (SIDE, SIDE),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
 def phash(data: bytes) -> int:
     """The 64-bit DCT perceptual hash of an encoded image."""
-    return phash_pixels(decode_gray(data))
+    return fingerprint(decode_gray(data))[0]
 
 
-def crop_variants(data: bytes) -> list[int]:
-    """pHashes of an image and of its CROP crops at 9 anchors: what an excluded image is
-    searched as, so that cropped copies of it are found too."""
-    gray = decode_gray(data)
-    h, w = gray.shape
-    dh, dw = round(CROP * h), round(CROP * w)
-    top, bottom, full_h = (0, h - dh), (dh, h), (0, h)
-    left, right, full_w = (0, w - dw), (dw, w), (0, w)
-    boxes = [(full_h, full_w), (full_h, left), (full_h, right), (top, full_w), (bottom, full_w)]
-    boxes += [(r, c) for r in (top, bottom) for c in (left, right)]
-    boxes.append(((dh // 2, h - (dh - dh // 2)), (dw // 2, w - (dw - dw // 2))))
-    # Repeats (a tiny image has dh = 0) would only be found twice.
-    return sorted({phash_pixels(gray[r[0] : r[1], c[0] : c[1]]) for r, c in boxes})
+def fingerprint(gray: np.ndarray) -> tuple[int, np.ndarray]:
+    """(pHash, COARSE x COARSE uint8 thumbnail) of a decoded image: what is kept of every
+    pool image, the thumbnail to drop most hash candidates before decoding them again."""
+    canon = canonical(gray)
+    small = cv2.resize(canon, (COARSE, COARSE), interpolation=cv2.INTER_AREA)
+    return phash_pixels(box(canon, 0, 0, 0, 0)), np.clip(small + 0.5, 0, 255).astype(np.uint8)
 
 
-def phash_pixels(gray: np.ndarray) -> int:
-    """pHash of a decoded grayscale image (2-D array)."""
-    thumb = cv2.resize(gray, (SIDE, SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+def coarse_mad(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean absolute difference (/255) of paired coarse thumbnails (rows of a and b)."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return diff.reshape(len(diff), -1).mean(axis=1) / 255
+
+
+# (top, bottom, left, right) cut of the crop variants: none, one side, two sides, all sides.
+VARIANT_BOXES = [
+    (0, 0, 0, 0),
+    (CROP, 0, 0, 0),
+    (0, CROP, 0, 0),
+    (0, 0, CROP, 0),
+    (0, 0, 0, CROP),
+    *[(t, b, x, y) for t, b in ((CROP, 0), (0, CROP)) for x, y in ((CROP, 0), (0, CROP))],
+    (CROP, CROP, CROP, CROP),
+]
+
+
+def crop_variants(gray: np.ndarray) -> list[int]:
+    """pHashes of a decoded image and of its CROP crops (VARIANT_BOXES): what an excluded
+    image is searched as, so that cropped copies of it are found too."""
+    canon = canonical(gray)
+    return sorted({phash_pixels(box(canon, *cut)) for cut in VARIANT_BOXES})
+
+
+def phash_pixels(thumb: np.ndarray) -> int:
+    """pHash of a SIDE x SIDE float32 thumbnail."""
     low = cv2.dct(thumb)[:HASH_SIZE, :HASH_SIZE]
     bits = (low > np.median(low)).reshape(-1)
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def verify(excluded: np.ndarray, pool: np.ndarray) -> float:
+    """`match_score` of two decoded images, the larger first resized (area) to the smaller's
+    size: a downscaled copy has lost detail its original still has, which is not a
+    difference."""
+    if pool.size < excluded.size:
+        excluded = cv2.resize(excluded, pool.shape[::-1], interpolation=cv2.INTER_AREA)
+    elif excluded.size < pool.size:
+        pool = cv2.resize(pool, excluded.shape[::-1], interpolation=cv2.INTER_AREA)
+    return match_score(canonical(excluded), canonical(pool))
+
+
+def match_score(excluded: np.ndarray, pool: np.ndarray) -> float:
+    """How far two canonical images are from being the same picture: aligned by the least
+    mean absolute difference over crops (each side cut by up to REACH steps from one image
+    or the other, as a copy may be a crop of the original or the reverse; coordinate descent
+    from the variants' crops), then the largest mean absolute difference (/255) of a BLOCK x
+    BLOCK block. A copy differs by resampling and compression noise spread thinly over the
+    image; two similar but distinct images differ a lot somewhere (a sleeve, a collar).
+    inf when no start crop is within START_MAD: too far to be a copy."""
+
+    @functools.cache  # most steps leave one image uncut: its thumbnail is shared
+    def cropped(image: int, steps: tuple[int, ...]) -> np.ndarray:
+        return box((excluded, pool)[image], *(s * STEP for s in steps))
+
+    def pair(steps: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return cropped(0, tuple(max(s, 0) for s in steps)), cropped(
+            1, tuple(max(-s, 0) for s in steps)
+        )
+
+    def mad(steps: tuple[int, ...]) -> float:
+        return float(cv2.norm(*pair(steps), cv2.NORM_L1)) / (SIDE * SIDE * 255)
+
+    k = round(CROP / STEP)
+    starts = {
+        tuple(round(c / CROP) * k * sign for c in cut) for cut in VARIANT_BOXES for sign in (1, -1)
+    }
+    start_mads = {steps: mad(steps) for steps in starts}
+    best = min(start_mads, key=start_mads.__getitem__)
+    best_mad = start_mads[best]
+    if best_mad > START_MAD:
+        return math.inf
+    improved = True
+    while improved:
+        improved = False
+        for side in range(4):
+            for move in (-1, 1):
+                trial = list(best)
+                trial[side] += move
+                if abs(trial[side]) <= REACH and (value := mad(tuple(trial))) < best_mad:
+                    best, best_mad, improved = tuple(trial), value, True
+    diff = cv2.absdiff(*pair(best)).reshape(SIDE // BLOCK, BLOCK, SIDE // BLOCK, BLOCK)
+    return float(diff.mean(axis=(1, 3)).max()) / 255
 
 
 _M1, _M2, _M4, _H01 = (

@@ -12,8 +12,10 @@ images predicted as that class with the highest scores. With a teacher cache of 
   probabilities is the ensemble rule `mean_probs`: class = argmax, score = its mean
   probability;
 - duplicates: a pool image is never selected when its content key (BLAKE3 of the file, the
-  cache's key) equals an excluded image's, or its pHash lies within NEAR_DISTANCE bits of
-  one of the excluded image's crop variants (near_duplicates.py);
+  cache's key) equals an excluded image's, or it is a near copy of one: its pHash within
+  NEAR_DISTANCE bits of one of the excluded image's crop variants, its coarse thumbnail
+  within GATE_MAD, and both images, decoded again, within MATCH_SCORE once aligned
+  (near_duplicates.py);
 - top-k: each class keeps its K highest-scoring remaining images predicted as it (ties by
   list order).
 """
@@ -21,6 +23,7 @@ images predicted as that class with the highest scores. With a teacher cache of 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +33,17 @@ import numpy as np
 from offline_ssld.atomic import atomic_write, write_text_atomic
 from offline_ssld.data.lists import Sample, content_key, read_image_bytes, read_list
 from offline_ssld.errors import DataError
-from offline_ssld.near_duplicates import NEAR_DISTANCE, HashIndex, crop_variants, phash
+from offline_ssld.near_duplicates import (
+    GATE_MAD,
+    MATCH_SCORE,
+    NEAR_DISTANCE,
+    HashIndex,
+    coarse_mad,
+    crop_variants,
+    decode_gray,
+    fingerprint,
+    verify,
+)
 from offline_ssld.report import histogram_png, open_cached
 
 THREADS = 8  # file reads, BLAKE3 and cv2 decode/resize/DCT release the GIL
@@ -46,8 +59,9 @@ class Duplicate:
 
     pool_path: str
     pool_line: int
-    kind: str  # "exact" (same content key) or "near" (pHash)
+    kind: str  # "exact" (same content key) or "near" (pHash candidate, verified on pixels)
     distance: int  # Hamming bits to the nearest crop variant; 0 for exact
+    score: float  # near_duplicates.match_score of the pair (<= MATCH_SCORE); 0 for exact
     excluded_list: str
     excluded_line: int
     excluded_path: str
@@ -55,12 +69,14 @@ class Duplicate:
 
 @dataclass(frozen=True)
 class Excluded:
-    """One image of an --exclude list: where it is listed, its key and its hashes."""
+    """One image of an --exclude list: where it is listed, its key, its hashes and its
+    coarse thumbnail."""
 
     list_path: str
     sample: Sample
     key: bytes
     variants: list[int]
+    coarse: np.ndarray
 
 
 @dataclass
@@ -101,41 +117,57 @@ def read_excluded(lists: list[str], root: str | Path, delimiter: str | None) -> 
 
         def one(sample: Sample, list_path: str = list_path) -> Excluded:
             data = read_image_bytes(root, sample, list_path)
-            try:
-                variants = crop_variants(data)
-            except DataError as exc:
-                raise DataError(f"{list_path}:{sample.line}: {sample.path}: {exc}") from None
-            return Excluded(list_path, sample, content_key(data), variants)
+            gray = _decode(data, list_path, sample)
+            return Excluded(
+                list_path, sample, content_key(data), crop_variants(gray), fingerprint(gray)[1]
+            )
 
         out += _threaded(one, samples)
     return out
 
 
-def pool_hashes(image_root: str | Path, samples: list[Sample], list_path: str | Path) -> np.ndarray:
-    """pHash of every pool image: one read and decode each, in threads."""
+def _decode(data: bytes, list_path: str | Path, sample: Sample) -> np.ndarray:
+    try:
+        return decode_gray(data)
+    except DataError as exc:
+        raise DataError(f"{list_path}:{sample.line}: {sample.path}: {exc}") from None
 
-    def one(sample: Sample) -> int:
-        try:
-            return phash(read_image_bytes(image_root, sample, list_path))
-        except DataError as exc:
-            raise DataError(f"{list_path}:{sample.line}: {sample.path}: {exc}") from None
 
-    return np.array(_threaded(one, samples), dtype=np.uint64)
+def pool_hashes(
+    image_root: str | Path, samples: list[Sample], list_path: str | Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pHash, coarse thumbnail) of every pool image: one read and decode each, in threads."""
+
+    def one(sample: Sample) -> tuple[int, np.ndarray]:
+        return fingerprint(
+            _decode(read_image_bytes(image_root, sample, list_path), list_path, sample)
+        )
+
+    prints = _threaded(one, samples)
+    return np.array([p[0] for p in prints], dtype=np.uint64), np.stack([p[1] for p in prints])
 
 
 def find_duplicates(
-    pool: list[Sample], keys: list[bytes], hashes: np.ndarray, excluded: list[Excluded]
+    pool: list[Sample],
+    keys: list[bytes],
+    hashes: np.ndarray,
+    coarse: np.ndarray,
+    excluded: list[Excluded],
+    read_pool: Callable[[int], np.ndarray],
+    read_excluded_gray: Callable[[int], np.ndarray],
 ) -> dict[int, Duplicate]:
     """Pool position -> its closest excluded image: exact by content key, else near
-    (`hashes`: the pool's pHashes)."""
+    (`hashes`, `coarse`: the pool's fingerprints; the readers decode a pool or excluded image
+    by position again, called only for candidates that pass the coarse gate)."""
     found: dict[int, Duplicate] = {}
 
-    def record(position: int, kind: str, distance: int, image: Excluded) -> None:
+    def record(position: int, kind: str, distance: int, score: float, image: Excluded) -> None:
         found[position] = Duplicate(
             pool[position].path,
             pool[position].line,
             kind,
             distance,
+            round(score, 4),
             image.list_path,
             image.sample.line,
             image.sample.path,
@@ -144,13 +176,31 @@ def find_duplicates(
     by_key = {image.key: image for image in excluded}
     for pos, key in enumerate(keys):
         if key in by_key:
-            record(pos, "exact", 0, by_key[key])
+            record(pos, "exact", 0, 0.0, by_key[key])
     owner = np.repeat(np.arange(len(excluded)), [len(e.variants) for e in excluded])
     queries = np.array([h for e in excluded for h in e.variants], dtype=np.uint64)
     query, near, distance = HashIndex(hashes).search(queries, NEAR_DISTANCE)
-    for i in np.lexsort((query, distance)):  # closest first, then exclude-list order
-        if int(near[i]) not in found:
-            record(int(near[i]), "near", int(distance[i]), excluded[owner[query[i]]])
+    # One candidate per (pool, excluded) pair, at its least distance; not already exact.
+    order = np.lexsort((owner[query], near, distance))
+    pairs = np.c_[near, owner[query], distance][order]
+    pairs = pairs[np.unique(pairs[:, :2], axis=0, return_index=True)[1]]
+    pairs = pairs[[int(p) not in found for p in pairs[:, 0]]]
+    gate = np.array([e.coarse for e in excluded])
+    if len(pairs):
+        pairs = pairs[coarse_mad(coarse[pairs[:, 0]], gate[pairs[:, 1]]) <= GATE_MAD]
+    firsts = np.unique(pairs[:, 0], return_index=True)[1]  # pairs are sorted by pool
+
+    def check(mine: np.ndarray) -> list[tuple[float, int, int]]:
+        """(score, distance, excluded) of one pool image's verified candidates."""
+        gray = read_pool(int(mine[0, 0]))
+        scores = [(verify(read_excluded_gray(int(e)), gray), int(d), int(e)) for _, e, d in mine]
+        return [s for s in scores if s[0] <= MATCH_SCORE]
+
+    groups = np.split(pairs, firsts[1:]) if len(pairs) else []
+    for mine, matches in zip(groups, _threaded(check, groups), strict=True):
+        if matches:  # the best score, then the least distance, then exclude-list order
+            score, dist, image = min(matches)
+            record(int(mine[0, 0]), "near", dist, score, excluded[image])
     return found
 
 
@@ -198,8 +248,20 @@ def select(
         raise DataError(f"{spec.cls_label_path}: none of its images is in the cache")
     duplicates: dict[int, Duplicate] = {}
     if excluded:  # pHashing costs a read and decode of every pool image
-        hashes = pool_hashes(spec.image_root, samples, spec.cls_label_path)
-        duplicates = find_duplicates(samples, keys, hashes, excluded)
+        hashes, coarse = pool_hashes(spec.image_root, samples, spec.cls_label_path)
+        root = exclude_root or spec.image_root
+
+        def read_pool(position: int) -> np.ndarray:
+            sample = samples[position]
+            return decode_gray(read_image_bytes(spec.image_root, sample, spec.cls_label_path))
+
+        def read_excluded_gray(position: int) -> np.ndarray:
+            image = excluded[position]
+            return decode_gray(read_image_bytes(root, image.sample, image.list_path))
+
+        duplicates = find_duplicates(
+            samples, keys, hashes, coarse, excluded, read_pool, read_excluded_gray
+        )
     pred, score = np.array(preds), np.array(scores)
     allowed = np.ones(len(samples), dtype=bool)
     allowed[list(duplicates)] = False
@@ -248,6 +310,8 @@ def select(
             for path in exclude
         ],
         "near_distance": NEAR_DISTANCE,
+        "gate_mad": GATE_MAD,
+        "match_score": MATCH_SCORE,
         "duplicates": [asdict(d) for d in dupes],
     }
     atomic_write(
@@ -318,17 +382,20 @@ def _markdown(summary: dict, out: Path, histogram: Path) -> str:
     lines += [
         "",
         f"{len(s['duplicates'])} pool images refused: exact (same content key) or near (pHash "
-        f"within {s['near_distance']} bits of a 5% crop variant).",
+        f"within {s['near_distance']} bits of a 5% crop variant, then the pixels compared: "
+        f"score = worst 4x4-block mean difference / 255 once aligned, at most "
+        f"{s['match_score']}).",
         "",
     ]
     if s["duplicates"]:
         lines += [
-            "| pool image (line) | kind | distance | excluded image (list:line) |",
-            "|---|---|---|---|",
+            "| pool image (line) | kind | distance | score | excluded image (list:line) |",
+            "|---|---|---|---|---|",
         ]
         for d in s["duplicates"]:
             lines.append(
                 f"| `{d['pool_path']}` ({d['pool_line']}) | {d['kind']} | {d['distance']} | "
+                f"{d['score']:.4f} | "
                 f"`{d['excluded_path']}` ({d['excluded_list']}:{d['excluded_line']}) |"
             )
     return "\n".join(lines) + "\n"

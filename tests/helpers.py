@@ -155,16 +155,31 @@ def encode(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes:
 
 
 def near_copies(img: np.ndarray) -> dict[str, bytes]:
-    """Copies a near-duplicate search must find: re-encoded, resized, ~5% cropped, and all."""
+    """Copies a near-duplicate search must find: re-encoded, resized up and down, cropped by
+    up to 5% from one, two or all sides (at least 1 px), with and without resizing back."""
     h, w = img.shape[:2]
-    dh, dw = round(0.05 * h), round(0.05 * w)
+
+    def cut(n: int, share: float) -> int:
+        return max(1, round(share * n))
+
+    def resize(x: np.ndarray, scale: float, interp: int) -> np.ndarray:
+        size = (max(1, round(x.shape[1] * scale)), max(1, round(x.shape[0] * scale)))
+        return cv2.resize(x, size, interpolation=interp)
+
+    dh, dw, ah, aw = cut(h, 0.05), cut(w, 0.05), cut(h, 0.04), cut(w, 0.04)
+    every_side = img[ah : h - ah, aw : w - aw]
     return {
         "jpeg_q60": encode(img, ".jpg", 60),
-        "resized_0.6": encode(cv2.resize(img, (int(w * 0.6), int(h * 0.6)), cv2.INTER_AREA)),
-        "resized_1.5": encode(cv2.resize(img, (int(w * 1.5), int(h * 1.5)))),
+        "resized_0.6": encode(resize(img, 0.6, cv2.INTER_AREA)),
+        "resized_0.8": encode(resize(img, 0.8, cv2.INTER_LINEAR)),
+        "resized_1.3": encode(resize(img, 1.3, cv2.INTER_LINEAR)),
+        "resized_1.5": encode(resize(img, 1.5, cv2.INTER_CUBIC)),
+        "crop5_side": encode(img[:, : w - dw]),
         "crop5_corner": encode(img[dh:, dw:]),
-        "crop5_centre": encode(img[dh // 2 : h - dh // 2, dw // 2 : w - dw // 2]),
+        "crop4_centre": encode(every_side),
+        "crop4_centre_resized_back": encode(cv2.resize(every_side, (w, h))),
+        "crop5_side_resized_back": encode(cv2.resize(img[dh:], (w, h), cv2.INTER_CUBIC)),
         "crop4_side_jpeg_resized": encode(
-            cv2.resize(img[:, : w - round(0.04 * w)], (int(w * 0.8), int(h * 0.8))), ".jpg", 80
+            resize(img[:, : w - cut(w, 0.04)], 0.8, cv2.INTER_AREA), ".jpg", 80
         ),
     }
