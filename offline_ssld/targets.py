@@ -37,7 +37,7 @@ from offline_ssld.data.samplers import epoch_views
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.losses import build_loss, check_pairing, gt_ce_loss
+from offline_ssld.losses import DistillLoss, build_loss, check_pairing, gt_ce_loss
 from offline_ssld.models import load_teacher
 
 
@@ -126,17 +126,8 @@ class OfflineCache(TargetSource):
         self, cfg: dict, source: ImageSource, pipeline: Pipeline, student: ModelSpec
     ) -> paddle.io.Dataset:
         self.loss_fn = build_loss(cfgmod.get(cfg, "Loss.Train"))
-        reader = open_matching_cache(cfg, pipeline)
-        if reader.manifest.num_classes != student.class_num:
-            raise CacheError(
-                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
-                f"{student.key}.class_num is {student.class_num}"
-            )
-        codec = codec_from_settings(reader.manifest.codec)
-        check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
+        reader = open_verified_cache(cfg, pipeline, student, self.loss_fn)
         self.views = _check_views(cfg["Offline"]["views"], reader.views)
-        reader.verify_all()  # before the first batch; the loader workers inherit the result
-        reader.index()  # built once here from the key columns, shared by the loader workers
         self.reader = reader
         return ReplayDataset(source, pipeline, reader)
 
@@ -209,6 +200,25 @@ def _check_views(views: object, stored: int) -> int:
 def offline_mode(cfg: dict) -> str:
     """The train() mode of train-student without --online: one cache, or an ensemble."""
     return "ensemble" if cfgmod.is_ensemble(cfg) else "offline"
+
+
+def open_verified_cache(
+    cfg: dict, pipeline: Pipeline, student: ModelSpec, loss_fn: DistillLoss
+) -> CacheReader:
+    """Everything train-student does with a single cache before its first batch: open it
+    (manifest checksums and stored specs), match it to the config, check the codec x loss
+    pair, verify every shard and build the key index (shared by the loader workers)."""
+    reader = open_matching_cache(cfg, pipeline)
+    if reader.manifest.num_classes != student.class_num:
+        raise CacheError(
+            f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
+            f"{student.key}.class_num is {student.class_num}"
+        )
+    codec = codec_from_settings(reader.manifest.codec)
+    check_pairing(codec.name, codec.target, loss_fn, "Loss.Train")
+    reader.verify_all()  # the loader workers inherit the result
+    reader.index()
+    return reader
 
 
 def open_matching_cache(cfg: dict, pipeline: Pipeline) -> CacheReader:

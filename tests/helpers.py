@@ -128,3 +128,13 @@ def write_cache(plan, cache_dir: Path, shards=None):
     for shard in range(manifest.num_shards) if shards is None else shards:
         writer.submit(shard, *shard_of(plan, shard))
     return writer.close()
+
+
+def signed_manifest(obj: dict) -> bytes:
+    """`obj` as a manifest with a consistent `integrity` (what someone rewriting a manifest can
+    produce): the checks after the manifest's own checksums are then what must refuse it."""
+    from offline_ssld.cache.format import INTEGRITY, field_checksums, render_json
+
+    obj = {name: value for name, value in obj.items() if name != INTEGRITY}
+    obj[INTEGRITY] = field_checksums(obj)
+    return render_json(obj)
