@@ -56,7 +56,7 @@ def check_stored_specs(manifest: Manifest, codec: Codec, where: str) -> None:
     try:
         pipeline = Pipeline(build_ops(manifest.source["transform_ops"], "source.transform_ops"))
     except OfflineSSLDError as exc:
-        raise CacheError(f"{where}: field {exc}") from None
+        raise CacheError(f"{where}: field 'source.transform_ops' does not build ({exc})") from None
     if transforms_fingerprint(pipeline) != manifest.fingerprints["transforms"]:
         raise CacheError(
             f"{where}: field 'source.transform_ops' does not match 'fingerprints.transforms' "
