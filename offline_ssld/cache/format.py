@@ -100,7 +100,7 @@ import blake3
 import numpy as np
 
 from offline_ssld.atomic import atomic_write
-from offline_ssld.cache.codecs import Codec
+from offline_ssld.cache.codecs import Codec, codec_from_settings
 from offline_ssld.cache.fingerprint import canonical_hash, teacher_fingerprint
 from offline_ssld.data.lists import inside, open_regular, read_regular
 from offline_ssld.errors import CacheError
@@ -397,7 +397,28 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
             "shards are listed"
         )
     obj["shards"] = sorted(shards, key=lambda s: s.name)
-    return Manifest(**obj)
+    manifest = Manifest(**obj)
+    try:
+        codec = codec_from_settings(manifest.codec)
+    except ValueError as exc:
+        raise CacheError(f"{path}: field 'codec': {exc}") from None
+    for shard in manifest.shards:  # no read of a file claiming a terabyte
+        cap = max_shard_bytes(manifest, codec, shard.images)
+        if not 0 < shard.bytes <= cap:
+            raise CacheError(
+                f"{path}: {shard.name} field 'bytes' is {shard.bytes}; a shard of "
+                f"{shard.images} images holds 1 to {cap} bytes"
+            )
+    return manifest
+
+
+def max_shard_bytes(manifest: Manifest, codec: Codec, images: int) -> int:
+    """The most bytes a shard of `images` images can take: its numeric columns, two paths of
+    at most 4096 bytes per image, and 1 MiB of structure. Every read of a shard is capped so."""
+    per_image = sum(
+        c.dtype.itemsize * c.stored_width(manifest.views) for c in numeric_columns(manifest, codec)
+    )
+    return images * (per_image + 2 * 4096) + (1 << 20)
 
 
 def _check_integrity(obj: dict, raw: bytes, path: Path) -> None:

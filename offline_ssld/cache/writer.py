@@ -31,6 +31,7 @@ from offline_ssld.cache.format import (
     cache_file,
     file_checksum,
     load_manifest,
+    max_shard_bytes,
     new_dump_id,
     numeric_columns,
     shard_name,
@@ -55,12 +56,8 @@ def _is_own_tmp(path: Path) -> bool:
     return bool(_OWN_TMP.fullmatch(path.name))
 
 
-def _max_shard_bytes(manifest: Manifest, images: int) -> int:
-    """Cap of a shard file not listed yet: its numeric columns, two paths of at most 4096
-    bytes per image, and 1 MiB of structure."""
-    columns = numeric_columns(manifest, codec_from_settings(manifest.codec))
-    per_image = sum(c.dtype.itemsize * c.stored_width(manifest.views) for c in columns)
-    return images * (per_image + 2 * 4096) + (1 << 20)
+def _shard_cap(manifest: Manifest, images: int) -> int:
+    return max_shard_bytes(manifest, codec_from_settings(manifest.codec), images)
 
 
 def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
@@ -69,9 +66,7 @@ def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | No
     ips = manifest.images_per_shard
     images = min(ips, manifest.num_images - index * ips)
     try:
-        shard = map_shard(
-            manifest.backend, path, images, max_bytes=_max_shard_bytes(manifest, images)
-        )
+        shard = map_shard(manifest.backend, path, images, max_bytes=_shard_cap(manifest, images))
         columns = numeric_columns(manifest, codec_from_settings(manifest.codec))
         check_layout(shard, columns, manifest.views, images)
     except (CacheError, ValueError) as exc:
@@ -93,9 +88,7 @@ def _written_by(path: Path, manifest: Manifest) -> bool:
     if images < 1:
         return False
     try:
-        shard = map_shard(
-            manifest.backend, path, images, max_bytes=_max_shard_bytes(manifest, images)
-        )
+        shard = map_shard(manifest.backend, path, images, max_bytes=_shard_cap(manifest, images))
     except CacheError:
         return False
     return shard.dump_id == manifest.dump_id

@@ -96,6 +96,7 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
         ("shards[1].rows", setter("shards.1.rows", 20), "'rows'"),
         ("shards[1].checksum", setter("shards.1.checksum", "0" * 64), "shard-00001"),
         ("shards[1].bytes", setter("shards.1.bytes", 1), "shard-00001"),
+        ("shards[1].bytes 10**12", setter("shards.1.bytes", 10**12), "shard-00001"),
         ("delete shards[1].checksum", deleter("shards.1.checksum"), "'checksum'"),
         ("shards[1] dropped", lambda m: m["shards"].pop(1), "'complete'"),
         ("not JSON", None, "not valid JSON"),
