@@ -113,7 +113,7 @@ def open_regular(path: Path, where: str, max_bytes: int, error: type[Exception] 
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise error(f"{where}: {path} is not a regular file")
+        raise error(f"{where}: cannot read {path}: not a regular file")
     if st.st_size > max_bytes:
         os.close(fd)
         raise error(f"{where}: {path} holds {st.st_size} bytes, above the limit of {max_bytes}")

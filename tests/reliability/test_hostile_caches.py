@@ -207,7 +207,7 @@ def test_hostile_caches_are_refused(project, monkeypatch, rlog):
         "image replaced by a FIFO inside image_root",
         "arrow",
         fifo_image,
-        {"verify --teacher-check": (verify(1000), "is not a regular file")},
+        {"verify --teacher-check": (verify(1000), "not a regular file")},
     )
 
     def manifest_names(**source) -> Callable[[Path], None]:
