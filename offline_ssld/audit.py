@@ -1,7 +1,10 @@
 """`inspect` and `verify`: what a cache holds, and whether it is whole and still true.
 
-Both work from the cache directory alone: the manifest records where the images, transforms
-and teacher weights were, so `verify --teacher-check` can re-run the teacher without a config.
+Both work from the cache directory alone. `verify --teacher-check` also re-runs the teacher,
+and takes what it runs from the user's config (`-c`), never from the manifest: the teacher
+weights the config names (hashed and compared with the cache's teacher fingerprint), its
+transforms (compared with the cache's) and its image_root, under which the paths a shard
+stores are read only through the list reader's checks (`data/lists.py`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from offline_ssld.cache.fingerprint import (
     expected_identity,
     first_difference,
     order_fingerprint,
-    teacher_fingerprint,
 )
-from offline_ssld.cache.format import file_checksum, load_manifest, shard_name
+from offline_ssld.cache.format import cache_file, file_checksum, load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.errors import CacheError
+from offline_ssld.errors import CacheError, ConfigError
 
 
 def inspect_cache(cache_dir: str | Path) -> dict:
@@ -83,9 +85,17 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -> VerifyReport:
-    """Check every shard (presence, checksum, row count, columns) and optionally the teacher."""
+def verify_cache(
+    cache_dir: str | Path, teacher_check: int = 0, seed: int = 0, cfg: dict | None = None
+) -> VerifyReport:
+    """Check the manifest (its checksums and stored specs) and every shard (presence,
+    checksum, row count, columns); with `teacher_check`, re-run the teacher of `cfg`."""
     cache_dir = Path(cache_dir)
+    if teacher_check and cfg is None:
+        raise ConfigError(
+            "verify --teacher-check: needs the teacher's config (-c FILE): the teacher weights, "
+            "transforms and image_root are taken from it, never from the cache"
+        )
     report = VerifyReport()
     manifest = load_manifest(cache_dir)  # a damaged manifest raises, naming the field
     if not manifest.complete:
@@ -97,9 +107,7 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
     for path in sorted(cache_dir.glob(f"shard-*{suffix}")):  # not a loop over num_shards
         if path.name not in listed:
             report.problems.append(f"{path.name}: on disk but not in the manifest")
-    if first_difference(manifest, {"fingerprints.teacher": teacher_fingerprint(manifest.teacher)}):
-        report.problems.append("manifest: field 'teacher' does not match 'fingerprints.teacher'")
-    reader = CacheReader(cache_dir, require_complete=False)
+    reader = CacheReader(cache_dir, require_complete=False)  # re-derives the stored specs
     keys: list[bytes] = []
     for number, info in enumerate(manifest.shards):
         path = cache_dir / info.name
@@ -113,7 +121,12 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
                 f"{info.bytes}): damaged or replaced"
             )
             continue
-        if file_checksum(path) != info.checksum:
+        try:
+            checksum = file_checksum(cache_file(cache_dir, info.name), info.bytes)
+        except CacheError as exc:
+            report.problems.append(f"{info.name}: {exc}")
+            continue
+        if checksum != info.checksum:
             report.problems.append(f"{info.name}: checksum mismatch (damaged or replaced)")
             continue
         try:
@@ -132,58 +145,69 @@ def verify_cache(cache_dir: str | Path, teacher_check: int = 0, seed: int = 0) -
             if first_difference(manifest, {name: value}):
                 report.problems.append(f"manifest: field '{name}' does not match the shards")
     if teacher_check and report.ok:
-        _teacher_check(reader, teacher_check, seed, report)
+        assert cfg is not None  # checked above
+        _teacher_check(reader, teacher_check, seed, report, cfg)
     return report
 
 
-def _teacher_check(reader: CacheReader, count: int, seed: int, report: VerifyReport) -> None:
-    """Re-run the teacher on `count` random stored views, replaying their parameters."""
+def _teacher_check(
+    reader: CacheReader, count: int, seed: int, report: VerifyReport, cfg: dict
+) -> None:
+    """Re-run the config's teacher on `count` random stored views, replaying their
+    parameters, on images read under the config's image_root."""
     import paddle
 
-    from offline_ssld.config.specs import ModelSpec
-    from offline_ssld.data.lists import content_key
+    from offline_ssld.config import specs
+    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.data.lists import Sample, content_key, read_image_bytes
     from offline_ssld.data.transforms import Pipeline, build_ops
     from offline_ssld.models import build_model, load_weights
 
     m = reader.manifest
-    src = m.source
-    pipeline = Pipeline(build_ops(src["transform_ops"], "manifest.source.transform_ops"))
-    args = tuple(
-        sorted(
-            (k, tuple(v) if isinstance(v, list) else v)
-            for k, v in m.teacher.get("args", {}).items()
+    if m.teacher.get("ensemble"):
+        report.problems.append("teacher check: a merged ensemble cache has no single teacher")
+        return
+    teacher = specs.teacher_spec(cfg)
+    data = specs.data_spec(cfg, "Train")
+    pipeline = Pipeline(build_ops(data.transform_ops, f"{data.key}.transform_ops"))
+    if teacher.pretrained is None or not Path(teacher.pretrained).is_file():
+        raise ConfigError(
+            "Offline.teacher_weights: verify --teacher-check needs the teacher weights file the "
+            f"cache was dumped with (got {teacher.pretrained!r})"
         )
-    )
-    spec = ModelSpec(
-        m.teacher["name"], m.teacher["class_num"], src["teacher_weights"], "teacher", args
-    )
-    diff = first_difference(m, expected_identity(spec, pipeline))
-    if diff is not None and diff.field == "fingerprints.transforms":
-        report.problems.append("transforms: this offline-ssld replays views differently")
-        return
+    diff = first_difference(m, expected_identity(teacher, pipeline))
     if diff is not None:
-        report.problems.append(f"teacher: weights file {spec.pretrained} changed since the dump")
+        report.problems.append(f"teacher check: the cache holds {diff}")
         return
-    model = build_model(spec)
-    load_weights(model, str(spec.pretrained), "manifest.source.teacher_weights", allow_pickle=False)
+    model = build_model(teacher)
+    load_weights(
+        model,
+        teacher.pretrained,
+        "Offline.teacher_weights",
+        offline_spec(cfg).allow_pickle_weights,
+    )
     model.eval()
     rng = np.random.default_rng(seed)
     total = m.rows
     picks = sorted(rng.choice(total, size=min(count, total), replace=False).tolist())
     starts = np.cumsum([0] + [s.rows for s in m.shards])
     worst = 0.0
-    root = Path(src["image_root"])
     with paddle.no_grad():
         for flat in picks:
             number = int(np.searchsorted(starts, flat, side="right") - 1)
             row = flat - int(starts[number])
             cols = reader.load_shard(number)
-            path = root / str(cols["path"][row])
-            data = path.read_bytes()
-            if content_key(data) != cols["key"][row].tobytes():
-                report.problems.append(f"{path}: image changed since the dump")
+            shard = reader.cache_dir / m.shards[number].name
+            sample = Sample(str(cols["path"][row]), -1, row)
+            try:  # the list reader's checks: inside image_root, a regular file, capped
+                data_bytes = read_image_bytes(data.image_root, sample, shard, CacheError)
+            except CacheError as exc:
+                report.problems.append(f"teacher check: {exc}")
                 return
-            x = pipeline.replay(data, cols["params"][row])
+            if content_key(data_bytes) != cols["key"][row].tobytes():
+                report.problems.append(f"{shard}:{row}: {sample.path}: image changed since dump")
+                return
+            x = pipeline.replay(data_bytes, cols["params"][row])
             logits = model(paddle.to_tensor(x[None])).astype("float32").numpy()
             payload = {c.name: cols[c.name][row : row + 1] for c in reader.codec.columns()}
             worst = max(worst, float(reader.codec.compare(payload, logits)))

@@ -217,22 +217,36 @@ def inspect_cmd(cache_dir, as_json) -> None:
     type=click.IntRange(min=0),
     default=0,
     metavar="N",
-    help="Re-run the teacher on N random stored views and compare.",
+    help="Re-run the teacher of -c CONFIG on N random stored views and compare.",
 )
 @click.option("--seed", type=int, default=0, help="Seed choosing the views to re-check.")
+@click.option(
+    "-c",
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="FILE",
+    help="The teacher's config (as for dump-teacher), needed by --teacher-check: its weights, "
+    "transforms and image_root are used, never paths recorded in the cache.",
+)
+@OVERRIDE
 @friendly_errors
-def verify_cmd(cache_dir, teacher_check, seed) -> None:
-    """Check every shard's presence, checksum, row count and columns; with --teacher-check N,
-    re-run the teacher on N random stored views (replaying their parameters) and fail if the
-    largest difference exceeds the codec's tolerance. Exit status 1 on any problem.
+def verify_cmd(cache_dir, teacher_check, seed, configs, overrides) -> None:
+    """Check the manifest's own checksums and stored specs, and every shard's presence,
+    checksum, row count and columns; with --teacher-check N -c CONFIG, re-run the config's
+    teacher on N random stored views (replaying their parameters, reading images only under
+    the config's image_root) and fail if the largest difference exceeds the codec's
+    tolerance. Exit status 1 on any problem.
 
     \b
     Example:
-      offline-ssld verify cache/fmnist_r50 --teacher-check 64
+      offline-ssld verify cache/fmnist_r50 --teacher-check 64 \\
+          -c configs/fashion_mnist/resnet50_teacher.yaml
     """
     from offline_ssld.audit import verify_cache
 
-    report = verify_cache(cache_dir, teacher_check, seed)
+    cfg = _load(configs, overrides) if configs else None
+    report = verify_cache(cache_dir, teacher_check, seed, cfg)
     click.echo(f"shards ok: {report.shards_ok}")
     if report.teacher_checked:
         click.echo(

@@ -288,6 +288,7 @@ def _follow(cache_dir: Path, manifest: Manifest) -> Manifest:
     manifest.shards = old.shards
     manifest.skipped = old.skipped if old.skipped else manifest.skipped
     manifest.complete = old.complete
+    manifest.dump_id = old.dump_id  # the shards this rank writes carry rank 0's dump id
     return manifest
 
 

@@ -40,7 +40,7 @@ from offline_ssld.data.samplers import epoch_views
 from offline_ssld.data.transforms import Pipeline
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.losses import build_loss, check_pairing, gt_ce_loss
+from offline_ssld.losses import DistillLoss, build_loss, check_pairing, gt_ce_loss
 from offline_ssld.models import load_teacher
 
 
@@ -148,16 +148,10 @@ class OfflineCache(TargetSource):
         student: ModelSpec,
     ) -> paddle.io.Dataset:
         self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
-        reader, self.listed = open_matching_cache(cfg, offline, pipeline, source)
-        if reader.manifest.num_classes != student.class_num:
-            raise CacheError(
-                f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
-                f"{student.key}.class_num is {student.class_num}"
-            )
-        codec = codec_from_settings(reader.manifest.codec)
-        check_pairing(codec.name, codec.target, self.loss_fn, "Loss.Train")
+        reader, self.listed = open_verified_cache(
+            cfg, offline, pipeline, source, student, self.loss_fn
+        )
         self.views = _check_views(offline.views, reader.views)
-        reader.verify_all()  # before the first batch; the loader workers inherit the result
         self.reader = reader
         return ReplayDataset(source, pipeline, reader, self.listed)
 
@@ -237,6 +231,29 @@ def _check_views(views: int, stored: int) -> int:
 def offline_mode(offline: OfflineSpec) -> str:
     """The train() mode of train-student without --online: one cache, or an ensemble."""
     return "ensemble" if offline.is_ensemble else "offline"
+
+
+def open_verified_cache(
+    cfg: dict,
+    offline: OfflineSpec,
+    pipeline: Pipeline,
+    source: ImageSource,
+    student: ModelSpec,
+    loss_fn: DistillLoss,
+) -> tuple[CacheReader, ListedImages]:
+    """Everything train-student does with a single cache before its first batch: open it
+    (manifest checksums and stored specs), match it to the config and the list, check the
+    codec x loss pair and verify every shard."""
+    reader, listed = open_matching_cache(cfg, offline, pipeline, source)
+    if reader.manifest.num_classes != student.class_num:
+        raise CacheError(
+            f"{reader.cache_dir}: cache has {reader.manifest.num_classes} classes, "
+            f"{student.key}.class_num is {student.class_num}"
+        )
+    codec = codec_from_settings(reader.manifest.codec)
+    check_pairing(codec.name, codec.target, loss_fn, "Loss.Train")
+    reader.verify_all()  # the loader workers inherit the result
+    return reader, listed
 
 
 def open_matching_cache(

@@ -183,3 +183,28 @@ def near_copies(img: np.ndarray) -> dict[str, bytes]:
             resize(img[:, : w - cut(w, 0.04)], 0.8, cv2.INTER_AREA), ".jpg", 80
         ),
     }
+
+
+def signed_manifest(obj: dict) -> bytes:
+    """`obj` as a manifest with a consistent `integrity` (what someone rewriting a manifest can
+    produce): the checks after the manifest's own checksums are then what must refuse it."""
+    from offline_ssld.cache.format import INTEGRITY, field_checksums, render_json
+
+    obj = {name: value for name, value in obj.items() if name != INTEGRITY}
+    obj[INTEGRITY] = field_checksums(obj)
+    return render_json(obj)
+
+
+def open_for_training(cfg: dict):
+    """What train-student does with its config's single cache before the first batch
+    (targets.open_verified_cache), everything derived from `cfg` as train() derives it."""
+    from offline_ssld.config import loading, specs
+    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.losses import build_loss
+    from offline_ssld.targets import open_verified_cache
+    from offline_ssld.train import _source
+
+    student = specs.student_spec(cfg)
+    source, pipeline, _ = _source(cfg, "Train", student.class_num)
+    loss = build_loss(loading.get(cfg, "Loss.Train"))
+    return open_verified_cache(cfg, offline_spec(cfg), pipeline, source, student, loss)

@@ -31,6 +31,7 @@ CAMPAIGNS = [
         "byte_flips",
         "shard_damage",
         "manifest_edits",
+        "hostile_caches",
         "fuzzing",
         "source_scan",
         "list_files",

@@ -10,7 +10,7 @@ import pytest
 
 from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.errors import CacheError
-from tests.helpers import plan_cache, write_cache
+from tests.helpers import plan_cache, signed_manifest, write_cache
 
 
 @pytest.fixture
@@ -48,13 +48,54 @@ def test_written_manifest_lists_every_shard(cache):
     ],
 )
 def test_bad_field_is_refused_by_name(cache, edit, named):
+    """Checksums recomputed after the edit: the field checks themselves name it."""
     path = cache / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
-    path.write_text(json.dumps(manifest))
+    path.write_bytes(signed_manifest(manifest))
     with pytest.raises(CacheError, match=re.escape(named)) as info:
         load_manifest(cache)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m.update(seed=7), "field 'seed' does not match its checksum"),
+        (lambda m: m["source"].update(image_root="/"), "field 'source' does not match"),
+        (lambda m: m["integrity"].update(views="0" * 64), "field 'views' does not match"),
+        (lambda m: m.pop("dump_id"), "field 'dump_id' is missing ('integrity' lists it)"),
+        (lambda m: m.update(extra=1), "field 'extra' has no checksum"),
+        (lambda m: m.pop("integrity"), "field 'integrity' is missing"),
+    ],
+)
+def test_manifest_checksums_name_the_edited_field(cache, edit, named):
+    path = cache / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    with pytest.raises(CacheError, match=re.escape(named)):
+        load_manifest(cache)
+
+
+def test_manifest_must_be_in_canonical_form(cache):
+    """Bytes that parse to the same manifest but are not what the writer wrote (here a
+    unicode escape's hex digits in upper case) are refused, naming the field."""
+    path = cache / MANIFEST
+    raw = path.read_text()
+    assert raw.endswith("}\n")
+    path.write_text(raw[:-1])  # the final newline only
+    with pytest.raises(CacheError, match="field 'integrity' is not in canonical form"):
+        load_manifest(cache)
+    manifest = json.loads(raw)
+    manifest["source"]["image_root"] = "/imagés"
+    path.write_bytes(signed_manifest(manifest))
+    escaped = path.read_bytes()
+    assert b"\\u00e9" in escaped
+    path.write_bytes(escaped.replace(b"\\u00e9", b"\\u00E9"))
+    assert json.loads(path.read_bytes()) == json.loads(escaped)
+    with pytest.raises(CacheError, match="field 'source' is not in canonical form"):
+        load_manifest(cache)
 
 
 def test_not_a_cache_and_not_json(tmp_path):

@@ -58,3 +58,16 @@ def test_swapped_shard_is_refused(project):
     shutil.copyfile(second, first)
     with pytest.raises(CacheError, match="checksum mismatch"):
         reader.load_shard(0)
+
+
+def test_teacher_check_needs_the_users_config(project):
+    """verify --teacher-check runs the config's teacher on images under the config's
+    image_root; without a config it refuses rather than use paths the manifest records."""
+    from offline_ssld.audit import verify_cache
+    from offline_ssld.errors import ConfigError
+
+    config, tmp = project
+    write_cache(plan_cache(config), tmp / "cache")
+    assert verify_cache(tmp / "cache").ok
+    with pytest.raises(ConfigError, match=r"needs the teacher's config \(-c FILE\)"):
+        verify_cache(tmp / "cache", teacher_check=1)

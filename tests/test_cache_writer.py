@@ -36,8 +36,8 @@ def test_failed_shard_write_leaves_nothing(project, monkeypatch):
     cache = tmp / "cache"
     real_write = cache_writer.write_columns
 
-    def write_half_then_fail(backend, path, columns):
-        real_write(backend, path, columns)
+    def write_half_then_fail(backend, path, columns, dump_id):
+        real_write(backend, path, columns, dump_id)
         with open(path, "r+b") as fh:
             fh.truncate(path.stat().st_size // 2)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -68,7 +68,7 @@ def test_committed_but_unlisted_shard_is_adopted(project):
     cache = tmp / "cache"
     plan = plan_cache(config)
     write_cache(plan, cache, shards=[])
-    write_shard(cache, plan.manifest.backend, 1, *shard_of(plan, 1), plan.manifest.views)
+    write_shard(cache, plan.manifest, 1, *shard_of(plan, 1))
     assert load_manifest(cache).shards == []
     plan = plan_cache(config)
     manifest = cache_writer.open_cache(cache, plan.manifest, keys=plan.keys)

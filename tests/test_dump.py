@@ -21,8 +21,9 @@ import yaml
 from click.testing import CliRunner
 
 from offline_ssld import dump as dump_module
+from offline_ssld.atomic import TMP_MARK
 from offline_ssld.cache.codecs import FP16Codec
-from offline_ssld.cache.format import MANIFEST, TMP_MARK
+from offline_ssld.cache.format import FORMAT_VERSION, MANIFEST
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
@@ -297,7 +298,7 @@ def test_views_stored_once_per_image_with_narrow_params(dumped):
     _, tmp, cache = dumped
     reader = CacheReader(cache)
     m = reader.manifest
-    assert m.format_version == 2
+    assert m.format_version == FORMAT_VERSION == 3
     assert m.param_ranges == [[0, 65534], [0, 65534], [1, 65535], [1, 65535], [0, 1]]
     shard = reader.shard(0)
     images = m.shards[0].images
@@ -331,7 +332,7 @@ def test_older_format_is_refused_naming_version_and_conversion(dumped):
         assert "format_version' is 1" in line and "--overwrite" in line, line
     result = dump(config, flags=("--overwrite",))  # the conversion the message names
     assert result.exit_code == 0, result.output
-    assert CacheReader(cache).manifest.format_version == 2
+    assert CacheReader(cache).manifest.format_version == FORMAT_VERSION
 
 
 # --------------------------------------------------------------------------------- bad input
@@ -452,8 +453,8 @@ def test_pickle_weights_need_allow_pickle(project):
 
 
 def test_verify_clean_damaged_missing_and_edited(dumped):
-    _, tmp, cache = dumped
-    result = cli("verify", cache, "--teacher-check", 8)
+    config, tmp, cache = dumped
+    result = cli("verify", cache, "--teacher-check", 8, "-c", config)
     assert result.exit_code == 0, result.output
     assert "teacher check: 8 views" in result.stdout
 

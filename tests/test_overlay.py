@@ -362,7 +362,7 @@ def test_strong_augmentation_dumps_replays_and_trains(tmp_path, images):
     names = dumped.manifest.param_names
     assert "TimmAutoAugment.mag0" in names and "RandomErasing.seed" in names
     assert "ColorJitter.order" in names
-    report = verify_cache(tmp_path / "cache", teacher_check=8)
+    report = verify_cache(tmp_path / "cache", teacher_check=8, cfg=cfg)
     assert report.ok and report.teacher_checked == 8, report.problems
     out = CliRunner().invoke(
         main, ["overlay", "-c", str(path), "-c", str(strong), "-c", str(OVERLAY)]

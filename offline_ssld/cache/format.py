@@ -1,4 +1,4 @@
-"""The cache format (version 2), documented in one place.
+"""The cache format (version 3), documented in one place.
 
 A cache is a directory:
 
@@ -24,7 +24,7 @@ contiguous, so a reader maps the file and slices one view without reading the sh
 Arrow a FixedSizeList column (`path_dir` is dictionary-encoded: each directory once per
 shard), in HDF5 a contiguous dataset (strings are fixed-length UTF-8 bytes).
 
-`manifest.json` (format_version 2) holds:
+`manifest.json` (format_version 3) holds:
 
     format_version, backend, views, seed, num_classes, images_per_shard,
     param_names, param_ranges ([lo, hi] per name, inclusive),
@@ -34,11 +34,36 @@ shard), in HDF5 a contiguous dataset (strings are fixed-length UTF-8 bytes).
     num_images, parts (images added by each dump: [num_images], then one more per extension),
     source: {image_root, cls_label_path, transform_ops, teacher_weights},
     complete, skipped: [{path, line, reason}],
-    shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}]
+    shards: [{name, rows, images, checksum (BLAKE3 hex of the file), bytes}],
+    dump_id (32 hex digits, drawn when the cache is created, kept by resumes),
+    integrity: {<field>: SHA-256 of the canonical JSON of that field, for every field above}
 
-A cache of another format_version is refused, naming its version; version 1 (one row per
-view, every row repeating key, path, label and int32 params) is converted by dumping again
-with `--overwrite`.
+Every byte of a cache is covered. Shards by their `checksum`; the manifest by itself:
+`integrity` (last) holds `fingerprint.canonical_hash` of every other top-level field, and the
+file must be exactly `json.dumps(manifest, indent=1)` and a newline (the canonical form the
+writer produces), so a changed value fails its field's hash and a change that parses to the
+same value (a hex digit's case in a unicode escape, `e` for `E`) fails the canonical form.
+Either error names the field. The stored specs are then re-derived and compared: `teacher`
+hashes to `fingerprints.teacher`; `source.transform_ops` builds a pipeline whose spec hashes
+to `fingerprints.transforms` and whose parameters are `param_names` / `param_ranges`; `codec`
+is its codec's canonical settings (cache/reader.py). The checksum is no signature: someone
+who rewrites a manifest can recompute it; it catches damage and careless edits, and the
+re-derived specs catch an edit that changes what a cache means.
+
+Nothing a cache names is read outside it: files are opened only inside the cache directory
+(shards and the manifest; no symlink out), regular files only (a FIFO or device is refused,
+never opened blocking), with a size cap (the manifest: `MAX_MANIFEST_BYTES`; a shard: its
+`bytes`). A shard's body is sized against the manifest before anything is decoded: an Arrow
+shard's footer and message headers are read first (one record batch of exactly `images` rows,
+no body compression, dictionaries no longer than the batch), an HDF5 shard's dataset shapes
+and storage (contiguous, unfiltered, `images` rows). Image paths a shard stores are read
+(by `verify --teacher-check`) only through the list reader's containment check
+(`data/lists.py`), under the image_root of the user's config, and the teacher weights are
+the config's, never the paths recorded in `source`.
+
+A cache of another format_version is refused, naming its version. Version 2 (no manifest
+integrity, no dump_id) and version 1 (one row per view, every row repeating key, path, label
+and int32 params) are converted by dumping again with `--overwrite`.
 
 Fingerprints (each hashes the exact inputs of its computation) are computed, and compared,
 in `cache/fingerprint.py`.
@@ -48,11 +73,15 @@ then the manifest, listing it with its checksum, is replaced atomically the same
 shard under its final name is always whole; one on disk but absent from the manifest (a run
 killed between the two steps, or a shard of another rank: under paddle.distributed.launch
 only rank 0 writes the manifest) is adopted on the next open of the cache, when the
-manifest's identity matches: parsed, checked against its index (rows, columns, content
-keys), checksummed and listed. A file that fails the check is removed and rewritten.
+manifest's identity matches and the shard carries the manifest's `dump_id` (Arrow schema
+metadata / HDF5 attribute `offline_ssld.dump_id`): parsed, checked against its index (rows,
+columns, content keys), checksummed and listed. A resume deletes only what the dump provably
+wrote: its temporary names, and unlisted shards carrying its dump_id that fail the check. Any
+other unlisted `shard-*` file is left in place and the dump refuses, naming it.
 `verified.json` (optional, written by train-student when the directory is writable) records,
 per shard, the file state (size, mtime, ctime, inode, device) under which its checksum was
-last verified in full; a start-up skips hashing a shard whose state is unchanged. A file
+last verified in full; a start-up skips hashing a shard whose state is unchanged. It is a
+hint, never trusted for content: damage to it only makes a start-up hash again. A file
 written, replaced or copied since has another state and is hashed again before use
 (`offline-ssld verify` always hashes everything, for damage no write explains).
 New images extend a cache in new shards (`dump-teacher` on a list that adds images): each
@@ -61,12 +90,13 @@ the last shard of every part may be short and the shards of earlier parts are ne
 rewritten. The reader's index is built from the shards' key columns, so no global index file
 has to be rewritten. While an extension runs, the manifest already lists its part; the earlier
 parts are whole, so the cache stays usable for lists of their images (`Manifest.usable`).
-A manifest without `parts` (written before extensions existed) is one part.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,14 +104,20 @@ from typing import Any
 import blake3
 import numpy as np
 
-from offline_ssld.atomic import TMP_MARK, commit_file, fsync_dir, tmp_path  # noqa: F401
-from offline_ssld.cache.codecs import Codec
+from offline_ssld.atomic import atomic_write
+from offline_ssld.cache.codecs import Codec, codec_from_settings
+from offline_ssld.cache.fingerprint import canonical_hash, teacher_fingerprint
+from offline_ssld.data.lists import inside, open_regular, read_regular
 from offline_ssld.errors import CacheError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KEY_BYTES = 16
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
+INTEGRITY = "integrity"
+DUMP_ID_KEY = "offline_ssld.dump_id"  # the shard metadata naming the dump that wrote it
+MAX_MANIFEST_BYTES = 64 << 20  # 2,400 shards take 0.4 MB; the rest is room for `skipped`
+CACHE_DIR = "the cache directory"
 
 
 def shard_name(index: int, backend: str) -> str:
@@ -90,28 +126,38 @@ def shard_name(index: int, backend: str) -> str:
     return f"shard-{index:05d}{BACKEND_SUFFIX[backend]}"
 
 
-def _file_digest(path: Path, hasher) -> str:
-    with open(path, "rb") as fh:
+def file_checksum(path: Path, max_bytes: int) -> str:
+    """BLAKE3 of a shard file: fast enough to verify every shard before it is parsed. Only a
+    regular file of at most `max_bytes` (its manifest size) is read."""
+    hasher = blake3.blake3()
+    with open_regular(path, str(path), max_bytes, CacheError) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             hasher.update(block)
     return hasher.hexdigest()
 
 
-def file_checksum(path: Path) -> str:
-    """BLAKE3 of a shard file: fast enough to verify every shard before it is parsed."""
-    return _file_digest(path, blake3.blake3())
+def render_json(obj: Any) -> bytes:
+    """The one JSON text the project writes (and the manifest must be byte for byte)."""
+    return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        commit_file(tmp, path)
-    except BaseException:  # a full disk, say: leave the old file, and no temporary one
-        tmp.unlink(missing_ok=True)
-        raise
+    data = render_json(obj)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def cache_file(cache_dir: str | Path, name: str) -> Path:
+    """A file of the cache directory, refused if it (through a symlink) lies outside it."""
+    return inside(cache_dir, name, f"{cache_dir}", CacheError, CACHE_DIR)
+
+
+def field_checksums(obj: dict) -> dict[str, str]:
+    """`integrity`: the canonical hash of every top-level field, so damage names its field."""
+    return {name: canonical_hash(value) for name, value in obj.items() if name != INTEGRITY}
+
+
+def new_dump_id() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass
@@ -142,6 +188,7 @@ class Manifest:
     shards: list[ShardInfo] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     parts: list[int] = field(default_factory=list)  # empty: one part of num_images
+    dump_id: str = field(default_factory=new_dump_id)  # which dump wrote the shards
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -180,7 +227,9 @@ class Manifest:
         return asdict(self)
 
     def save(self, cache_dir: Path) -> None:
-        write_json_atomic(Path(cache_dir) / MANIFEST, self.to_json())
+        obj = self.to_json()
+        obj[INTEGRITY] = field_checksums(obj)
+        write_json_atomic(Path(cache_dir) / MANIFEST, obj)
 
 
 # field -> accepted types; validated on load so a hand-edited or hostile manifest gives a
@@ -203,8 +252,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "skipped": (list,),
     "shards": (list,),
     "parts": (list,),
+    "dump_id": (str,),
 }
-_OPTIONAL = {"parts"}  # absent in manifests written before extensions existed
 _SHARD_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "rows": (int,),
@@ -231,8 +280,6 @@ def _check_fields(obj: Any, fields: dict, where: str, prefix: str = "") -> None:
         what = f"field '{prefix[:-1]}' is not" if prefix else "expected"
         raise CacheError(f"{where}: {what} a JSON object")
     for name, types in fields.items():
-        if name not in obj and name in _OPTIONAL and not prefix:
-            continue
         if name not in obj:
             raise CacheError(f"{where}: field '{prefix}{name}' is missing")
         value = obj[name]
@@ -309,12 +356,9 @@ def join_path(directory: str, name: str) -> str:
 def load_manifest(cache_dir: str | Path) -> Manifest:
     """Read and validate `manifest.json`; every problem names the file and field."""
     path = Path(cache_dir) / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CacheError(f"{cache_dir}: no {MANIFEST}: not an offline-ssld cache") from None
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot read ({exc.strerror})") from None
+    if not path.exists() and not path.is_symlink():
+        raise CacheError(f"{cache_dir}: no {MANIFEST}: not an offline-ssld cache")
+    raw = read_regular(cache_file(cache_dir, MANIFEST), str(path), MAX_MANIFEST_BYTES, CacheError)
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # also a number too long to convert
@@ -327,7 +371,13 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
             f"{FORMAT_VERSION} only: convert by running the same dump-teacher command with "
             "--overwrite (the teacher runs again)"
         )
+    if not isinstance(obj, dict):
+        raise CacheError(f"{path}: expected a JSON object")
+    _check_integrity(obj, raw, path)
+    del obj[INTEGRITY]
     _check_fields(obj, _FIELDS, str(path))
+    if not re.fullmatch("[0-9a-f]{32}", obj["dump_id"]):
+        raise CacheError(f"{path}: field 'dump_id' is not 32 lowercase hex digits")
     for name, fields in _NESTED.items():
         _check_fields(obj[name], fields, str(path), f"{name}.")
     from offline_ssld.cache.backends import BACKEND_SUFFIX  # backends imports this module
@@ -354,7 +404,9 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         key = "num_classes" if name == "codec" else "class_num"
         if obj[name].get(key) != obj["num_classes"]:
             raise CacheError(f"{path}: field '{name}.{key}' disagrees with 'num_classes'")
-    parts = obj.setdefault("parts", [obj["num_images"]])
+    if teacher_fingerprint(obj["teacher"]) != obj["fingerprints"]["teacher"]:
+        raise CacheError(f"{path}: field 'teacher' does not match 'fingerprints.teacher'")
+    parts = obj["parts"]
     if (
         not parts
         or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts)
@@ -402,4 +454,59 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
             "from a whole cache)"
         )
     obj["shards"] = sorted(shards, key=lambda s: s.name)
-    return Manifest(**obj)
+    manifest = Manifest(**obj)
+    try:
+        codec = codec_from_settings(manifest.codec)
+    except ValueError as exc:
+        raise CacheError(f"{path}: field 'codec': {exc}") from None
+    for shard in manifest.shards:  # no read of a file claiming a terabyte
+        cap = max_shard_bytes(manifest, codec, shard.images)
+        if not 0 < shard.bytes <= cap:
+            raise CacheError(
+                f"{path}: {shard.name} field 'bytes' is {shard.bytes}; a shard of "
+                f"{shard.images} images holds 1 to {cap} bytes"
+            )
+    return manifest
+
+
+def max_shard_bytes(manifest: Manifest, codec: Codec, images: int) -> int:
+    """The most bytes a shard of `images` images can take: its numeric columns, two paths of
+    at most 4096 bytes per image, and 1 MiB of structure. Every read of a shard is capped so."""
+    per_image = sum(
+        c.dtype.itemsize * c.stored_width(manifest.views) for c in numeric_columns(manifest, codec)
+    )
+    return images * (per_image + 2 * 4096) + (1 << 20)
+
+
+def _check_integrity(obj: dict, raw: bytes, path: Path) -> None:
+    """Every field against its hash in `integrity`, then the bytes against the canonical form
+    (see the module docstring); names the first field at fault."""
+    stored = obj.get(INTEGRITY)
+    if not isinstance(stored, dict) or not all(isinstance(v, str) for v in stored.values()):
+        raise CacheError(f"{path}: field '{INTEGRITY}' is missing or not an object of hashes")
+    try:
+        computed = field_checksums(obj)
+    except (ValueError, RecursionError) as exc:  # NaN or nesting canonical JSON refuses
+        raise CacheError(f"{path}: not canonical JSON ({exc})") from None
+    for name in [*computed, *stored]:
+        if name not in stored:
+            raise CacheError(f"{path}: field '{name}' has no checksum in '{INTEGRITY}'")
+        if name not in computed:
+            raise CacheError(f"{path}: field '{name}' is missing ('{INTEGRITY}' lists it)")
+        if stored[name] != computed[name]:
+            raise CacheError(
+                f"{path}: field '{name}' does not match its checksum '{INTEGRITY}.{name}': "
+                "the manifest is damaged or was edited"
+            )
+    canonical = render_json(obj)
+    if raw != canonical:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(raw, canonical, strict=False)) if a != b),
+            min(len(raw), len(canonical)),
+        )
+        start = raw.rfind(b'\n "', 0, at + 1) + 3
+        name = raw[start : raw.find(b'"', start)].decode("utf-8", "replace") if start > 2 else "?"
+        raise CacheError(
+            f"{path}: field '{name}' is not in canonical form (byte {at}): the manifest is "
+            "damaged or was edited"
+        )

@@ -23,19 +23,50 @@ import numpy as np
 
 from offline_ssld.cache.backends import MappedShard, map_shard
 from offline_ssld.cache.codecs import Codec, codec_from_settings
+from offline_ssld.cache.fingerprint import transforms_fingerprint
 from offline_ssld.cache.format import (
     KEY_BYTES,
+    MANIFEST,
     STRING_COLUMNS,
     VERIFIED,
     ColumnSpec,
     Manifest,
+    cache_file,
     join_path,
     load_manifest,
     numeric_columns,
     param_column,
     write_json_atomic,
 )
-from offline_ssld.errors import CacheError
+from offline_ssld.data.lists import read_regular
+from offline_ssld.errors import CacheError, OfflineSSLDError
+
+MAX_VERIFIED_BYTES = 16 << 20  # verified.json: about 150 bytes per shard
+
+
+def check_stored_specs(manifest: Manifest, codec: Codec, where: str) -> None:
+    """Re-derive what the manifest's stored specs mean and compare it with the fingerprints
+    and fields stored beside them: the transform ops must hash to `fingerprints.transforms`
+    and give `param_names` / `param_ranges`; the codec settings must be canonical. So an edit
+    that keeps the manifest's own checksums consistent still cannot change a cache's meaning
+    (the teacher is checked in `load_manifest`)."""
+    from offline_ssld.data.transforms import Pipeline, build_ops
+
+    if codec.settings() != manifest.codec:
+        raise CacheError(f"{where}: field 'codec' is not the canonical settings of its codec")
+    try:
+        pipeline = Pipeline(build_ops(manifest.source["transform_ops"], "source.transform_ops"))
+    except OfflineSSLDError as exc:
+        raise CacheError(f"{where}: field 'source.transform_ops' does not build ({exc})") from None
+    if transforms_fingerprint(pipeline) != manifest.fingerprints["transforms"]:
+        raise CacheError(
+            f"{where}: field 'source.transform_ops' does not match 'fingerprints.transforms' "
+            "(the manifest was edited, or this offline-ssld replays these ops differently)"
+        )
+    if list(pipeline.param_names) != manifest.param_names:
+        raise CacheError(f"{where}: field 'param_names' is not what 'source.transform_ops' gives")
+    if [list(r) for r in pipeline.param_ranges] != manifest.param_ranges:
+        raise CacheError(f"{where}: field 'param_ranges' is not what 'source.transform_ops' gives")
 
 
 def key_prefixes(keys: np.ndarray) -> np.ndarray:
@@ -80,10 +111,12 @@ class CacheReader:
                 f"{self.cache_dir}: cache is incomplete ({len(self.manifest.shards)} of "
                 f"{self.manifest.num_shards} shards); run the same dump-teacher command to resume"
             )
+        where = f"{self.cache_dir / MANIFEST}"
         try:
             self.codec: Codec = codec_from_settings(self.manifest.codec)
         except ValueError as exc:
-            raise CacheError(f"{self.cache_dir}/manifest.json: field 'codec': {exc}") from None
+            raise CacheError(f"{where}: field 'codec': {exc}") from None
+        check_stored_specs(self.manifest, self.codec, where)
         self.columns: list[ColumnSpec] = numeric_columns(self.manifest, self.codec)
         self._params = [param_column(n) for n in self.manifest.param_names]
         self._payload = [(c.name, c.width) for c in self.codec.columns()]
@@ -108,7 +141,8 @@ class CacheReader:
         if mapped is None:
             if not path.exists():
                 raise CacheError(f"{path}: shard file is missing")
-            mapped = map_shard(self.manifest.backend, path)
+            cache_file(self.cache_dir, info.name)  # no symlink out of the cache
+            mapped = map_shard(self.manifest.backend, path, info.images, size=info.bytes)
             check_layout(mapped, self.columns, self.views, info.images)
             self._mapped[number] = mapped
         if verify and number not in self._verified:
@@ -123,10 +157,13 @@ class CacheReader:
         full under its current file state (see format.py). Records what it hashed there when
         the directory is writable (a read-only cache is simply hashed at every start)."""
         record_path = self.cache_dir / VERIFIED
-        try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
+        try:  # a hint only: anything unreadable, odd or outside the cache means hash again
+            raw = read_regular(
+                cache_file(self.cache_dir, VERIFIED), VERIFIED, MAX_VERIFIED_BYTES, CacheError
+            )
+            record = json.loads(raw.decode("utf-8"))
             record = record if isinstance(record, dict) else {}
-        except (OSError, ValueError):
+        except (CacheError, ValueError, RecursionError):
             record = {}
         fresh = 0
         for number, info in enumerate(self.manifest.shards):

@@ -3,50 +3,70 @@
 A cache is never half-written: shards become visible only by an atomic rename after fsync,
 and the manifest lists a shard only once it is whole. A directory that holds another cache is
 refused (naming the differing field) unless the caller passes `overwrite=True`.
+
+A resume deletes only what the dump provably wrote: temporary files under the names the
+writer uses, and unlisted shards carrying the manifest's dump id. A `shard-*` file someone
+else put in the directory is left alone and the dump stops, naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.cache.backends import map_shard, write_columns
+from offline_ssld.atomic import TMP_MARK, atomic_write
+from offline_ssld.cache.backends import BACKEND_SUFFIX, map_shard, write_columns
 from offline_ssld.cache.codecs import codec_from_settings
 from offline_ssld.cache.fingerprint import first_difference
 from offline_ssld.cache.format import (
     MANIFEST,
-    TMP_MARK,
     VERIFIED,
     Manifest,
     ShardInfo,
-    commit_file,
+    cache_file,
     file_checksum,
     load_manifest,
+    max_shard_bytes,
+    new_dump_id,
     numeric_columns,
     shard_name,
-    tmp_path,
 )
 from offline_ssld.cache.reader import check_layout
 from offline_ssld.errors import CacheError
 
+_SUFFIXES = "|".join(re.escape(x) for x in BACKEND_SUFFIX.values())
+_SHARD = rf"shard-\d{{5,}}(?:{_SUFFIXES})"
+_OWN_TMP = re.compile(rf"\.(?:{_SHARD}|{re.escape(MANIFEST)}|{re.escape(VERIFIED)}){TMP_MARK}\d+")
+
 
 def _is_ours(path: Path) -> bool:
+    """A name the cache writer uses (the manifest, the verified record, a shard name, or one of
+    their temporary names); whether such a file was really written by this dump is another
+    question (see `unlisted_shards`)."""
     name = path.name
-    return name in (MANIFEST, VERIFIED) or name.startswith(
-        ("shard-", ".shard-", f".{MANIFEST}{TMP_MARK}", f".{VERIFIED}{TMP_MARK}")
-    )
+    return name in (MANIFEST, VERIFIED) or bool(re.fullmatch(_SHARD, name)) or _is_own_tmp(path)
+
+
+def _is_own_tmp(path: Path) -> bool:
+    return bool(_OWN_TMP.fullmatch(path.name))
+
+
+def _shard_cap(manifest: Manifest, images: int) -> int:
+    return max_shard_bytes(manifest, codec_from_settings(manifest.codec), images)
 
 
 def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
-    """Why the whole-looking file `path` cannot be shard `index` of `manifest`, or None."""
+    """Why the whole-looking file `path`, written by this dump, cannot be shard `index` of
+    `manifest`, or None."""
     first, stop = manifest.shard_span(index)
     images = stop - first
     try:
-        shard = map_shard(manifest.backend, path)
+        shard = map_shard(manifest.backend, path, images, max_bytes=_shard_cap(manifest, images))
         columns = numeric_columns(manifest, codec_from_settings(manifest.codec))
         check_layout(shard, columns, manifest.views, images)
     except (CacheError, ValueError) as exc:
@@ -58,14 +78,31 @@ def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | No
     return None
 
 
+def _written_by(path: Path, manifest: Manifest) -> bool:
+    """Whether the shard file carries `manifest`'s dump id: the proof that this dump wrote it,
+    read from its metadata only (no column is parsed for a file we did not write)."""
+    ips = manifest.images_per_shard
+    digits = path.name.removeprefix("shard-").split(".")[0]
+    images = min(ips, manifest.num_images - int(digits) * ips) if digits.isdigit() else 0
+    if images < 1:
+        return False
+    try:
+        shard = map_shard(manifest.backend, path, images, max_bytes=_shard_cap(manifest, images))
+    except CacheError:
+        return False
+    return shard.dump_id == manifest.dump_id
+
+
 def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
     """List in `manifest` the whole shard files on disk that it does not list yet.
 
     A shard appears under its final name only whole (tmp, fsync, rename), so a shard that a
-    killed run, or another rank of a launched dump, committed without listing it is kept:
-    it is parsed, checked against its index (rows, images, columns and, given the dump's
-    ordered content `keys`, its keys), checksummed and added. A file that fails the check is
-    removed and will be rewritten. Returns the names adopted; `manifest` is not saved here.
+    killed run, or another rank of a launched dump, committed without listing it is kept: it
+    must carry the manifest's dump id (proof this dump wrote it), and is parsed, checked
+    against its index (rows, images, columns and, given the dump's ordered content `keys`,
+    its keys), checksummed and added. A file of this dump that fails the check is removed and
+    will be rewritten. Any other unlisted `shard-*` file is left alone and refused, naming
+    it. Returns the names adopted; `manifest` is not saved here.
     """
     listed = {s.name for s in manifest.shards}
     names = {shard_name(j, manifest.backend): j for j in range(manifest.num_shards)}
@@ -74,19 +111,22 @@ def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
         if not path.name.startswith("shard-") or path.name in listed:
             continue
         index = names.get(path.name)
-        if index is None or _shard_problem(path, manifest, index, keys) is not None:
-            path.unlink()
+        ours = index is not None and path.is_file() and _written_by(path, manifest)
+        if not ours:
+            raise CacheError(
+                f"{path}: not listed in {MANIFEST} and not written by this dump (no matching "
+                "dump id); it was left in place: move it out of the cache directory, or pass "
+                "--overwrite to replace the cache"
+            )
+        assert index is not None  # `ours` holds
+        if _shard_problem(path, manifest, index, keys) is not None:
+            path.unlink()  # ours, but not whole or not this shard: written again
             continue
         first, stop = manifest.shard_span(index)
         images = stop - first
+        size = path.stat().st_size
         adopted.append(
-            ShardInfo(
-                path.name,
-                images * manifest.views,
-                images,
-                file_checksum(path),
-                path.stat().st_size,
-            )
+            ShardInfo(path.name, images * manifest.views, images, file_checksum(path, size), size)
         )
     if adopted:
         manifest.shards = sorted([*manifest.shards, *adopted], key=lambda s: s.name)
@@ -114,6 +154,7 @@ def open_cache(
     foreign = [p for p in entries if not _is_ours(p)]
     if (cache_dir / MANIFEST).exists() and not overwrite:
         old = load_manifest(cache_dir)
+        dump_id = old.dump_id  # the cache's for its life: resumes and extensions keep it
         if extends is not None:
             if old.to_json() != extends.to_json():
                 raise CacheError(f"{cache_dir}: the cache changed while this dump planned")
@@ -122,11 +163,14 @@ def open_cache(
         if diff:
             raise CacheError(f"{cache_dir} holds a cache of {diff}; pass --overwrite to replace it")
         for path in entries:
-            if _is_ours(path) and path.name.startswith("."):  # temporary: never committed
+            if _is_own_tmp(path) and path.is_file():  # temporary: never committed
                 path.unlink()
         for shard in old.shards:
             path = cache_dir / shard.name
-            if not path.exists() or file_checksum(path) != shard.checksum:
+            if (
+                not path.exists()
+                or file_checksum(cache_file(cache_dir, shard.name), shard.bytes) != shard.checksum
+            ):
                 raise CacheError(
                     f"{path}: shard is missing or damaged; run `offline-ssld verify {cache_dir}` "
                     "or dump again with --overwrite"
@@ -134,6 +178,7 @@ def open_cache(
         manifest.shards = old.shards
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
+        manifest.dump_id = dump_id
         if adopt_shards(cache_dir, manifest, keys) or extends is not None:
             _save(manifest, cache_dir)
         return manifest
@@ -142,11 +187,18 @@ def open_cache(
             f"{cache_dir} holds files that are not an offline-ssld cache ({foreign[0].name}); "
             "choose an empty or new cache_dir"
         )
+    strays = [p for p in entries if p.name.startswith("shard-")]
+    if strays and not overwrite:  # no manifest names them: nothing proves this dump wrote them
+        raise CacheError(
+            f"{strays[0]}: a shard file but no {MANIFEST}; it was left in place: move it out "
+            "of the cache directory, or pass --overwrite to replace it"
+        )
     for path in entries:  # only our own files: anything else in the directory is left alone
-        if _is_ours(path) and path.is_file() and (overwrite or path.name.startswith(".")):
+        if _is_ours(path) and path.is_file() and (overwrite or _is_own_tmp(path)):
             path.unlink()  # with --overwrite all of them; otherwise a killed first write's tmp
     manifest.shards = []
     manifest.complete = manifest.num_shards == 0
+    manifest.dump_id = new_dump_id()  # a new cache: shards of any earlier one are not its own
     _save(manifest, cache_dir)
     return manifest
 
@@ -162,24 +214,15 @@ def _save(manifest: Manifest, cache_dir: Path) -> None:
 
 
 def write_shard(
-    cache_dir: Path,
-    backend: str,
-    index: int,
-    columns: dict[str, np.ndarray],
-    images: int,
-    views: int,
+    cache_dir: Path, manifest: Manifest, index: int, columns: dict[str, np.ndarray], images: int
 ) -> ShardInfo:
-    """Write one shard (one row per image) under a temporary name, fsync, rename; return its
-    manifest entry."""
+    """Write one shard (one row per image, carrying the dump id) under a temporary name,
+    fsync, rename; return its manifest entry."""
+    backend, views = manifest.backend, manifest.views
     final = cache_dir / shard_name(index, backend)
-    tmp = tmp_path(final)
-    try:
-        write_columns(backend, tmp, columns)
-        commit_file(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return ShardInfo(final.name, images * views, images, file_checksum(final), final.stat().st_size)
+    atomic_write(final, lambda tmp: write_columns(backend, tmp, columns, manifest.dump_id))
+    size = final.stat().st_size
+    return ShardInfo(final.name, images * views, images, file_checksum(final, size), size)
 
 
 class BackgroundWriter:
@@ -208,14 +251,7 @@ class BackgroundWriter:
                 continue
             index, columns, images = item
             try:
-                info = write_shard(
-                    self.cache_dir,
-                    self.manifest.backend,
-                    index,
-                    columns,
-                    images,
-                    self.manifest.views,
-                )
+                info = write_shard(self.cache_dir, self.manifest, index, columns, images)
                 if not self.update_manifest:
                     continue
                 self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)

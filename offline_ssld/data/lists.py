@@ -9,6 +9,7 @@ hashes at several GB/s; the digest is cut to 128 bits, which keeps collisions ou
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,23 +96,79 @@ def read_list(
     return samples
 
 
-def resolve(image_root: str | Path, sample: Sample, list_path: str | Path) -> Path:
-    """Absolute path of a sample; symlinks that lead outside image_root are refused."""
-    root = Path(image_root).resolve()
-    full = (root / sample.path).resolve()
-    if full != root and root not in full.parents:
-        raise DataError(
-            f"{list_path}:{sample.line}: {sample.path!r} resolves outside image_root ({full})"
-        )
+MAX_IMAGE_BYTES = 256 << 20
+"""Largest image file read (a 64-megapixel BMP, the decoder's pixel limit, is 192 MiB)."""
+
+
+def open_regular(path: Path, where: str, max_bytes: int, error: type[Exception] = DataError):
+    """Open `path` for reading only if it is a regular file of at most `max_bytes` bytes.
+
+    Opened non-blocking, so a FIFO or device is refused by `fstat` instead of hanging the
+    open; the size is checked on the open descriptor, so what is read is what was checked.
+    Every read of a file named by a list, a cache or a manifest goes through here."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"{where}: cannot read {path} ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise error(f"{where}: cannot read {path}: not a regular file")
+    if st.st_size > max_bytes:
+        os.close(fd)
+        raise error(f"{where}: {path} holds {st.st_size} bytes, above the limit of {max_bytes}")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path, where: str, max_bytes: int, error: type[Exception] = DataError):
+    """The bytes of `path` through `open_regular`; a file that grows past the cap while it is
+    read is refused too."""
+    with open_regular(path, where, max_bytes, error) as fh:
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{where}: cannot read {path} ({exc.strerror})") from None
+    if len(data) > max_bytes:
+        raise error(f"{where}: {path} grew above the limit of {max_bytes} bytes")
+    return data
+
+
+def inside(
+    root: str | Path,
+    relpath: str,
+    where: str,
+    error: type[Exception] = DataError,
+    root_name: str = "image_root",
+) -> Path:
+    """`root/relpath` resolved, refused if `relpath` is absolute, holds `..` or a NUL byte, or
+    resolves (through symlinks) outside `root`. The one containment check: list files, the
+    paths a cache stores and the files a cache directory holds all go through it."""
+    try:
+        rel = _safe_relpath(relpath, where)
+    except DataError as exc:
+        raise error(str(exc)) from None
+    base = Path(root).resolve()
+    full = (base / rel).resolve()
+    if full != base and base not in full.parents:
+        raise error(f"{where}: {relpath!r} resolves outside {root_name} ({full})")
     return full
 
 
-def read_image_bytes(image_root: str | Path, sample: Sample, list_path: str | Path) -> bytes:
-    path = resolve(image_root, sample, list_path)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{list_path}:{sample.line}: cannot read {path} ({exc.strerror})") from None
+def resolve(image_root: str | Path, sample: Sample, list_path: str | Path) -> Path:
+    """Absolute path of a sample; symlinks that lead outside image_root are refused."""
+    return inside(image_root, sample.path, f"{list_path}:{sample.line}")
+
+
+def read_image_bytes(
+    image_root: str | Path,
+    sample: Sample,
+    list_path: str | Path,
+    error: type[Exception] = DataError,
+) -> bytes:
+    """An image's bytes, through the one containment check and the one capped reader."""
+    where = f"{list_path}:{sample.line}"
+    path = inside(image_root, sample.path, where, error)
+    return read_regular(path, where, MAX_IMAGE_BYTES, error)
 
 
 def hash_images(

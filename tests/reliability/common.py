@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 import offline_ssld
 from offline_ssld import train as train_module
-from offline_ssld.cache.format import MANIFEST, TMP_MARK
+from offline_ssld.atomic import TMP_MARK
+from offline_ssld.cache.format import MANIFEST
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
 from tests.reliability.log import FULL
@@ -27,6 +28,7 @@ PACKAGE = Path(offline_ssld.__file__).parent
 DUMP_KILLS = 20 if FULL else 5
 TRAIN_KILLS = 5 if FULL else 1
 BYTE_FLIPS = 500 if FULL else 50
+BIT_FLIPS = int(os.environ.get("OFFLINE_SSLD_BIT_FLIPS", 1000 if FULL else 200))
 TRUNCATIONS = 50 if FULL else 10
 FUZZ_EXAMPLES = 1000 if FULL else 100  # per fuzz target
 

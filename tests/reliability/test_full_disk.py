@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from offline_ssld.cache import format as cache_format
+from offline_ssld import atomic
+from offline_ssld.atomic import TMP_MARK
 from offline_ssld.cache import writer as cache_writer
-from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
+from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.config.loading import load_config
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError
@@ -38,7 +39,7 @@ def test_full_disk_simulated(project, monkeypatch, rlog):
             config, f"Offline.format={backend}", f"Offline.cache_dir={references[backend]}"
         )
         assert result.exit_code == 0, result.output
-    real_write, real_commit = cache_writer.write_columns, cache_format.commit_file
+    real_write, real_commit = cache_writer.write_columns, atomic.commit_file
     cases = [
         ("arrow", "shard file", 2),
         ("hdf5", "shard file", 1),
@@ -49,14 +50,14 @@ def test_full_disk_simulated(project, monkeypatch, rlog):
         cache = tmp / f"full_{backend}_{target.replace(' ', '_')}_{after}"
         calls = {"n": 0}
 
-        def failing_write(b, path, columns, after=after, calls=calls):
+        def failing_write(b, path, columns, dump_id, after=after, calls=calls):
             calls["n"] += 1
             if calls["n"] > after:  # half a file reaches the disk, then the disk is full
-                real_write(b, path, columns)
+                real_write(b, path, columns, dump_id)
                 with open(path, "r+b") as fh:
                     fh.truncate(path.stat().st_size // 2)
                 raise _enospc()
-            real_write(b, path, columns)
+            real_write(b, path, columns, dump_id)
 
         def failing_commit(tmp_file, final, after=after, calls=calls):
             if final.name == MANIFEST:
@@ -68,7 +69,7 @@ def test_full_disk_simulated(project, monkeypatch, rlog):
         if target == "shard file":
             monkeypatch.setattr(cache_writer, "write_columns", failing_write)
         else:
-            monkeypatch.setattr(cache_format, "commit_file", failing_commit)
+            monkeypatch.setattr(atomic, "commit_file", failing_commit)
         result = dump_cli(config, f"Offline.format={backend}", f"Offline.cache_dir={cache}")
         monkeypatch.undo()
         line = one_error_line(result)
@@ -181,7 +182,7 @@ def test_killed_first_manifest_write_leaves_no_temp_and_full_disk_is_one_line(pr
     path, tmp = project
     cache = tmp / "cache"
     cache.mkdir()
-    (cache / f".{fmt.MANIFEST}{fmt.TMP_MARK}12345").write_text("{")
+    (cache / f".{fmt.MANIFEST}{TMP_MARK}12345").write_text("{")
     cfg = load_config([str(path)])
 
     def no_space(*_args, **_kwargs):
@@ -192,4 +193,4 @@ def test_killed_first_manifest_write_leaves_no_temp_and_full_disk_is_one_line(pr
         run_dump(cfg, progress=False)
     monkeypatch.undo()
     run_dump(cfg, progress=False)
-    assert not [p for p in cache.iterdir() if fmt.TMP_MARK in p.name]
+    assert not [p for p in cache.iterdir() if TMP_MARK in p.name]

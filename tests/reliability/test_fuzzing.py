@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache.codecs import FP16Codec
-from offline_ssld.cache.fingerprint import canonical_hash
-from offline_ssld.cache.format import MANIFEST, Manifest
+from offline_ssld.cache.fingerprint import canonical_hash, transforms_fingerprint
+from offline_ssld.cache.format import MANIFEST, Manifest, narrowest_int
 from offline_ssld.cache.writer import write_shard
-from tests.helpers import CLASSES
+from offline_ssld.data.transforms import Pipeline, build_ops
+from tests.helpers import CLASSES, transform_ops
 from tests.reliability.common import FUZZ_EXAMPLES, HOSTILE
 from tests.reliability.fuzz_server import isolated
 
@@ -34,18 +35,20 @@ def _synthetic_cache(directory: Path, backend: str) -> Path:
     codec = FP16Codec(CLASSES)
     keys = [bytes([i + 1]) * 16 for i in range(5)]
     teacher = {"name": "T", "class_num": CLASSES, "weights_sha256": None}
+    ops = transform_ops(True)
+    pipeline = Pipeline(build_ops(ops, "ops"))
     manifest = Manifest(
         backend=backend,
         views=2,
         seed=0,
         num_classes=CLASSES,
         images_per_shard=3,
-        param_names=["x", "y", "w", "h", "flip"],
-        param_ranges=[[0, 8]] * 4 + [[0, 1]],
+        param_names=list(pipeline.param_names),
+        param_ranges=[list(r) for r in pipeline.param_ranges],
         codec=codec.settings(),
         fingerprints={
             "teacher": canonical_hash(teacher),
-            "transforms": "t",
+            "transforms": transforms_fingerprint(pipeline),
             "dataset": canonical_hash(sorted(k.hex() for k in keys)),
             "order": canonical_hash([k.hex() for k in keys]),
         },
@@ -54,7 +57,7 @@ def _synthetic_cache(directory: Path, backend: str) -> Path:
         source={
             "image_root": "/x",
             "cls_label_path": "/l",
-            "transform_ops": [],
+            "transform_ops": ops,
             "teacher_weights": "/w",
         },
     )
@@ -66,10 +69,10 @@ def _synthetic_cache(directory: Path, backend: str) -> Path:
             "path_name": np.array([f"ïmage {i}.png" for i in images], dtype=object),
             "label": np.array([[i % CLASSES] for i in images], np.int8),
             **{
-                f"params.{name}": rng.integers(
-                    0, 2 if name == "flip" else 9, (len(images), 2)
-                ).astype(np.uint8)
-                for name in manifest.param_names
+                f"params.{name}": rng.integers(lo, min(hi, 8) + 1, (len(images), 2)).astype(
+                    narrowest_int(lo, hi)
+                )
+                for name, (lo, hi) in zip(manifest.param_names, manifest.param_ranges, strict=True)
             },
             **{
                 name: values.reshape(len(images), -1)
@@ -78,7 +81,7 @@ def _synthetic_cache(directory: Path, backend: str) -> Path:
                 ).items()
             },
         }
-        manifest.shards.append(write_shard(cache, backend, shard, columns, len(images), 2))
+        manifest.shards.append(write_shard(cache, manifest, shard, columns, len(images)))
     manifest.complete = True
     manifest.save(cache)
     assert verify_cache(cache).ok

@@ -1,4 +1,6 @@
-"""Every edit of a manifest field is named, or documented as undetectable by design."""
+"""Every edit of a manifest field is named: as it is (the manifest's own checksums name the
+edited field) and with its checksums recomputed, as a hostile manifest would be (the field
+checks and the re-derived specs name it), or is documented as harmless by design."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from collections import Counter
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache import format as cache_format
 from offline_ssld.cache.format import MANIFEST
-from tests.reliability.common import CORRUPTION, cli, dump_cli, train_refusal
+from tests.helpers import signed_manifest
+from tests.reliability.common import CORRUPTION, HOSTILE, cli, dump_cli, train_refusal
 
 
 def _manifest_edits() -> list[tuple[str, object, str]]:
@@ -46,7 +49,8 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
     edits += [
         ("unknown field", setter("bogus", 1), "'bogus'"),
         ("format_version 1", setter("format_version", 1), "'format_version' is 1"),
-        ("format_version 3", setter("format_version", 3), "'format_version' is 3"),
+        ("format_version 4", setter("format_version", 4), "'format_version' is 4"),
+        ("format_version 2", setter("format_version", 2), "'format_version' is 2"),
         ("backend 'zip'", setter("backend", "zip"), "'backend'"),
         ("views 0", setter("views", 0), "'views'"),
         ("views 1", setter("views", 1), "'rows'"),
@@ -56,11 +60,26 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
         ("images_per_shard 1", setter("images_per_shard", 1), "'images_per_shard'"),
         ("num_classes 5", setter("num_classes", 5), "'num_classes'"),
         ("codec.num_classes 5", setter("codec.num_classes", 5), "'codec.num_classes'"),
-        ("codec.name 'topk'", setter("codec.name", "topk"), "column"),
+        ("codec.name 'topk'", setter("codec.name", "topk"), "'codec'"),
         ("codec.name 'nope'", setter("codec.name", "nope"), "'codec'"),
         ("param_names one short", lambda m: m["param_names"].pop(), "'param_names'"),
         ("param_ranges [1, 0]", setter("param_ranges.0", [1, 0]), "'param_ranges'"),
-        ("param_ranges narrowed", setter("param_ranges.0", [0, 255]), "'params."),
+        ("param_ranges narrowed", setter("param_ranges.0", [0, 255]), "'param_ranges'"),
+        ("param_names renamed", setter("param_names.2", "RandCropImage.v"), "'param_names'"),
+        (
+            "transform op argument renamed",
+            lambda m: m["source"]["transform_ops"][1]["RandCropImage"].update(
+                scala=m["source"]["transform_ops"][1]["RandCropImage"].pop("scale")
+            ),
+            "'source.transform_ops'",
+        ),
+        (
+            "transform op value edited",
+            setter("source.transform_ops.3.NormalizeImage.std", [0.5, 0.25, 0.25]),
+            "'source.transform_ops'",
+        ),
+        ("codec setting added", setter("codec.k", 5), "'codec'"),
+        ("dump_id not hex", setter("dump_id", "x" * 32), "'dump_id'"),
         ("param_names [1]", setter("param_names", [1]), "'param_names'"),
         ("complete false", setter("complete", False), "'complete'"),
         ("teacher.name", setter("teacher.name", "ResNet50"), "'teacher'"),
@@ -77,6 +96,7 @@ def _manifest_edits() -> list[tuple[str, object, str]]:
         ("shards[1].rows", setter("shards.1.rows", 20), "'rows'"),
         ("shards[1].checksum", setter("shards.1.checksum", "0" * 64), "shard-00001"),
         ("shards[1].bytes", setter("shards.1.bytes", 1), "shard-00001"),
+        ("shards[1].bytes 10**12", setter("shards.1.bytes", 10**12), "shard-00001"),
         ("delete shards[1].checksum", deleter("shards.1.checksum"), "'checksum'"),
         ("shards[1] dropped", lambda m: m["shards"].pop(1), "'complete'"),
         ("not JSON", None, "not valid JSON"),
@@ -96,15 +116,22 @@ RAW_MANIFESTS = {
     "nesting 100000 deep": b"[" * 100000 + b"]" * 100000,
 }
 
-# Fields that describe provenance and that nothing reads for correctness: an edit is not
-# detectable without a checksum of the manifest itself, and some are legitimate (moving the
-# images and fixing source.image_root).
-UNDETECTABLE_BY_DESIGN = {
+# Fields that describe provenance and that nothing reads for correctness: with checksums
+# recomputed, an edit is harmless (and some are legitimate, such as source.image_root after
+# moving the images); as they are, the manifest's checksums refuse them too.
+HARMLESS_BY_DESIGN = {
     "seed 7": ("seed", 7),
     "skipped []": ("skipped", [{"path": "x.png", "line": 1, "reason": "edited"}]),
     "source.image_root": ("source.image_root", "/elsewhere"),
-    "param_names renamed": ("param_names", None),
 }
+
+
+def _changed_field(original: dict, edited: object) -> str | None:
+    """The top-level field an edit changed (the one the manifest checksums must name)."""
+    if not isinstance(edited, dict):
+        return None
+    names = [*edited, *(k for k in original if k not in edited)]
+    return next((k for k in names if original.get(k) != edited.get(k)), None)
 
 
 def test_manifest_edits_are_named(project, monkeypatch, rlog):
@@ -113,54 +140,88 @@ def test_manifest_edits_are_named(project, monkeypatch, rlog):
     assert dump_cli(config, f"Offline.cache_dir={cache}").exit_code == 0
     original = json.loads((cache / MANIFEST).read_text())
     outcomes: Counter = Counter()
+    hostile: Counter = Counter()
     failures: list[str] = []
     edits = _manifest_edits()
+    edited = tmp / "edited"
+    shutil.copytree(cache, edited)
     for description, edit, expected in edits:
-        edited = tmp / "edited"
-        shutil.rmtree(edited, ignore_errors=True)
-        shutil.copytree(cache, edited)
-        if edit is None:
-            (edited / MANIFEST).write_bytes(RAW_MANIFESTS[description])
-        else:
-            manifest = json.loads(json.dumps(original))
-            edit(manifest)
-            (edited / MANIFEST).write_text(json.dumps(manifest))
-        result = cli("verify", edited)
-        said = result.stderr.strip()
-        named = result.exit_code in (1, 2) and "Traceback" not in result.output and expected in said
-        if not named:
-            failures.append(f"{description}: exit {result.exit_code}, {said[-300:]!r}")
-        outcomes["verify names the field or shard" if named else "FAILED"] += 1
-    # Edits of provenance-only fields: record what verify says, nothing is expected.
-    undetected = []
-    for description, (field, value) in UNDETECTABLE_BY_DESIGN.items():
+        raw = RAW_MANIFESTS.get(description)
         manifest = json.loads(json.dumps(original))
-        if field == "param_names":
-            manifest["param_names"] = [f"p{i}" for i in range(len(manifest["param_names"]))]
-        elif "." in field:
+        if edit is not None:
+            edit(manifest)
+        changed = _changed_field(original, manifest)
+        # As edited (checksums stale): the manifest's own checksums name the edited field.
+        # With checksums recomputed (hostile): the field checks must name it.
+        versions = [("as edited", raw or json.dumps(manifest, indent=1).encode() + b"\n")]
+        if raw is None:
+            versions.append(("checksums recomputed", signed_manifest(manifest)))
+        for how, data in versions:
+            (edited / MANIFEST).write_bytes(data)
+            result = cli("verify", edited)
+            said = result.stderr.strip()
+            want = expected if how != "as edited" or raw or changed is None else f"'{changed}'"
+            if changed == "format_version":
+                want = expected
+            named = result.exit_code in (1, 2) and "Traceback" not in result.output
+            named = named and want in said and len(said.splitlines()) == 1
+            if not named:
+                failures.append(f"{description} ({how}): exit {result.exit_code}, {said[-300:]!r}")
+            counter = outcomes if how == "as edited" else hostile
+            counter["verify names the field or shard" if named else "FAILED"] += 1
+    # Provenance-only fields: refused as edited; with checksums recomputed nothing is expected.
+    harmless = []
+    for description, (field, value) in HARMLESS_BY_DESIGN.items():
+        manifest = json.loads(json.dumps(original))
+        if "." in field:
             top, sub = field.split(".")
             manifest[top][sub] = value
         else:
             manifest[field] = value
-        (edited / MANIFEST).write_text(json.dumps(manifest))
-        if verify_cache(edited).ok:
-            undetected.append(description)
+        (edited / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        if verify_cache_ok(edited):
+            failures.append(f"{description} (as edited): accepted")
+        (edited / MANIFEST).write_bytes(signed_manifest(manifest))
+        if verify_cache_ok(edited):
+            harmless.append(description)
     rlog.record(
         CORRUPTION,
         "Manifest edits (each field deleted / wrong type, bad values, inconsistent counts, "
-        "fingerprints, shard entries, not JSON)",
+        "fingerprints, specs, shard entries, not JSON), checksums left stale",
         outcomes,
         ok=not failures,
-        goal="`offline-ssld verify` fails naming the edited field (or the shard it describes)",
-        notes=f"{len(edits) - len(failures)} of {len(edits)} edits named. Not detected by design "
-        f"(provenance fields nothing reads for correctness; a manifest checksum would forbid "
-        f"legitimate edits such as source.image_root after moving images): "
-        f"{', '.join(undetected) or 'none'}." + (f" Failures: {failures}" if failures else ""),
+        goal="`offline-ssld verify` fails with one line naming the edited field (or the shard "
+        "it describes)",
+        notes=f"{outcomes['verify names the field or shard']} of {len(edits)} edits named. "
+        "The manifest's own checksums (format 3) name the edited top-level field; the "
+        "provenance edits formerly undetectable by design are refused too: "
+        f"{', '.join(HARMLESS_BY_DESIGN)}." + (f" Failures: {failures}" if failures else ""),
+    )
+    rlog.record(
+        HOSTILE,
+        "Hostile manifests: the same edits with the manifest's checksums recomputed",
+        hostile,
+        ok=not failures,
+        goal="verify fails with one line naming the field: field checks, the teacher "
+        "fingerprint, and the transform ops, view parameters and codec re-derived",
+        notes=f"{hostile['verify names the field or shard']} of {sum(hostile.values())} named. "
+        "Accepted, harmless by design (provenance nothing reads for correctness; image_root "
+        "is legitimately edited after moving images, and verify --teacher-check reads images "
+        f"under the config's image_root, never this one): {', '.join(harmless) or 'none'}."
+        + (f" Failures: {failures}" if failures else ""),
     )
     assert not failures, failures
-    # train-student refuses a structurally edited manifest with one line naming the field.
+    # train-student refuses an edited manifest with one line naming the field, both ways.
     manifest = json.loads(json.dumps(original))
     manifest["views"] = "three"
-    (edited / MANIFEST).write_text(json.dumps(manifest))
-    line, started = train_refusal(config, edited, monkeypatch)
-    assert line and "field 'views'" in line and not started
+    for data in (json.dumps(manifest, indent=1).encode() + b"\n", signed_manifest(manifest)):
+        (edited / MANIFEST).write_bytes(data)
+        line, started = train_refusal(config, edited, monkeypatch)
+        assert line and "field 'views'" in line and not started
+
+
+def verify_cache_ok(cache) -> bool:
+    try:
+        return verify_cache(cache).ok
+    except Exception:  # noqa: BLE001 (any refusal counts as not accepted)
+        return False

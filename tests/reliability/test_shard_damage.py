@@ -10,6 +10,7 @@ from collections import Counter
 
 from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import MANIFEST, load_manifest
+from tests.helpers import signed_manifest
 from tests.reliability.common import CORRUPTION, TRUNCATIONS, dump_both_backends, train_refusal
 
 
@@ -53,7 +54,7 @@ def test_damaged_shards_are_named_and_refused_by_train(project, monkeypatch, rlo
             manifest = json.loads((cache / MANIFEST).read_text())
             manifest["shards"] = [s for s in manifest["shards"] if s["name"] != victim]
             manifest["complete"] = False
-            (cache / MANIFEST).write_text(json.dumps(manifest))
+            (cache / MANIFEST).write_bytes(signed_manifest(manifest))  # consistent, not damaged
             refuses_train = True  # an incomplete cache
         report = verify_cache(cache)
         problems = []
