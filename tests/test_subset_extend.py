@@ -24,7 +24,7 @@ from offline_ssld.data.views import ImageSource
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError, DataError
 from offline_ssld.train import train
-from tests.helpers import CLASSES, make_images, write_list
+from tests.helpers import CLASSES, make_images, signed_manifest, write_list
 from tests.test_dump import checksums, cli, dump, error_line
 
 
@@ -301,15 +301,16 @@ def test_manifest_parts_are_validated(dumped):
         ({**good, "parts": [10, 14]}, "'images'"),
         (unfinished, "misses a shard of an earlier part"),
     )
-    for obj, problem in cases:
-        path.write_text(json.dumps(obj))
+    for obj, problem in cases:  # checksums recomputed: the parts checks must refuse it
+        path.write_bytes(signed_manifest(obj))
         with pytest.raises(CacheError, match=problem):
             load_manifest(cache)
-    path.write_text(json.dumps({**unfinished, "shards": good["shards"][:3]}))
+    path.write_bytes(signed_manifest({**unfinished, "shards": good["shards"][:3]}))
     assert load_manifest(cache).usable  # an extension under way: the first part is whole
-    del good["parts"]  # a manifest from before extensions: one part
-    path.write_text(json.dumps(good))
-    assert load_manifest(cache).parts == [24]
+    del good["parts"]  # format 3 always writes parts
+    path.write_bytes(signed_manifest(good))
+    with pytest.raises(CacheError, match="'parts' is missing"):
+        load_manifest(cache)
 
 
 def test_precheck_decodes_only_files_it_cannot_vouch_for(monkeypatch):
