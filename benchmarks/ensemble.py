@@ -161,7 +161,7 @@ def main(
                 [str(config_dir / cfg_file)],
                 [*common, f"Global.pretrained_model={tdir / 'best'}"],
             )
-        )
+        )["top1"]
         click.echo(f"== dump {tag}", err=True)
         tick = time.perf_counter()
         run_dump(tcfg, progress=progress)

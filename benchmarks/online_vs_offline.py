@@ -174,7 +174,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
             load_config(
                 [teacher_file], [*common, f"Global.pretrained_model={workdir / 'teacher' / 'best'}"]
             )
-        )
+        )["top1"]
         results["teacher"] = {"weights": "trained", "epochs": teacher_epochs, "top1": top1}
 
     click.echo("== student-only", err=True)

@@ -47,7 +47,9 @@ def shipped() -> dict[str, Any]:
     return json.loads(CONFIGS.read_text())
 
 
-def _images(root: Path, class_num: int) -> list[tuple[str, int]]:
+def _images(root: Path, class_num: int, multilabel: bool) -> list[tuple[str, str]]:
+    """Generated images and their labels as list text: a class, or (MultiLabelDataset) one
+    random 0/1 per attribute, comma-separated as PaddleClas writes them."""
     rng = np.random.default_rng(0)
     out = []
     for i in range(IMAGES):
@@ -55,7 +57,8 @@ def _images(root: Path, class_num: int) -> list[tuple[str, int]]:
         ok, buf = cv2.imencode(".jpg", rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
         assert ok
         (root / rel).write_bytes(buf.tobytes())
-        out.append((rel, i % class_num))
+        attributes = ",".join(str(v) for v in rng.integers(0, 2, class_num))
+        out.append((rel, attributes if multilabel else str(i % class_num)))
     return out
 
 
@@ -105,10 +108,12 @@ def survey_one(raw: dict, work: Path) -> dict[str, str]:
     try:
         arch = raw.get("Arch") or {}
         class_num = int(arch.get("class_num") or 1000)
-        entries = _images(work / "images", class_num)
-        listing = work / "list.txt"
         train_set = ((raw.get("DataLoader") or {}).get("Train") or {}).get("dataset") or {}
-        sep = train_set.get("delimiter") or " "  # the list in the config's own format
+        multilabel = train_set.get("name") == "MultiLabelDataset"
+        entries = _images(work / "images", class_num, multilabel)
+        listing = work / "list.txt"
+        # the list in the config's own format; MultiLabelDataset's is tab-separated
+        sep = "\t" if multilabel else train_set.get("delimiter") or " "
         listing.write_text("".join(f"{p}{sep}{label}\n" for p, label in entries))
         for split in ("Train", "Eval"):
             dataset = f"DataLoader.{split}.dataset"

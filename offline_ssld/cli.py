@@ -425,8 +425,8 @@ def train_supervised(configs, overrides, resume, quiet) -> None:
 @OVERRIDE
 @friendly_errors
 def eval_cmd(configs, overrides) -> None:
-    """Top-1 of Global.pretrained_model (a checkpoint path without .safetensors) on the Eval
-    list.
+    """Metric.Eval's values (top-1 when absent) of Global.pretrained_model (a checkpoint path
+    without .safetensors) on the Eval list.
 
     \b
     Example:
@@ -436,7 +436,8 @@ def eval_cmd(configs, overrides) -> None:
     from offline_ssld.train import evaluate_config
 
     cfg = _load(configs, overrides)
-    click.echo(f"top-1 {evaluate_config(cfg):.4f}")
+    values = evaluate_config(cfg)
+    click.echo(", ".join(f"{name} {value:.4f}" for name, value in values.items()))
 
 
 @main.command("merge")

@@ -101,7 +101,7 @@ def _plan(cfg: dict, offline: OfflineSpec) -> DumpPlan:
         codec = build_codec(offline.codec, teacher.class_num, **dict(offline.codec_settings))
     except ValueError as exc:
         raise ConfigError(f"Offline.codec: {exc}") from None
-    samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter)
+    samples = read_list(data.cls_label_path, teacher.class_num, data.delimiter, data.multilabel)
     if teacher.pretrained is None:
         raise ConfigError(
             "Offline.teacher_weights: no teacher weights given (set Offline.teacher_weights or "

@@ -271,7 +271,7 @@ class EnsembleReplayDataset(paddle.io.Dataset):
         rows = [tuple(r) for r in self.listed.rows[:, index]]
         params, target = self.ensemble.read(rows, int(self.views[index]), self.source.where(index))
         x = self.pipeline.replay(data, params)
-        return x, target.astype(np.float32), np.int64(self.source.samples[index].label)
+        return x, target.astype(np.float32), self.source.label(index)
 
 
 def _short(value: Any) -> str:

@@ -98,14 +98,50 @@ def _masked_mean(rows: Tensor, mask: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- per-row losses
 
 
-def _dml_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+def _dml_terms(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    """PaddleClas DMLLoss per class, before its class_num scaling and mean over classes."""
     s = F.softmax(student_logits, axis=1)
     t = _as_target(teacher_probs, student_logits)
     log_s = paddle.log(s + DML_EPS)
     log_t = paddle.log(t + DML_EPS)
-    kl_ts = (t * (log_t - log_s)).sum(axis=1)
-    kl_st = (s * (log_s - log_t)).sum(axis=1)
-    return (kl_ts + kl_st) / 2.0
+    return (t * (log_t - log_s) + s * (log_s - log_t)) / 2.0
+
+
+def _dml_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
+    return _dml_terms(student_logits, teacher_probs).sum(axis=1)
+
+
+def _ratio_weights(labels: Tensor) -> Tensor:
+    """PaddleClas ratio2weight for a (B, 2, C) multi-label batch (attributes, list ratios):
+    exp(1 - ratio) on present attributes, exp(ratio) on absent ones, 0 on left-out (-1)."""
+    gt, ratio = labels[:, 0, :], labels[:, 1, :]
+    present = (gt > 0.5).astype(gt.dtype)
+    weights = paddle.exp(present * (1.0 - ratio) + (1.0 - present) * ratio)
+    return weights * (gt > -1).astype(gt.dtype)
+
+
+def _dml_class_rows(
+    student_logits: Tensor, teacher_probs: Tensor, labels: Tensor, args: dict[str, float]
+) -> Tensor:
+    """PaddleClas DMLLoss with weight_ratio (multi-label: each class's symmetric-KL term
+    weighted by ratio2weight) and sum_across_class_dim (rows summed, not averaged, over its
+    class_num-scaled terms, i.e. class_num times the plain loss)."""
+    terms = _dml_terms(student_logits, teacher_probs)
+    if args["weight_ratio"]:
+        terms = terms * _ratio_weights(labels)
+    rows = terms.sum(axis=1)
+    return rows * student_logits.shape[1] if args["sum_across_class_dim"] else rows
+
+
+def _multilabel_rows(student_logits: Tensor, labels: Tensor, args: dict[str, float]) -> Tensor:
+    """PaddleClas MultiLabelLoss per row: sigmoid BCE of the student's logits against the
+    attribute vector, weighted by ratio2weight with weight_ratio; summed over the attributes
+    with size_sum, else averaged (PaddleClas's mean over all B x C terms)."""
+    gt = labels[:, 0, :] if labels.ndim == 3 else labels
+    cost = F.binary_cross_entropy_with_logits(student_logits, gt, reduction="none")
+    if args["weight_ratio"]:
+        cost = cost * _ratio_weights(labels)
+    return cost.sum(axis=1) if args["size_sum"] else cost.mean(axis=1)
 
 
 def _js_rows(student_logits: Tensor, teacher_probs: Tensor) -> Tensor:
@@ -364,12 +400,17 @@ LOSSES: dict[str, LossKind] = {
     for entry in (
         LossKind(
             "dml",
-            lambda s, t, y, a: (_dml_rows(s, t), None),
-            {},
+            lambda s, t, y, a: (_dml_class_rows(s, t, y, a), None),
+            {"weight_ratio": False, "sum_across_class_dim": False},
             ("DistillationDMLLoss", "DMLLoss"),
             False,
             "symmetric KL (SSLD's JS loss), PaddleClas DMLLoss",
-            buckets=lambda _: True,
+            needs_full=lambda a: (
+                "it weights each class's term by the list's label ratio"
+                if a["weight_ratio"]
+                else None
+            ),
+            buckets=lambda a: not (a["weight_ratio"] or a["sum_across_class_dim"]),
         ),
         LossKind(
             "js",
@@ -408,6 +449,16 @@ LOSSES: dict[str, LossKind] = {
             ("DistillationGTCELoss", "CELoss"),
             True,
             "cross-entropy with the ground-truth label (labeled rows only)",
+            linear=lambda _: True,
+            uses_target=False,
+        ),
+        LossKind(
+            "multilabel",
+            lambda s, t, y, a: (_multilabel_rows(s, y, a), None),
+            {"weight_ratio": False, "size_sum": False},
+            ("DistillationMultiLabelLoss", "MultiLabelLoss"),
+            True,
+            "sigmoid BCE with the ground-truth attributes (multi-label)",
             linear=lambda _: True,
             uses_target=False,
         ),
@@ -596,7 +647,6 @@ _FEATURE_LOSSES = frozenset(
         "DistillationCRDLoss",
         "CRDLoss",
         "DistanceLoss",
-        "DistillationMultiLabelLoss",
     }
 )
 

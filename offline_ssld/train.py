@@ -30,13 +30,14 @@ from offline_ssld.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from offline_ssld.config import paddleclas, specs
+from offline_ssld.config import loading, paddleclas, specs
 from offline_ssld.data.lists import read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import EpochBatches, epoch_views
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import AugmentDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import ConfigError
+from offline_ssld.metrics import Metric, build_metrics
 from offline_ssld.models import build_model, load_weights, select_device
 from offline_ssld.optim import build_optimizer
 from offline_ssld.targets import TARGET_SOURCES, OfflineCache
@@ -53,8 +54,9 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
     pipeline = Pipeline(
         build_ops(spec.transform_ops, f"{spec.key}.transform_ops"), f"{spec.key}.transform_ops"
     )
-    samples = read_list(spec.cls_label_path, class_num, spec.delimiter)
-    return ImageSource(spec.image_root, spec.cls_label_path, samples), pipeline, spec
+    samples = read_list(spec.cls_label_path, class_num, spec.delimiter, spec.multilabel)
+    source = ImageSource(spec.image_root, spec.cls_label_path, samples, spec.label_ratio)
+    return source, pipeline, spec
 
 
 # ------------------------------------------------------------------------- loop
@@ -62,7 +64,9 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
 
 @dataclass
 class TrainResult:
-    """What a run reports (CLI summary, benchmarks); per-epoch detail is in metrics.jsonl."""
+    """What a run reports (CLI summary, benchmarks); per-epoch detail is in metrics.jsonl.
+    best_top1 and last_top1 hold the main eval value, `metric` (top-1 unless Metric.Eval's
+    first entry is another metric, as PaddleClas picks its best model by it)."""
 
     best_top1: float
     last_top1: float
@@ -70,6 +74,7 @@ class TrainResult:
     train_seconds: list[float]
     images_per_second: list[float]
     output_dir: Path
+    metric: str
 
 
 def _batch_norms(model: paddle.nn.Layer) -> list[paddle.nn.Layer]:
@@ -108,19 +113,34 @@ def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches:
     return used
 
 
-def evaluate(model: paddle.nn.Layer, loader: BatchLoader) -> float:
-    """Top-1 over the loader's images; launched, each rank counts its slice and the counts
-    are summed, so every rank returns the top-1 of the whole eval list."""
+def evaluate(
+    model: paddle.nn.Layer, loader: BatchLoader, metrics: list[Metric]
+) -> dict[str, float]:
+    """The values of `metrics` (Metric.Eval) over the loader's images, the first metric's
+    main value first; launched, each rank sums its slice into the metrics' states and the
+    states are summed over the ranks, so every rank returns the values of the whole list."""
     model.eval()
-    correct = total = 0
+    for metric in metrics:
+        metric.state[:] = 0.0
     with paddle.no_grad():
         for x, label in loader:
-            pred = model(x).argmax(axis=1)
-            mask = label >= 0
-            correct += int(((pred == label) & mask).astype("int64").sum())
-            total += int(mask.astype("int64").sum())
-    right, seen = dist.all_reduce_sum([correct, total])
-    return right / seen if seen else float("nan")
+            logits = model(x)
+            for metric in metrics:
+                metric.update(logits, label.numpy())
+    sizes = [len(m.state) for m in metrics]
+    summed = dist.all_reduce_sum([v for m in metrics for v in m.state.tolist()])
+    values: dict[str, float] = {}
+    for metric, start, size in zip(metrics, np.cumsum([0, *sizes]), sizes, strict=False):
+        metric.state[:] = summed[start : start + size]
+        values.update(metric.values())
+    return values
+
+
+def eval_metrics(cfg: dict, class_num: int) -> list[Metric]:
+    """Metric.Eval of the config (top-1 when absent)."""
+    return build_metrics(
+        loading.get(cfg, "Metric.Eval", None), class_num, specs.is_multilabel(cfg), "Metric.Eval"
+    )
 
 
 def make_eval_loader(cfg: dict, class_num: int) -> BatchLoader:
@@ -237,6 +257,8 @@ def train(
     provenance = {"targets": targets.provenance()} if targets.provenance() else {}
     loader = BatchLoader(targets.dataset, sampler, spec.num_workers)
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
+    metrics = eval_metrics(cfg, student_spec.class_num)
+    best_key = f"best_{metrics[0].main}"  # best_top1 unless Metric.Eval starts otherwise
     model = build_model(student_spec)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
@@ -254,7 +276,7 @@ def train(
     metrics_path = out / "metrics.jsonl"
     if resume and has_checkpoint(out, "latest"):
         info = load_checkpoint(out, "latest", model, optimizer)
-        start_epoch, best = int(info["epoch"]), float(info["best_top1"])
+        start_epoch, best = int(info["epoch"]), float(info[best_key])
         if main:
             keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
@@ -317,26 +339,27 @@ def train(
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:
             recalibrate_batch_norm(model, loader, offline.precise_bn_batches)
-            last = evaluate(model, eval_loader)
-            record["top1"] = round(last, 5)
+            values = evaluate(model, eval_loader, metrics)
+            record.update({name: round(value, 5) for name, value in values.items()})
+            last = values[metrics[0].main]
             if last > best:
                 best = last
                 if main:
-                    info = {"epoch": epoch + 1, "top1": last, **provenance}
+                    info = {"epoch": epoch + 1, **values, **provenance}
                     save_checkpoint(out, "best", model, optimizer, info, prefix)
-        record["best_top1"] = round(best, 5)
+        record[best_key] = round(best, 5)
         if not main:
             continue
         # The epoch's line before its checkpoint: --resume drops lines past the checkpoint.
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
-        state = {"epoch": epoch + 1, "best_top1": best, "mode": mode, **provenance}
+        state = {"epoch": epoch + 1, best_key: best, "mode": mode, **provenance}
         if save_interval > 0 and (epoch + 1) % save_interval == 0:
             save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix)
         save_checkpoint(out, "latest", model, optimizer, state, prefix)
         if vdl is not None:
-            for key in ("loss", "lr", "top1", "images_per_second"):
+            for key in ("loss", "lr", *values, "images_per_second"):
                 if key in record:
                     vdl.add_scalar(f"{mode}/{key}", record[key], epoch + 1)
         if progress:
@@ -344,7 +367,7 @@ def train(
     if vdl is not None:
         vdl.close()
     dist.barrier()  # ranks leave together, after rank 0's last checkpoint
-    return TrainResult(best, last, epochs, seconds, speeds, out)
+    return TrainResult(best, last, epochs, seconds, speeds, out, metrics[0].main)
 
 
 def visualdl_writer(glob: dict, out: Path) -> Any:
@@ -360,8 +383,8 @@ def visualdl_writer(glob: dict, out: Path) -> Any:
     return LogWriter(logdir=str(out / "vdl"))
 
 
-def evaluate_config(cfg: dict) -> float:
-    """`eval`: top-1 of Global.pretrained_model on the Eval list."""
+def evaluate_config(cfg: dict) -> dict[str, float]:
+    """`eval`: Metric.Eval's values of Global.pretrained_model on the Eval list."""
     paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
     select_device(glob.get("device"))
@@ -372,4 +395,4 @@ def evaluate_config(cfg: dict) -> float:
         raise ConfigError("Global.pretrained_model: required (path without .safetensors)")
     model = build_model(spec)
     load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
-    return evaluate(model, make_eval_loader(cfg, spec.class_num))
+    return evaluate(model, make_eval_loader(cfg, spec.class_num), eval_metrics(cfg, spec.class_num))

@@ -157,7 +157,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, command: s
             )
         final = evaluate_config(
             load_config([str(STUDENT_CFG)], [*common, f"Global.pretrained_model={out / 'latest'}"])
-        )
+        )["top1"]
         students[source] = {
             "top1": round(final, 5),
             "best_top1": json.loads((out / "latest.json").read_text())["best_top1"],
@@ -168,7 +168,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, command: s
         load_config(
             [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
         )
-    )
+    )["top1"]
     return {
         "preset": preset_name,
         "command": command,

@@ -163,12 +163,12 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
         load_config(
             [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
         )
-    )
+    )["top1"]
     student_top1 = evaluate_config(
         load_config(
             [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / 'student' / 'best'}"]
         )
-    )
+    )["top1"]
 
     stage("report")
     report = {

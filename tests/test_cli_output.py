@@ -56,4 +56,4 @@ def test_commands_that_load_paddle_print_only_their_lines(project):
         "eval", "-c", str(config), "-o", f"Global.pretrained_model={tmp / 'student'}", cwd=tmp
     )
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
-    assert result.stdout.startswith("top-1 ") and result.stdout.count("\n") == 1
+    assert result.stdout.startswith("top1 ") and result.stdout.count("\n") == 1

@@ -26,7 +26,7 @@ from offline_ssld.config.loading import load_config
 from offline_ssld.config.specs import student_spec
 from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.models import build_model, load_weights
-from offline_ssld.train import evaluate, make_eval_loader
+from offline_ssld.train import eval_metrics, evaluate, make_eval_loader
 from tests.helpers import make_images, write_list
 
 CLI = Path(sys.executable).with_name("offline-ssld")
@@ -283,7 +283,9 @@ def test_two_rank_train_student(project):
     cfg = load_config([str(config)], overrides)
     model = build_model(student_spec(cfg))
     load_weights(model, out / "latest.safetensors", "test")
-    top1 = evaluate(model, make_eval_loader(cfg, student_spec(cfg).class_num))
+    class_num = student_spec(cfg).class_num
+    loader = make_eval_loader(cfg, class_num)
+    top1 = evaluate(model, loader, eval_metrics(cfg, class_num))["top1"]
     assert 0.0 <= top1 <= 1.0
     best = json.loads((out / "best.json").read_text())["top1"]
     assert max(r["top1"] for r in records) == pytest.approx(best, abs=1e-5)

@@ -574,7 +574,8 @@ def test_errors_list_what_is_supported(tmp_path, images):
     for option, supported in [
         ("Optimizer.name=AdamW", "supported: Momentum"),
         ("Optimizer.lr.name=ReduceOnPlateau", "supported: Cosine, Piecewise, MultiStepDecay"),
-        ("DataLoader.Train.dataset.name=MultiLabelDataset", "supported: ImageNetDataset"),
+        ("DataLoader.Train.dataset.name=CommonDataset", "supported: ImageNetDataset, Multi"),
+        ("DataLoader.Train.dataset.name=MultiLabelDataset", "with Global.use_multilabel False"),
         ("Global.hello=1", "print_batch_step"),
         ("Global.use_dali=True", "use_dali: False"),
     ]:

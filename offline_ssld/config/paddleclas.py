@@ -16,12 +16,14 @@ from offline_ssld.config.specs import (
     MODEL_KEYS,
     data_spec,
     is_distillation,
+    is_multilabel,
     plain_arch,
     student_spec,
     teacher_spec,
     teacher_weights_source,
 )
 from offline_ssld.errors import ConfigError
+from offline_ssld.losses import DistillLoss
 
 # --------------------------------------------------------------------------- check_supported
 
@@ -37,6 +39,7 @@ _GLOBAL_HONOURED = (
     "pretrained_model",
     "use_visualdl",
     "start_eval_epoch",
+    "use_multilabel",
 )
 _GLOBAL_HARMLESS = (
     "print_batch_step",  # logging cadence; the progress bar and metrics.jsonl replace it
@@ -52,20 +55,20 @@ _GLOBAL_FIXED: dict[str, tuple[Any, str]] = {
     "use_dali": (False, "DALI loaders are not supported; set Global.use_dali: False"),
     "checkpoints": (None, "resume with `train-student --resume` (output_dir/latest)"),
     "eval_mode": ("classification", "only classification is supported"),
-    "use_multilabel": (False, "multi-label training is not supported"),
     "update_freq": (1, "gradient accumulation is not supported"),
 }
 _ARCH_DISTILL_KEYS = ("name", "models", "pretrained_list", "freeze_params_list")
-_ARCH_HARMLESS = ("class_num", "infer_model_name", "use_sync_bn")  # distillation Arch level
+# Distillation Arch level; PaddleClas's DistillationModel takes use_ssld in **kargs, unread.
+_ARCH_HARMLESS = ("class_num", "infer_model_name", "use_sync_bn", "use_ssld")
 ROLES = ("Teacher", "Student")
 _DATASET_KEYS = ("name", "image_root", "cls_label_path", "transform_ops")
 _SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
 _SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 _LOADER_KEYS = ("num_workers",)
 _LOADER_HARMLESS = ("use_shared_memory",)
-_EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss")
-_METRICS = ("TopkAcc", "DistillationTopkAcc")
-_METRIC_ARGS = ("topk", "model_key")
+_EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss", "MultiLabelLoss")
+# Losses that read one class per image; a multi-label batch has attribute vectors instead.
+_CLASS_LABEL_LOSSES = ("gt_ce", "dkd", "skd", "wsl")
 _AMP_HARMLESS = (
     "use_amp",
     "use_fp16_test",
@@ -185,7 +188,7 @@ def _check_data(cfg: dict) -> None:
                 f"{key}.dataset.batch_transform_ops: batch-level mixing (Mixup, Cutmix, ...) is "
                 "not supported offline; remove it"
             )
-        only_keys(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel"))
+        only_keys(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel", "label_ratio"))
         if not isinstance(dataset.get("delimiter", " "), str) or dataset.get("delimiter") == "":
             raise ConfigError(f"{key}.dataset.delimiter: expected a non-empty string")
         if dataset.get("relabel"):
@@ -212,7 +215,8 @@ def _check_loss(cfg: dict) -> None:
     if "Train" in loss:
         from offline_ssld.losses import build_loss
 
-        build_loss(loss["Train"])  # names, arguments, feature losses: errors name the key
+        built = build_loss(loss["Train"])  # names, arguments, feature losses: errors name the key
+        _check_loss_labels(cfg, built, loss["Train"])
         if is_distillation(cfg):
             for i, entry in enumerate(loss["Train"]):
                 ((name, args),) = entry.items()
@@ -226,8 +230,41 @@ def _check_loss(cfg: dict) -> None:
             if name not in _EVAL_LOSSES:
                 raise ConfigError(
                     f"Loss.Eval.{i}: {name or entry!r} is not supported; supported: "
-                    f"{', '.join(_EVAL_LOSSES)} (only reported by PaddleClas; we report top-1)"
+                    f"{', '.join(_EVAL_LOSSES)} (only reported by PaddleClas; we report "
+                    "Metric.Eval)"
                 )
+
+
+def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
+    """Each term gets the labels it reads: attribute vectors (with the list's ratios for
+    weight_ratio) under Global.use_multilabel, one class per image otherwise."""
+    multilabel = is_multilabel(cfg)
+    names = [next(iter(e)) for e in entries if next(iter(e)) != "GTFusion"]
+    if multilabel and loss.gt_alpha is not None:
+        raise ConfigError(
+            "Loss.Train: GTFusion fuses a class cross-entropy, which Global.use_multilabel "
+            "has no class for; remove it"
+        )
+    label_ratio = data_spec(cfg, "Train").label_ratio
+    for i, ((kind, _, kwargs), name) in enumerate(zip(loss.terms, names, strict=True)):
+        key = f"Loss.Train.{_entry_index(entries, i)}.{name}"
+        if multilabel and kind in _CLASS_LABEL_LOSSES:
+            raise ConfigError(
+                f"{key}: reads one class per image, and Global.use_multilabel gives attribute "
+                "vectors; use DistillationDMLLoss and DistillationMultiLabelLoss"
+            )
+        if kind == "multilabel" and not multilabel:
+            raise ConfigError(f"{key}: needs Global.use_multilabel true and a MultiLabelDataset")
+        if kwargs.get("weight_ratio") and not label_ratio:
+            raise ConfigError(
+                f"{key}.weight_ratio: needs DataLoader.Train.dataset.label_ratio true (the "
+                "list's attribute ratios it weights by)"
+            )
+
+
+def _entry_index(entries: list, term: int) -> int:
+    """The Loss.Train index of the term-th loss (GTFusion entries are not terms)."""
+    return [i for i, e in enumerate(entries) if next(iter(e)) != "GTFusion"][term]
 
 
 def _check_loss_models(name: str, args: dict, key: str) -> None:
@@ -248,28 +285,16 @@ def _check_loss_models(name: str, args: dict, key: str) -> None:
 
 
 def _check_metric(cfg: dict) -> None:
+    """Metric.Eval drives evaluation and the best checkpoint; Metric.Train (PaddleClas's
+    training log) is checked the same way but not computed."""
+    from offline_ssld.metrics import build_metrics
+
     metric = as_mapping(cfg.get("Metric"), "Metric")
     only_keys(metric, "Metric", ("Train", "Eval"))
+    class_num = student_spec(cfg).class_num
     for split, entries in metric.items():
-        if entries is None:
-            continue
-        if not isinstance(entries, list):
-            raise ConfigError(
-                f"Metric.{split}: expected a list like [{{TopkAcc: {{topk: [1, 5]}}}}]"
-            )
-        for i, entry in enumerate(entries):
-            name = next(iter(entry)) if isinstance(entry, dict) and len(entry) == 1 else None
-            key = f"Metric.{split}.{i}"
-            if name not in _METRICS:
-                raise ConfigError(
-                    f"{key}: {name or entry!r} is not supported; supported: {', '.join(_METRICS)}"
-                )
-            args = as_mapping(entry[name], f"{key}.{name}")
-            only_keys(args, f"{key}.{name}", _METRIC_ARGS)
-            if args.get("model_key", "Student") != "Student":
-                raise ConfigError(
-                    f"{key}.{name}.model_key: {args['model_key']!r}; we report the Student's top-1"
-                )
+        if entries is not None:
+            build_metrics(entries, class_num, is_multilabel(cfg), f"Metric.{split}")
 
 
 def _check_amp(cfg: dict) -> None:

@@ -169,9 +169,19 @@ def is_distillation(cfg: dict) -> bool:
     return get(cfg, "Arch.name", None) == DISTILLATION_ARCH
 
 
+def is_multilabel(cfg: dict) -> bool:
+    """Global.use_multilabel: each image has an attribute vector, not one class."""
+    return bool(get(cfg, "Global.use_multilabel", False))
+
+
+MULTILABEL_DATASET = "MultiLabelDataset"
+DATASETS = ("ImageNetDataset", MULTILABEL_DATASET)
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    """One `DataLoader.<split>` section, in the shape PaddleClas's ImageNetDataset takes."""
+    """One `DataLoader.<split>` section, in the shape PaddleClas's ImageNetDataset (or
+    MultiLabelDataset: tab-separated attribute lists, optionally with label ratios) takes."""
 
     image_root: str
     cls_label_path: str
@@ -182,15 +192,32 @@ class DataSpec:
     num_workers: int
     key: str
     delimiter: str | None = None  # list fields: whitespace, or exactly this when set
+    multilabel: bool = False  # MultiLabelDataset
+    label_ratio: bool = False  # MultiLabelDataset.label_ratio: labels carry the list's ratios
 
 
 def data_spec(cfg: dict, split: str) -> DataSpec:
     key = f"DataLoader.{split}"
     dataset = get(cfg, f"{key}.dataset")
     name = dataset.get("name", "ImageNetDataset")
-    if name != "ImageNetDataset":
+    if name not in DATASETS:
         raise ConfigError(
-            f"{key}.dataset.name: {name!r} is not supported; supported: ImageNetDataset"
+            f"{key}.dataset.name: {name!r} is not supported; supported: {', '.join(DATASETS)}"
+        )
+    multilabel = name == MULTILABEL_DATASET
+    if multilabel != is_multilabel(cfg):
+        raise ConfigError(
+            f"{key}.dataset.name: {name} with Global.use_multilabel "
+            f"{is_multilabel(cfg)}; PaddleClas reads attribute lists exactly when both say so"
+        )
+    delimiter = dataset.get("delimiter")
+    if multilabel and delimiter not in (None, "\t"):
+        raise ConfigError(f"{key}.dataset.delimiter: MultiLabelDataset lists are tab-separated")
+    label_ratio = dataset.get("label_ratio", False)
+    if not isinstance(label_ratio, bool) or (label_ratio and not multilabel):
+        raise ConfigError(
+            f"{key}.dataset.label_ratio: {label_ratio!r}; only MultiLabelDataset takes it "
+            "(true or false)"
         )
     sampler = get(cfg, f"{key}.sampler", {}) or {}
     loader = get(cfg, f"{key}.loader", {}) or {}
@@ -208,7 +235,9 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
         drop_last=bool(sampler.get("drop_last", False)),
         num_workers=int(loader.get("num_workers", 0)),
         key=f"{key}.dataset",
-        delimiter=dataset.get("delimiter"),
+        delimiter="\t" if multilabel else delimiter,
+        multilabel=multilabel,
+        label_ratio=label_ratio,
     )
 
 

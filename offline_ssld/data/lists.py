@@ -24,11 +24,13 @@ UNLABELED = -1
 
 @dataclass(frozen=True)
 class Sample:
-    """One list line: path relative to image_root, label (-1 if none), 1-based line number."""
+    """One list line: path relative to image_root, label (-1 if none), 1-based line number;
+    a multi-label list's line has its attribute vector instead (and label -1)."""
 
     path: str
     label: int
     line: int
+    attributes: tuple[int, ...] = ()
 
 
 def content_key(data: bytes) -> bytes:
@@ -48,7 +50,10 @@ def _safe_relpath(raw: str, where: str) -> str:
 
 
 def read_list(
-    list_path: str | Path, class_num: int | None = None, delimiter: str | None = None
+    list_path: str | Path,
+    class_num: int | None = None,
+    delimiter: str | None = None,
+    multilabel: bool = False,
 ) -> list[Sample]:
     """Parse a list file; every malformed line is an error naming the file and line.
 
@@ -58,6 +63,9 @@ def read_list(
     A line holding only a path is an unlabeled image (label -1): SSLD learns from unlabeled
     data too. Blank lines are skipped. A path listed twice is an error (it would be seen twice
     per epoch by accident); two different paths with the same bytes are fine.
+
+    `multilabel` reads PaddleClas's MultiLabelDataset format, `path<TAB>a1,a2,...`: one
+    value per attribute, 1 present, 0 absent, -1 left out (PaddleClas's metric ignores it).
     """
     list_path = Path(list_path)
     try:
@@ -75,6 +83,14 @@ def read_list(
         if not line:
             continue
         fields = line.split(delimiter) if delimiter not in (None, " ") else line.split()
+        if multilabel:
+            path = _safe_relpath(fields[0], where)
+            attributes = _attributes(fields, class_num, where)
+            if path in seen:
+                raise DataError(f"{where}: path {path!r} already listed on line {seen[path]}")
+            seen[path] = number
+            samples.append(Sample(path, UNLABELED, number, attributes))
+            continue
         if len(fields) > 2:
             raise DataError(f"{where}: expected 'path [label]', got {len(fields)} fields")
         path = _safe_relpath(fields[0], where)
@@ -94,6 +110,21 @@ def read_list(
     if not samples:
         raise DataError(f"{list_path}: list file holds no images")
     return samples
+
+
+def _attributes(fields: list[str], class_num: int | None, where: str) -> tuple[int, ...]:
+    """The attribute vector of a multi-label line's second field."""
+    if len(fields) != 2:
+        raise DataError(f"{where}: expected 'path<TAB>a1,a2,...', got {len(fields)} fields")
+    try:
+        values = tuple(int(v) for v in fields[1].split(","))
+    except ValueError:
+        raise DataError(f"{where}: attributes {fields[1]!r} are not integers") from None
+    if class_num is not None and len(values) != class_num:
+        raise DataError(f"{where}: {len(values)} attributes, class_num is {class_num}")
+    if any(v not in (-1, 0, 1) for v in values):
+        raise DataError(f"{where}: attributes must be 1, 0 or -1, got {fields[1]!r}")
+    return values
 
 
 MAX_IMAGE_BYTES = 256 << 20

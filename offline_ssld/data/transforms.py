@@ -636,7 +636,12 @@ OPS: dict[str, type[Op]] = {
 }
 
 
-_OP_MODULES = ("offline_ssld.data.augment", "offline_ssld.data.color", "offline_ssld.data.erasing")
+_OP_MODULES = (
+    "offline_ssld.data.augment",
+    "offline_ssld.data.color",
+    "offline_ssld.data.erasing",
+    "offline_ssld.data.padcrop",
+)
 """Modules of further ops; each calls `register` when imported."""
 
 

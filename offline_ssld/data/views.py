@@ -29,12 +29,35 @@ def view_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
 
 
 class ImageSource:
-    """Reads list samples and checks their bytes against the content key they were hashed to."""
+    """Reads list samples and checks their bytes against the content key they were hashed to.
 
-    def __init__(self, image_root: str | Path, list_path: str | Path, samples: list[Sample]):
+    With `label_ratio` (PaddleClas MultiLabelDataset's option) each label is the attribute
+    vector stacked with the list's mean of each attribute, which PaddleClas's weight_ratio
+    losses read as (B, 2, C)."""
+
+    def __init__(
+        self,
+        image_root: str | Path,
+        list_path: str | Path,
+        samples: list[Sample],
+        label_ratio: bool = False,
+    ):
         self.image_root = Path(image_root)
         self.list_path = Path(list_path)
         self.samples = samples
+        self.ratio = (
+            np.array([s.attributes for s in samples]).mean(0).astype(np.float32)
+            if label_ratio
+            else None
+        )
+
+    def label(self, index: int) -> np.int64 | np.ndarray:
+        """The class (int64), or the attribute vector (float32, with the ratio if asked)."""
+        sample = self.samples[index]
+        if not sample.attributes:
+            return np.int64(sample.label)
+        attributes = np.array(sample.attributes, dtype=np.float32)
+        return attributes if self.ratio is None else np.stack([attributes, self.ratio])
 
     def read(self, index: int) -> bytes:
         return read_image_bytes(self.image_root, self.samples[index], self.list_path)
@@ -139,12 +162,12 @@ class ReplayDataset(paddle.io.Dataset):
             xs.append(self.pipeline.replay(data, params))
             clock.append(time.perf_counter())
             payloads.append(payload)
-            labels.append(self.source.samples[index].label)
+            labels.append(self.source.label(index))
             timings.append(np.diff(clock))
         start = time.perf_counter()
         target = self.reader.decode(payloads, target=True)
         decode = (time.perf_counter() - start) / max(len(indices), 1)
-        fields = (np.stack(xs), target, np.array(labels, dtype=np.int64))
+        fields = (np.stack(xs), target, np.stack(labels))
         if not self.timed:
             return fields
         return (*fields, np.array([[*t, decode] for t in timings]))
@@ -175,4 +198,4 @@ class AugmentDataset(paddle.io.Dataset):
                 x = self.pipeline.apply_fixed(data)
         except DataError as exc:
             raise DataError(f"{self.source.where(index)}: {exc}") from None
-        return x, np.int64(self.source.samples[index].label)
+        return x, self.source.label(index)
