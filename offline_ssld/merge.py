@@ -34,6 +34,7 @@ from offline_ssld.cache.fingerprint import (
     order_fingerprint,
     teacher_fingerprint,
 )
+from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.config.offline import CacheMember
 from offline_ssld.data.lists import Sample, hash_images, read_list
@@ -57,12 +58,14 @@ class MergeResult:
 def _samples(
     ensemble: Ensemble, image_root: str | None, list_path: str | None
 ) -> tuple[ImageSource, list[bytes]]:
-    """The images of the caches, in list order, with their paths and labels. The list is
-    the config's training list, else the one the first member was dumped from."""
+    """The images of the caches with their paths and labels: in the order of the config's
+    training list when one is given (its images are read and hashed under its image_root),
+    else in the first member's storage order, from the paths, labels and keys that member
+    stored. A cache's recorded list and image_root are never opened: they name files
+    outside it."""
     first = ensemble.members[0]
-    source = first.reader.manifest.source
-    image_root = image_root or source["image_root"]
-    list_path = list_path or source["cls_label_path"]
+    if list_path is None or image_root is None:
+        return _stored_samples(first.reader)
     samples = read_list(list_path, ensemble.num_classes)
     first.reader.index()
     wanted = first.reader.manifest.num_images
@@ -80,7 +83,23 @@ def _samples(
             f"{list_path}: holds {len(keys)} of the {wanted} images of {first.path}; "
             "merge with the list the caches were dumped from (-c CONFIG)"
         )
-    return ImageSource(image_root, list_path, kept), keys
+    return ImageSource(Path(image_root).resolve(), Path(list_path).resolve(), kept), keys
+
+
+def _stored_samples(reader: CacheReader) -> tuple[ImageSource, list[bytes]]:
+    """Every image of `reader`'s cache in storage order, as it stored them (path, label,
+    key); `line` is the image's position. Only the cache's own files are read."""
+    samples: list[Sample] = []
+    keys: list[bytes] = []
+    views = reader.views
+    for number in range(len(reader.manifest.shards)):
+        cols = reader.load_shard(number)
+        for row in range(0, len(cols["key"]), views):
+            label = int(np.ravel(cols["label"][row])[0])
+            samples.append(Sample(str(cols["path"][row]), label, len(samples) + 1))
+            keys.append(cols["key"][row].tobytes())
+    source = reader.manifest.source
+    return ImageSource(source["image_root"], source["cls_label_path"], samples), keys
 
 
 def merge_caches(
@@ -135,8 +154,8 @@ def merge_caches(
         parts=[len(keys)],
         source={
             **base.source,
-            "image_root": str(Path(source.image_root).resolve()),
-            "cls_label_path": str(Path(source.list_path).resolve()),
+            "image_root": str(source.image_root),
+            "cls_label_path": str(source.list_path),
             "teacher_weights": "",  # no single teacher: verify --teacher-check cannot re-run it
             "ensemble": ensemble.provenance(),
         },

@@ -5,6 +5,8 @@ merged cache that trains to the live ensemble's targets."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +14,12 @@ import yaml
 from click.testing import CliRunner
 
 from offline_ssld.audit import verify_cache
+from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
 from offline_ssld.config.offline import CacheMember, cache_members
+from offline_ssld.config.specs import data_spec
 from offline_ssld.dump import run_dump, shard_columns
 from offline_ssld.ensemble import Ensemble, combine
 from offline_ssld.errors import CacheError, ConfigError
@@ -277,3 +281,18 @@ def test_one_cache_transcoded_to_topk_keeps_its_views_and_top_classes(two_fake):
         main, ["merge", str(tmp / "a"), "--codec", "topk", "--codec-option", "k", "--out", "x"]
     )
     assert bad.exit_code == 2 and "NAME=INTEGER" in bad.output
+
+
+def test_merge_without_config_reads_nothing_outside_the_caches(two_fake):
+    """Without -c, merge takes paths, labels and keys from the first member's shards: the list
+    and image_root its manifest records name files outside the cache and are never opened
+    (here they are gone), and the merged cache holds the same images."""
+    config, tmp, plan = two_fake
+    spec = data_spec(load_config([str(config)]), "Train")
+    shutil.rmtree(spec.image_root)
+    Path(spec.cls_label_path).unlink()
+    result = merge_caches([CacheMember(str(tmp / "a"), 1.0)], tmp / "alone")
+    assert result.images == plan.manifest.num_images
+    merged = CacheReader(tmp / "alone")
+    assert sorted(merged.stored_keys(len(merged.manifest.shards))) == sorted(plan.keys)
+    assert verify_cache(tmp / "alone", 0, 0).ok
