@@ -4,7 +4,7 @@ A checkpoint `tag` (latest, best) in the output directory is:
 
     <tag>.safetensors       the model's weights
     <tag>.opt.safetensors   optimizer state, keyed by structured parameter names, and the lr
-                            schedule's state as JSON metadata
+                            schedule's and (with AMP) the GradScaler's state as JSON metadata
     <tag>.pdparams/.pdopt   the same for PaddleClas tools (pickles: written, never read back)
     <tag>.json              epoch, metrics and `targets` (which cache, by path and
                             fingerprint, and which list, by path and the fingerprint of its
@@ -16,7 +16,9 @@ Every file goes through the durable atomic write (offline_ssld/atomic.py).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paddle
@@ -41,8 +43,63 @@ def _rename(key: str, names: dict[str, str]) -> str:
     raise KeyError(key)
 
 
+# GradScaler.state_dict() entries besides `scale` (a 1-element array), and their types.
+_SCALER_FIELDS: dict[str, type] = {
+    "incr_ratio": float,
+    "decr_ratio": float,
+    "incr_every_n_steps": int,
+    "decr_every_n_nan_or_inf": int,
+    "incr_count": int,
+    "decr_count": int,
+    "use_dynamic_loss_scaling": bool,
+}
+
+
+def scaler_state_to_json(state: dict) -> str:
+    """A GradScaler's state_dict() as JSON numbers: no pickle in a file someone may send."""
+    numbers = {"scale": float(np.asarray(state["scale"]).reshape(-1)[0])}
+    numbers.update({k: kind(state[k]) for k, kind in _SCALER_FIELDS.items()})
+    return json.dumps(numbers)
+
+
+def scaler_state_from_json(text: str, where: str) -> dict:
+    """The state_dict() GradScaler.load_state_dict takes, from scaler_state_to_json's text;
+    anything else (missing keys, wrong types, a scale that is not positive and finite) is
+    refused naming `where` and the field."""
+    try:
+        numbers = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: GradScaler state is not JSON ({exc})") from None
+    if not isinstance(numbers, dict) or set(numbers) != {"scale", *_SCALER_FIELDS}:
+        fields = ", ".join(["scale", *_SCALER_FIELDS])
+        raise ConfigError(f"{where}: GradScaler state must have exactly the keys {fields}")
+    state: dict[str, Any] = {}
+    for key, kind in {"scale": float, **_SCALER_FIELDS}.items():
+        value = numbers[key]
+        if kind is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif key == "scale":
+            ok, expected = _is_number(value, kind) and value > 0, "a positive number"
+        else:
+            ok, expected = _is_number(value, kind) and value >= 0, f"a non-negative {kind.__name__}"
+        if not ok:
+            raise ConfigError(f"{where}: GradScaler.{key} is {value!r}, expected {expected}")
+        state[key] = value
+    state["scale"] = np.array([state["scale"]], dtype=np.float32)
+    return state
+
+
+def _is_number(value: Any, kind: type) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) if kind is int else math.isfinite(value)
+
+
 def _save_optimizer(
-    optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer, path: Path
+    optimizer: paddle.optimizer.Optimizer,
+    model: paddle.nn.Layer,
+    path: Path,
+    scaler: paddle.amp.GradScaler | None,
 ) -> None:
     state = optimizer.state_dict()
     names = _param_names(model)
@@ -52,11 +109,17 @@ def _save_optimizer(
         if isinstance(v, paddle.Tensor)
     }
     scheduler = state.get("LR_Scheduler", {})
-    save_file(tensors, str(path), metadata={"LR_Scheduler": json.dumps(scheduler, default=float)})
+    meta = {"LR_Scheduler": json.dumps(scheduler, default=float)}
+    if scaler is not None and scaler.state_dict():  # empty when Paddle disabled the scaler
+        meta["GradScaler"] = scaler_state_to_json(scaler.state_dict())
+    save_file(tensors, str(path), metadata=meta)
 
 
 def _load_optimizer(
-    optimizer: paddle.optimizer.Optimizer, model: paddle.nn.Layer, path: Path
+    optimizer: paddle.optimizer.Optimizer,
+    model: paddle.nn.Layer,
+    path: Path,
+    scaler: paddle.amp.GradScaler | None,
 ) -> None:
     with safe_open(str(path), framework="numpy") as fh:
         meta = fh.metadata() or {}
@@ -69,6 +132,8 @@ def _load_optimizer(
         state[f"{generated[structured]}_{suffix}"] = paddle.to_tensor(value)
     state["LR_Scheduler"] = json.loads(meta.get("LR_Scheduler", "{}"))
     optimizer.set_state_dict(state)
+    if scaler is not None and "GradScaler" in meta:
+        scaler.load_state_dict(scaler_state_from_json(meta["GradScaler"], f"--resume: {path}"))
 
 
 def save_checkpoint(
@@ -78,14 +143,20 @@ def save_checkpoint(
     optimizer: paddle.optimizer.Optimizer,
     info: dict,
     paddleclas_prefix: str = "",
+    scaler: paddle.amp.GradScaler | None = None,
 ) -> None:
     """Write checkpoint `tag` in `out`; each file is replaced atomically, the .json last.
 
     The .pdparams keys carry `paddleclas_prefix` ("Student." under a DistillationModel), the
-    names PaddleClas's tools/eval.py and export_model.py look for in the config's Arch."""
+    names PaddleClas's tools/eval.py and export_model.py look for in the config's Arch.
+    The AMP loss scaler's state goes with the optimizer's, so a resumed run continues with
+    the scale it had reached (PaddleClas's .pdstates keeps only the metric, and restarts it
+    at AMP.scale_loss)."""
     text = json.dumps(info, indent=1) + "\n"
     save_weights(model, out / f"{tag}.safetensors")
-    atomic_write(out / f"{tag}.opt.safetensors", lambda p: _save_optimizer(optimizer, model, p))
+    atomic_write(
+        out / f"{tag}.opt.safetensors", lambda p: _save_optimizer(optimizer, model, p, scaler)
+    )
     state = {f"{paddleclas_prefix}{k}": v for k, v in model.state_dict().items()}
     atomic_write(out / f"{tag}.pdparams", lambda p: paddle.save(state, str(p)))
     atomic_write(out / f"{tag}.pdopt", lambda p: paddle.save(optimizer.state_dict(), str(p)))
@@ -97,13 +168,18 @@ def has_checkpoint(out: Path, tag: str) -> bool:
 
 
 def load_checkpoint(
-    out: Path, tag: str, model: paddle.nn.Layer, optimizer: paddle.optimizer.Optimizer
+    out: Path,
+    tag: str,
+    model: paddle.nn.Layer,
+    optimizer: paddle.optimizer.Optimizer,
+    scaler: paddle.amp.GradScaler | None = None,
 ) -> dict:
-    """Restore weights and optimizer (with its lr schedule) of checkpoint `tag`; return its
-    info (epoch, metrics)."""
+    """Restore weights and optimizer (with its lr schedule and, when both the run and the
+    checkpoint have one, the loss scaler) of checkpoint `tag`; return its info (epoch,
+    metrics). A run with a scaler resuming a checkpoint without one starts at scale_loss."""
     info = json.loads((out / f"{tag}.json").read_text())
     load_weights(model, out / f"{tag}.safetensors", "--resume")
-    _load_optimizer(optimizer, model, out / f"{tag}.opt.safetensors")
+    _load_optimizer(optimizer, model, out / f"{tag}.opt.safetensors", scaler)
     return info
 
 

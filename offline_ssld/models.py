@@ -170,12 +170,18 @@ def convert_pdparams(source: str | Path, target: str | Path, model: str | None =
     return len(arrays)
 
 
-def select_device(preference: str | None = None) -> str:
-    """'gpu' when asked for (or by default) and Paddle has CUDA and a device; else 'cpu'."""
+def available_device(preference: str | None = None) -> str:
+    """'gpu' when asked for (or by default) and Paddle has CUDA and a device; else 'cpu'.
+    Nothing is set, so `overlay` can say what a run here would use."""
     preference = (preference or "gpu").lower()
     if preference not in {"gpu", "cpu"}:
         raise ConfigError(f"Global.device: {preference!r} is not supported; use gpu or cpu")
     has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    device = "gpu" if preference == "gpu" and has_gpu else "cpu"
+    return "gpu" if preference == "gpu" and has_gpu else "cpu"
+
+
+def select_device(preference: str | None = None) -> str:
+    """The available_device, made Paddle's current device."""
+    device = available_device(preference)
     paddle.set_device(device)
     return device

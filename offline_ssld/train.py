@@ -8,10 +8,15 @@ Under `python -m paddle.distributed.launch` the same loop is data-parallel: each
 its slice of the epoch's global permutation (batch_size per rank, as PaddleClas's per-card
 batch), the model is wrapped in paddle.DataParallel, evaluation counts are summed over the
 ranks, and rank 0 alone writes checkpoints (of the unwrapped model) and metrics.jsonl.
+
+Precision and BatchNorm follow PaddleClas's engine: AMP (O1 with its GradScaler) when the
+config's AMP section enables it and the device is a GPU, fp32 otherwise; Arch.use_sync_bn
+turns the student's BatchNorm layers into SyncBatchNorm when launched on several GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -113,16 +118,58 @@ def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches:
     return used
 
 
+def grad_scaler(amp: specs.AmpSpec) -> paddle.amp.GradScaler:
+    """The loss scaler of PaddleClas's build_scaler (ppcls/utils/amp.py): AMP.scale_loss as
+    the initial scale and AMP.use_dynamic_loss_scaling; Paddle's defaults for the rest."""
+    return paddle.amp.GradScaler(
+        init_loss_scaling=amp.scale_loss, use_dynamic_loss_scaling=amp.use_dynamic_loss_scaling
+    )
+
+
+def autocast(amp: specs.AmpSpec | None) -> Any:
+    """paddle.amp.auto_cast with the AMP section's level and use_promote, as PaddleClas's
+    AutoCast; fp32 (a no-op context) when `amp` is None."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(level=amp.level, use_promote=amp.use_promote)
+
+
+def run_amp(amp: specs.AmpSpec, device: str, announce: bool) -> specs.AmpSpec | None:
+    """The AMP settings this run computes with: the section's when enabled on a GPU, else
+    None (fp32). Paddle's CPU training has no fp16, so a configured AMP on CPU trains fp32,
+    said once (`announce`)."""
+    if amp.enabled and device != "gpu" and announce:
+        print(
+            "offline-ssld: AMP is configured but the device is cpu; training in fp32",
+            file=sys.stderr,
+        )
+    return amp if amp.enabled and device == "gpu" else None
+
+
+def sync_batch_norm(model: paddle.nn.Layer, requested: bool, device: str) -> paddle.nn.Layer:
+    """Arch.use_sync_bn as PaddleClas's build_model applies it (ppcls/arch/__init__.py):
+    every BatchNorm layer becomes a SyncBatchNorm sharing its parameters, on GPU only (on
+    CPU PaddleClas ignores the setting). Only when launched on several processes: in one
+    process SyncBatchNorm computes what BatchNorm does."""
+    if requested and device == "gpu" and dist.is_distributed():
+        return paddle.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def evaluate(
-    model: paddle.nn.Layer, loader: BatchLoader, metrics: list[Metric]
+    model: paddle.nn.Layer,
+    loader: BatchLoader,
+    metrics: list[Metric],
+    fp16: specs.AmpSpec | None = None,
 ) -> dict[str, float]:
     """The values of `metrics` (Metric.Eval) over the loader's images, the first metric's
     main value first; launched, each rank sums its slice into the metrics' states and the
-    states are summed over the ranks, so every rank returns the values of the whole list."""
+    states are summed over the ranks, so every rank returns the values of the whole list.
+    With `fp16` (AMP.use_fp16_test on a GPU) the forward runs under its autocast."""
     model.eval()
     for metric in metrics:
         metric.state[:] = 0.0
-    with paddle.no_grad():
+    with paddle.no_grad(), autocast(fp16):
         for x, label in loader:
             logits = model(x)
             for metric in metrics:
@@ -260,6 +307,7 @@ def train(
     metrics = eval_metrics(cfg, student_spec.class_num)
     best_key = f"best_{metrics[0].main}"  # best_top1 unless Metric.Eval starts otherwise
     model = build_model(student_spec)
+    model = sync_batch_norm(model, specs.use_sync_bn(cfg), device)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
     elif student_spec.pretrained and specs.is_distillation(cfg):  # SSLD's fine-tuning stage
@@ -270,12 +318,14 @@ def train(
             offline.allow_pickle_weights,
         )
     optimizer, scheduler = build_optimizer(cfg, model.parameters(), len(sampler), epochs)
-    scaler = paddle.amp.GradScaler() if device == "gpu" else None
+    amp = run_amp(specs.amp_spec(cfg), device, main)
+    scaler = grad_scaler(amp) if amp is not None else None
+    fp16_eval = amp if amp is not None and amp.use_fp16_test else None
 
     start_epoch, best = 0, -1.0
     metrics_path = out / "metrics.jsonl"
     if resume and has_checkpoint(out, "latest"):
-        info = load_checkpoint(out, "latest", model, optimizer)
+        info = load_checkpoint(out, "latest", model, optimizer, scaler)
         start_epoch, best = int(info["epoch"]), float(info[best_key])
         if main:
             keep_metrics_through(metrics_path, start_epoch)
@@ -307,11 +357,12 @@ def train(
         tick, seen, loss_sum = time.perf_counter(), 0, 0.0
         for batch in loader:
             x = batch[0]
-            with paddle.amp.auto_cast(enable=scaler is not None):
+            with autocast(amp):
                 loss = targets.loss(net(x), batch)
-            if scaler is not None:
+            if scaler is not None:  # PaddleClas's train_epoch: scale, backward, step, update
                 scaler.scale(loss).backward()
-                scaler.minimize(optimizer, loss)
+                scaler.step(optimizer)
+                scaler.update()
             else:
                 loss.backward()
                 optimizer.step()
@@ -339,14 +390,14 @@ def train(
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
         if due or epoch + 1 == epochs:
             recalibrate_batch_norm(model, loader, offline.precise_bn_batches)
-            values = evaluate(model, eval_loader, metrics)
+            values = evaluate(model, eval_loader, metrics, fp16_eval)
             record.update({name: round(value, 5) for name, value in values.items()})
             last = values[metrics[0].main]
             if last > best:
                 best = last
                 if main:
                     info = {"epoch": epoch + 1, **values, **provenance}
-                    save_checkpoint(out, "best", model, optimizer, info, prefix)
+                    save_checkpoint(out, "best", model, optimizer, info, prefix, scaler)
         record[best_key] = round(best, 5)
         if not main:
             continue
@@ -356,8 +407,8 @@ def train(
         # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
         state = {"epoch": epoch + 1, best_key: best, "mode": mode, **provenance}
         if save_interval > 0 and (epoch + 1) % save_interval == 0:
-            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix)
-        save_checkpoint(out, "latest", model, optimizer, state, prefix)
+            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix, scaler)
+        save_checkpoint(out, "latest", model, optimizer, state, prefix, scaler)
         if vdl is not None:
             for key in ("loss", "lr", *values, "images_per_second"):
                 if key in record:
@@ -387,12 +438,15 @@ def evaluate_config(cfg: dict) -> dict[str, float]:
     """`eval`: Metric.Eval's values of Global.pretrained_model on the Eval list."""
     paddleclas.check_supported(cfg)
     glob = cfg.get("Global") or {}
-    select_device(glob.get("device"))
+    device = select_device(glob.get("device"))
     dist.init()
+    amp = run_amp(specs.amp_spec(cfg), device, False)
+    fp16 = amp if amp is not None and amp.use_fp16_test else None
     spec = specs.student_spec(cfg)
     weights = glob.get("pretrained_model")
     if not weights:
         raise ConfigError("Global.pretrained_model: required (path without .safetensors)")
     model = build_model(spec)
     load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
-    return evaluate(model, make_eval_loader(cfg, spec.class_num), eval_metrics(cfg, spec.class_num))
+    loader = make_eval_loader(cfg, spec.class_num)
+    return evaluate(model, loader, eval_metrics(cfg, spec.class_num), fp16)

@@ -1,4 +1,5 @@
-"""checkpoint.py: a round trip restores weights, optimizer state and lr schedule exactly."""
+"""checkpoint.py: a round trip restores weights, optimizer state, lr schedule and the AMP loss
+scaler exactly."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import numpy as np
 import paddle
 import pytest
+from safetensors import safe_open
 
 from offline_ssld.atomic import TMP_MARK
 from offline_ssld.checkpoint import (
@@ -14,6 +16,8 @@ from offline_ssld.checkpoint import (
     keep_metrics_through,
     load_checkpoint,
     save_checkpoint,
+    scaler_state_from_json,
+    scaler_state_to_json,
 )
 from offline_ssld.errors import ConfigError
 from offline_ssld.optim import build_optimizer
@@ -91,3 +95,76 @@ def test_keep_metrics_through_drops_later_and_cut_lines(tmp_path):
     assert path.read_text() == lines[0] + "\n" + lines[1] + "\n"
     keep_metrics_through(tmp_path / "absent.jsonl", 1)  # nothing to trim
     assert not (tmp_path / "absent.jsonl").exists()
+
+
+# --------------------------------------------------------------------- AMP loss scaler
+
+
+def _scaler(state: dict | None = None) -> paddle.amp.GradScaler:
+    """A real GradScaler with its state set. Paddle disables the scaler off-GPU (state_dict()
+    then returns {}), so the test turns it back on: only its state is used, never scaling."""
+    with pytest.warns(UserWarning, match="AmpScaler can only be enabled"):
+        scaler = paddle.amp.GradScaler(init_loss_scaling=128.0, use_dynamic_loss_scaling=True)
+    scaler._enable = True
+    scaler.load_state_dict(state or SCALER_STATE)
+    return scaler
+
+
+SCALER_STATE = {
+    "scale": np.array([4096.0], dtype=np.float32),
+    "incr_ratio": 2.0,
+    "decr_ratio": 0.5,
+    "incr_every_n_steps": 2000,
+    "decr_every_n_nan_or_inf": 1,
+    "incr_count": 37,
+    "decr_count": 1,
+    "use_dynamic_loss_scaling": True,
+}
+
+
+def test_scaler_state_round_trips_as_json_numbers(tmp_path):
+    model, optimizer, _, _ = _trained(seed=1, steps=1)
+    save_checkpoint(tmp_path, "latest", model, optimizer, {"epoch": 1}, scaler=_scaler())
+    with safe_open(str(tmp_path / "latest.opt.safetensors"), framework="numpy") as fh:
+        stored = json.loads(fh.metadata()["GradScaler"])
+    assert stored == {**SCALER_STATE, "scale": 4096.0}
+
+    fresh = _scaler({**SCALER_STATE, "scale": np.array([128.0], np.float32), "incr_count": 0})
+    fresh_opt, _ = build_optimizer(CFG, model.parameters(), 3, 4)
+    load_checkpoint(tmp_path, "latest", model, fresh_opt, fresh)
+    restored = fresh.state_dict()
+    assert restored["scale"].tolist() == [4096.0]
+    assert {k: v for k, v in restored.items() if k != "scale"} == {
+        k: v for k, v in SCALER_STATE.items() if k != "scale"
+    }
+
+
+def test_fp32_checkpoints_hold_no_scaler_and_leave_a_new_one_at_scale_loss(tmp_path):
+    model, optimizer, _, _ = _trained(seed=1, steps=1)
+    save_checkpoint(tmp_path, "latest", model, optimizer, {"epoch": 1})
+    with safe_open(str(tmp_path / "latest.opt.safetensors"), framework="numpy") as fh:
+        assert "GradScaler" not in fh.metadata()
+    scaler = _scaler()
+    load_checkpoint(tmp_path, "latest", model, optimizer, scaler)
+    assert scaler.state_dict()["scale"].tolist() == [4096.0]  # untouched
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("[1]", "exactly the keys"),
+        ('{"scale": 1.0}', "exactly the keys"),
+        ({"scale": 0.0}, "GradScaler.scale"),
+        ({"scale": float("nan")}, "GradScaler.scale"),
+        ({"incr_count": 1.5}, "GradScaler.incr_count"),
+        ({"incr_count": True}, "GradScaler.incr_count"),
+        ({"decr_count": -1}, "GradScaler.decr_count"),
+        ({"use_dynamic_loss_scaling": 1}, "GradScaler.use_dynamic_loss_scaling"),
+        ("{not json", "not JSON"),
+    ],
+)
+def test_malformed_scaler_state_is_refused_naming_the_field(text, field):
+    if isinstance(text, dict):
+        text = scaler_state_to_json(SCALER_STATE)[:-1] + ", " + json.dumps(text)[1:]
+    with pytest.raises(ConfigError, match=rf"^--resume: x: .*{field}"):
+        scaler_state_from_json(text, "--resume: x")

@@ -524,6 +524,10 @@ FEATURE_LOSS = (
         (["Metric.Eval=[{'mAP': {}}]"], "Metric.Eval.0"),
         (["Metric.Eval.0.DistillationTopkAcc.model_key=Teacher"], "Metric.Eval.0"),
         (["AMP.level=O2"], "AMP.level"),
+        (["AMP.scale_loss=0"], "AMP.scale_loss"),
+        (["AMP.custom_black_list=[]"], "AMP.custom_black_list"),
+        (["Arch.use_sync_bn=1"], "Arch.use_sync_bn"),
+        (["Arch.models.1.Student.use_sync_bn=True"], "Arch.models.1.Student.use_sync_bn"),
         (["Offline.view_policy=random"], "Offline.view_policy"),
     ],
 )
@@ -626,6 +630,13 @@ def test_overlay_command_prints_effective_config_and_summary(tmp_path, images):
     assert "Loss.Train.1.DistillationKLDivLoss -> kl (weight 0.9, temperature 4)" in out
     assert "views 8" in out and "epochs: 120" in out and "Cosine" in out
     assert "ToCHWImage appended" in out
+    # the fixture's AMP section (no use_amp) turns AMP on, as in PaddleClas; this host has no GPU
+    assert (
+        "mixed precision: AMP O1, use_promote False, GradScaler scale_loss 128, dynamic loss "
+        "scaling True, fp16 eval False; scaler state kept in checkpoints; requested but "
+        "unavailable on cpu: trains fp32"
+    ) in out
+    assert "BatchNorm: per process (Arch.use_sync_bn false)" in out
 
     # the printed text is the effective config and loads again as one
     merged = tmp_path / "merged.yaml"

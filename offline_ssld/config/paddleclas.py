@@ -10,10 +10,15 @@ from offline_ssld.cache.backends import BACKENDS
 from offline_ssld.config.loading import get
 from offline_ssld.config.offline import OfflineSpec, offline_spec
 from offline_ssld.config.specs import (
+    AMP_KEYS,
+    ARCH_LEVEL_KEYS,
     DISTILLATION_ARCH,
     FEATURE_MODEL_KEYS,
     MODEL_HARMLESS,
     MODEL_KEYS,
+    AmpSpec,
+    amp_spec,
+    backbone_entry,
     data_spec,
     is_distillation,
     is_multilabel,
@@ -21,6 +26,7 @@ from offline_ssld.config.specs import (
     student_spec,
     teacher_spec,
     teacher_weights_source,
+    use_sync_bn,
 )
 from offline_ssld.errors import ConfigError
 from offline_ssld.losses import DistillLoss
@@ -57,9 +63,15 @@ _GLOBAL_FIXED: dict[str, tuple[Any, str]] = {
     "eval_mode": ("classification", "only classification is supported"),
     "update_freq": (1, "gradient accumulation is not supported"),
 }
-_ARCH_DISTILL_KEYS = ("name", "models", "pretrained_list", "freeze_params_list")
+_ARCH_DISTILL_KEYS = (
+    "name",
+    "models",
+    "pretrained_list",
+    "freeze_params_list",
+    *ARCH_LEVEL_KEYS,
+)
 # Distillation Arch level; PaddleClas's DistillationModel takes use_ssld in **kargs, unread.
-_ARCH_HARMLESS = ("class_num", "infer_model_name", "use_sync_bn", "use_ssld")
+_ARCH_HARMLESS = ("class_num", "infer_model_name", "use_ssld")
 ROLES = ("Teacher", "Student")
 _DATASET_KEYS = ("name", "image_root", "cls_label_path", "transform_ops")
 _SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
@@ -69,13 +81,6 @@ _LOADER_HARMLESS = ("use_shared_memory",)
 _EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss", "MultiLabelLoss")
 # Losses that read one class per image; a multi-label batch has attribute vectors instead.
 _CLASS_LABEL_LOSSES = ("gt_ce", "dkd", "skd", "wsl")
-_AMP_HARMLESS = (
-    "use_amp",
-    "use_fp16_test",
-    "scale_loss",
-    "use_dynamic_loss_scaling",
-    "use_promote",
-)
 _DML_NAMES = ("DistillationDMLLoss", "DMLLoss")
 
 
@@ -129,8 +134,9 @@ def _check_model_entry(entry: Any, key: str) -> None:
 
 def _check_arch(cfg: dict) -> None:
     arch = as_mapping(get(cfg, "Arch"), "Arch")
+    use_sync_bn(cfg)
     if arch.get("name") != DISTILLATION_ARCH:  # one model: a teacher config, or supervised
-        _check_model_entry(arch, "Arch")
+        _check_model_entry(backbone_entry(arch), "Arch")
         plain_arch(cfg)
         return
     only_keys(arch, "Arch", _ARCH_DISTILL_KEYS, _ARCH_HARMLESS)
@@ -298,13 +304,8 @@ def _check_metric(cfg: dict) -> None:
 
 
 def _check_amp(cfg: dict) -> None:
-    amp = as_mapping(cfg.get("AMP"), "AMP")
-    only_keys(amp, "AMP", ("level",), _AMP_HARMLESS)
-    if amp.get("level", "O1") != "O1":
-        raise ConfigError(
-            f"AMP.level: {amp['level']!r} is not supported; training uses O1 mixed precision "
-            "on GPU (fp32 on CPU)"
-        )
+    only_keys(as_mapping(cfg.get("AMP"), "AMP"), "AMP", AMP_KEYS)
+    amp_spec(cfg)
 
 
 def check_supported(cfg: dict) -> OfflineSpec:
@@ -347,6 +348,7 @@ def _caches_text(offline: OfflineSpec) -> str:
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
     from offline_ssld.losses import build_loss
+    from offline_ssld.models import available_device
     from offline_ssld.optim import describe_optimizer
 
     teacher = teacher_spec(cfg)
@@ -420,6 +422,32 @@ def overlay_summary(cfg: dict) -> list[str]:
         f"epochs: {glob.get('epochs', 1)}, eval every {glob.get('eval_interval', 1)}, save "
         f"every {glob.get('save_interval', 1)}, output_dir {glob.get('output_dir', 'output')}, "
         f"seed {glob.get('seed', 0)}, device {glob.get('device', 'gpu')}",
-        "not read: Infer (PaddleClas predict settings); mixed precision is O1 on GPU, off on CPU",
+        _amp_text(amp_spec(cfg), available_device(glob.get("device"))),
+        _sync_bn_text(use_sync_bn(cfg)),
+        "not read: Infer (PaddleClas predict settings)",
     ]
     return lines
+
+
+def _amp_text(amp: AmpSpec, device: str) -> str:
+    """The AMP settings a run here applies: on CPU Paddle has no fp16 kernels for training,
+    so a configured AMP is reported unavailable and training stays fp32 (train warns too)."""
+    if not amp.enabled:
+        return "mixed precision: off (fp32; AMP absent, empty or use_amp false)"
+    text = (
+        f"mixed precision: AMP {amp.level}, use_promote {amp.use_promote}, GradScaler "
+        f"scale_loss {amp.scale_loss:g}, dynamic loss scaling {amp.use_dynamic_loss_scaling}, "
+        f"fp16 eval {amp.use_fp16_test}; scaler state kept in checkpoints"
+    )
+    if device != "gpu":
+        text += "; requested but unavailable on cpu: trains fp32"
+    return text
+
+
+def _sync_bn_text(sync_bn: bool) -> str:
+    if not sync_bn:
+        return "BatchNorm: per process (Arch.use_sync_bn false)"
+    return (
+        "BatchNorm: Arch.use_sync_bn: the student's BatchNorm layers become SyncBatchNorm when "
+        "launched on several GPUs; unchanged in one process or on cpu"
+    )

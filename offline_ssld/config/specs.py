@@ -3,6 +3,7 @@ and the data loaders (DataSpec), in the shape PaddleClas builds them."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ DISTILLATION_ARCH = "DistillationModel"
 # A model entry's own keys; every other key is a backbone argument, except PaddleClas settings
 # that change nothing here and feature-model keys (which paddleclas.py refuses).
 MODEL_KEYS = ("name", "class_num", "pretrained")
-MODEL_HARMLESS = ("use_ssld", "use_sync_bn")  # use_ssld only picks the zoo download URL
+MODEL_HARMLESS = ("use_ssld",)  # use_ssld only picks the zoo download URL
+# Keys PaddleClas's build_model pops from the Arch section itself, never given to a backbone.
+ARCH_LEVEL_KEYS = ("use_sync_bn",)
 FEATURE_MODEL_KEYS = ("return_stages", "return_patterns", "stages_pattern", "models")
 
 
@@ -135,7 +138,23 @@ def teacher_spec(cfg: dict) -> ModelSpec:
 def plain_arch(cfg: dict) -> ModelSpec:
     """A single-model Arch; PaddleClas copies the deprecated Global.class_num into it."""
     fallback = (cfg.get("Global") or {}).get("class_num", PADDLECLAS_CLASS_NUM)
-    return _model_entry(get(cfg, "Arch"), "Arch", fallback)
+    return _model_entry(backbone_entry(get(cfg, "Arch")), "Arch", fallback)
+
+
+def backbone_entry(arch: Any) -> Any:
+    """A plain Arch without the keys PaddleClas's build_model reads itself (use_sync_bn)."""
+    if not isinstance(arch, dict):
+        return arch
+    return {k: v for k, v in arch.items() if k not in ARCH_LEVEL_KEYS}
+
+
+def use_sync_bn(cfg: dict) -> bool:
+    """Arch.use_sync_bn, read (as PaddleClas's build_model does) from the Arch section itself,
+    plain or DistillationModel; it converts every BatchNorm of the built model."""
+    value = get(cfg, "Arch.use_sync_bn", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"Arch.use_sync_bn: expected true or false, got {value!r}")
+    return value
 
 
 def student_spec(cfg: dict) -> ModelSpec:
@@ -252,3 +271,67 @@ def _chw_output(transform_ops: Any, key: str) -> list:
         layout = op.out_layout(layout)
     ops = list(transform_ops)
     return [*ops, {"ToCHWImage": None}] if layout == HWC else ops
+
+
+AMP_KEYS = (
+    "use_amp",
+    "level",
+    "scale_loss",
+    "use_dynamic_loss_scaling",
+    "use_promote",
+    "use_fp16_test",
+)
+
+
+@dataclass(frozen=True)
+class AmpSpec:
+    """The AMP section as PaddleClas's Engine._init_amp reads it (ppcls/engine/engine.py):
+    a non-empty section turns mixed precision on unless `use_amp` is false; the loss scaler
+    is GradScaler(init_loss_scaling=scale_loss, use_dynamic_loss_scaling=...) with
+    PaddleClas's defaults 1.0 and False; evaluation runs in fp16 only with use_fp16_test."""
+
+    enabled: bool
+    level: str = "O1"
+    scale_loss: float = 1.0
+    use_dynamic_loss_scaling: bool = False
+    use_promote: bool = False
+    use_fp16_test: bool = False
+
+
+def _amp_bool(amp: dict, name: str, default: bool) -> bool:
+    value = amp.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"AMP.{name}: expected true or false, got {value!r}")
+    return value
+
+
+def amp_spec(cfg: dict) -> AmpSpec:
+    """The AMP section's settings. Only level O1 is implemented: O2 (PaddleClas casts the
+    model itself to fp16 with paddle.amp.decorate) is refused by name when AMP is on, where
+    PaddleClas would fall back to O1 for an unknown level with a warning."""
+    amp = cfg.get("AMP")
+    if amp is not None and not isinstance(amp, dict):
+        raise ConfigError(f"AMP: expected a mapping, got {amp!r}")
+    amp = amp or {}
+    scale_loss = amp.get("scale_loss", 1.0)
+    if (
+        isinstance(scale_loss, bool)
+        or not isinstance(scale_loss, (int, float))
+        or not math.isfinite(scale_loss)
+        or scale_loss <= 0
+    ):
+        raise ConfigError(f"AMP.scale_loss: expected a positive number, got {scale_loss!r}")
+    spec = AmpSpec(
+        enabled=bool(amp) and _amp_bool(amp, "use_amp", True),
+        level=str(amp.get("level", "O1")),
+        scale_loss=float(scale_loss),
+        use_dynamic_loss_scaling=_amp_bool(amp, "use_dynamic_loss_scaling", False),
+        use_promote=_amp_bool(amp, "use_promote", False),
+        use_fp16_test=_amp_bool(amp, "use_fp16_test", False),
+    )
+    if spec.enabled and spec.level != "O1":
+        raise ConfigError(
+            f"AMP.level: {amp['level']!r} is not supported; only O1 (mixed precision) is "
+            "implemented: set AMP.level: O1, or AMP.use_amp: false"
+        )
+    return spec
