@@ -212,6 +212,8 @@ class EnsembleCache(OfflineCache):
             raise CacheError(diff.message(first.path))
         check_pairing(ensemble.codec_name, ensemble.target, self.loss_fn, "Loss.Train")
         self.views = _check_views(offline.views, ensemble.views)
+        for member in ensemble.members:  # before the first batch; the loader workers inherit it
+            member.reader.verify_all()
         self.ensemble = ensemble
         return EnsembleReplayDataset(source, pipeline, ensemble, self.listed)
 

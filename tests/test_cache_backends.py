@@ -4,6 +4,8 @@ shard becomes a CacheError naming it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,29 @@ def test_registry_is_the_one_list_of_backends():
         ConfigError, match=f"Offline.format: 'zip'; supported: {', '.join(BACKENDS)}"
     ):
         offline_spec({"Offline": {"format": "zip"}})
+
+
+def _checksum_in_child(path: str) -> str:
+    import mmap as _mmap
+
+    from offline_ssld.cache.backends import MappedShard
+
+    with open(path, "rb") as fh:
+        memory = _mmap.mmap(fh.fileno(), 0, access=_mmap.ACCESS_READ)
+    return MappedShard(Path(path), memory, [], {}, {}, None).checksum()
+
+
+def test_checksum_in_a_forked_worker_after_the_parent_hashed(tmp_path):
+    """BLAKE3's thread pool does not survive fork: a loader worker forked after the parent
+    hashed multithreaded once waited forever in checksum(). Workers hash single-threaded."""
+    import multiprocessing
+
+    import blake3
+
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    expected = blake3.blake3(data).hexdigest()
+    assert _checksum_in_child(str(path)) == expected  # the parent's pool is now running
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_checksum_in_child, (str(path),)).get(timeout=120) == expected

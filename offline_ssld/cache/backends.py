@@ -40,6 +40,8 @@ from offline_ssld.errors import CacheError
 DICTIONARY_COLUMNS = ("path_dir",)  # Arrow stores each distinct value once per shard
 _NUMERIC_KINDS = "iuf"
 
+_IMPORT_PID = os.getpid()  # forked loader workers hash single-threaded (checksum)
+
 
 def _write_arrow(path: Path, columns: dict[str, np.ndarray], dump_id: str) -> None:
     arrays, names = [], []
@@ -110,8 +112,11 @@ class MappedShard:
         return self._strings[name][1]()
 
     def checksum(self) -> str:
-        """BLAKE3 of the mapped file bytes (the bytes the columns point into)."""
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        """BLAKE3 of the mapped file bytes (the bytes the columns point into). Multithreaded
+        only in the process that imported this module: BLAKE3's thread pool does not survive
+        fork, and a loader worker hashing with it waits forever."""
+        threads = blake3.blake3.AUTO if os.getpid() == _IMPORT_PID else 1
+        hasher = blake3.blake3(max_threads=threads)
         hasher.update(memoryview(self._memory))
         return hasher.hexdigest()
 
