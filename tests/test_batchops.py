@@ -284,11 +284,14 @@ def test_refusals_name_their_key(project, batch_ops, loss, key):
     assert "\n" not in str(info.value)
 
 
-def test_batch_ops_outside_a_cache_are_refused(project):
+def test_batch_ops_outside_a_single_cache_are_refused(project):
     config, tmp = project
     cfg = load_config([str(_with_batch_ops(config, tmp, SAMPLER))], [])
     with pytest.raises(ConfigError, match=r"transform_ops\.5\.OpSampler: batch ops are replayed"):
         train(cfg, "online", progress=False)
+    cfg["Offline"]["cache_dir"] = [str(tmp / "a"), str(tmp / "b")]
+    with pytest.raises(ConfigError, match=r"OpSampler: an ensemble of caches cannot replay"):
+        train(cfg, "ensemble", progress=False)
     cfg["DataLoader"]["Eval"]["dataset"]["batch_transform_ops"] = [SAMPLER]
     with pytest.raises(ConfigError, match=r"^DataLoader\.Eval\.dataset\.batch_transform_ops:"):
         check_supported(cfg)
