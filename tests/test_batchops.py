@@ -16,7 +16,7 @@ from benchmarks.paddleclas_configs import shipped, survey_one
 from offline_ssld.cache.codecs import FP16Codec
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config.loading import load_config
-from offline_ssld.config.paddleclas import check_supported
+from offline_ssld.config.paddleclas import check_supported, overlay_summary
 from offline_ssld.config.specs import ModelSpec, data_spec
 from offline_ssld.data import batchops
 from offline_ssld.data.batchops import CUTMIX, LAMBDA_STEPS, MIXUP, cutmix_box
@@ -308,3 +308,11 @@ def test_a_shipped_config_with_batch_ops_runs(tmp_path):
     )
     raw["DataLoader"]["Train"]["dataset"]["batch_transform_ops"] = [SAMPLER]
     assert survey_one(raw, tmp_path) == {"status": "runs", "reason": "", "message": ""}
+
+
+def test_overlay_lists_the_batch_op_as_the_last_transform(project):
+    config, tmp = project
+    cfg = load_config([str(_with_batch_ops(config, tmp, SAMPLER))], [])
+    (line,) = [t for t in overlay_summary(cfg) if t.startswith("train transforms:")]
+    assert "-> ToCHWImage -> OpSampler(MixupOperator=" in line
+    assert "appended" not in line  # the given list already ends in CHW

@@ -404,7 +404,7 @@ def overlay_summary(cfg: dict) -> list[str]:
             f"{d.batch_size}, shuffle {d.shuffle}, drop_last {d.drop_last}, workers "
             f"{d.num_workers}",
             f"{split.lower()} transforms: {_ops_text(d.transform_ops)}"
-            + (appended if len(d.transform_ops) > len(given) else ""),
+            + (appended if {"ToCHWImage": None} in d.transform_ops[len(given) :] else ""),
         ]
         if split == "Train":
             from offline_ssld.data.transforms import Pipeline, build_ops
