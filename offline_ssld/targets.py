@@ -194,6 +194,11 @@ class EnsembleCache(OfflineCache):
     ) -> paddle.io.Dataset:
         from offline_ssld.ensemble import Ensemble, EnsembleReplayDataset
 
+        if pipeline.mix is not None:  # each member drew its own partners
+            raise ConfigError(
+                f"{pipeline.mix.key}: an ensemble of caches cannot replay batch ops (each "
+                "member mixed with its own partners); use one cache"
+            )
         self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
         ensemble = Ensemble(offline.caches, offline.ensemble, offline.ensemble_temperature)
         expected = {

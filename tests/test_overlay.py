@@ -472,8 +472,8 @@ FEATURE_LOSS = (
         (["DataLoader.Train.sampler.sample_per_id=2"], "DataLoader.Train.sampler.sample_per_id"),
         (["DataLoader.Train.loader.persistent=True"], "DataLoader.Train.loader.persistent"),
         (
-            ["DataLoader.Train.dataset.batch_transform_ops=[{'MixupOperator': {'alpha': 0.2}}]"],
-            "DataLoader.Train.dataset.batch_transform_ops",
+            ["DataLoader.Train.dataset.batch_transform_ops=[{'FmixOperator': {'alpha': 0.2}}]"],
+            "DataLoader.Train.dataset.batch_transform_ops.0",
         ),
         (["DataLoader.Train.dataset.delimiter=''"], "DataLoader.Train.dataset.delimiter"),
         (["DataLoader.Gallery={}"], "DataLoader.Gallery"),

@@ -15,7 +15,9 @@ implicit (a stored view is "image * views + view"), and per-image data is stored
     path_name  string               file name part (path = path_dir/path_name)
     params.<n> narrowest int x V    one column per replayable transform parameter <n> (see
                                     `param_names`), in the smallest integer type that holds
-                                    the range the op declares (`param_ranges`), one per view
+                                    the range the op declares (`param_ranges`), one per view;
+                                    a batch op's `partner` is an image number of this cache
+                                    (storage order, see data/batchops.py)
     <codec>    dtype x (V * w)      the codec's payload columns (see `cache/codecs.py`), the
                                     w values of view v at [v * w, (v + 1) * w)
 

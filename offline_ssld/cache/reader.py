@@ -125,6 +125,7 @@ class CacheReader:
         self._starts = np.cumsum([0] + [s.images for s in self.manifest.shards], dtype=np.int64)
         self._prefix: np.ndarray | None = None
         self._image: np.ndarray | None = None
+        self._paths: dict[int, list[str]] = {}  # decoded on first use (batch-op partners)
 
     @property
     def views(self) -> int:
@@ -231,6 +232,21 @@ class CacheReader:
         """(shard number, image within the shard) of image number `image` (storage order)."""
         number = int(self._starts.searchsorted(image, side="right")) - 1
         return number, image - int(self._starts[number])
+
+    @property
+    def stored_images(self) -> int:
+        """How many images the listed shards hold (image numbers are below it)."""
+        return int(self._starts[-1])
+
+    def path_at(self, number: int, image: int) -> str:
+        """The relative path image `image` of shard `number` was dumped from."""
+        paths = self._paths.get(number)
+        if paths is None:
+            shard = self.shard(number, verify=False)
+            dirs, names = shard.strings("path_dir"), shard.strings("path_name")
+            paths = [join_path(d, n) for d, n in zip(dirs, names, strict=True)]
+            self._paths[number] = paths
+        return paths[image]
 
     def key_at(self, number: int, image: int) -> bytes:
         return self.shard(number, verify=False).numeric["key"][image].tobytes()

@@ -189,12 +189,16 @@ def _check_data(cfg: dict) -> None:
         section = as_mapping(loaders[split], key)
         only_keys(section, key, ("dataset", "sampler", "loader"))
         dataset = as_mapping(section.get("dataset"), f"{key}.dataset")
-        if "batch_transform_ops" in dataset:
+        if "batch_transform_ops" in dataset and split != "Train":
             raise ConfigError(
-                f"{key}.dataset.batch_transform_ops: batch-level mixing (Mixup, Cutmix, ...) is "
-                "not supported offline; remove it"
+                f"{key}.dataset.batch_transform_ops: batch ops mix training views only; remove it"
             )
-        only_keys(dataset, f"{key}.dataset", _DATASET_KEYS, ("delimiter", "relabel", "label_ratio"))
+        only_keys(
+            dataset,
+            f"{key}.dataset",
+            _DATASET_KEYS,
+            ("delimiter", "relabel", "label_ratio", "batch_transform_ops"),
+        )
         if not isinstance(dataset.get("delimiter", " "), str) or dataset.get("delimiter") == "":
             raise ConfigError(f"{key}.dataset.delimiter: expected a non-empty string")
         if dataset.get("relabel"):
@@ -252,6 +256,8 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
             "has no class for; remove it"
         )
     label_ratio = data_spec(cfg, "Train").label_ratio
+    if get(cfg, "DataLoader.Train.dataset.batch_transform_ops", None) is not None:
+        _refuse_labels_of_mixes(entries)
     for i, ((kind, _, kwargs), name) in enumerate(zip(loss.terms, names, strict=True)):
         key = f"Loss.Train.{_entry_index(entries, i)}.{name}"
         if multilabel and kind in _CLASS_LABEL_LOSSES:
@@ -265,6 +271,23 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
             raise ConfigError(
                 f"{key}.weight_ratio: needs DataLoader.Train.dataset.label_ratio true (the "
                 "list's attribute ratios it weights by)"
+            )
+
+
+def _refuse_labels_of_mixes(entries: list) -> None:
+    """Batch ops: the cached teacher output is the teacher's on the mixed view, but a loss on
+    the ground-truth label would need PaddleClas's mixed one-hot targets (lam * y_a + (1 -
+    lam) * y_b), which offline training does not build; such losses are refused."""
+    from offline_ssld.losses import _NAME_MAP, LOSSES
+
+    for i, entry in enumerate(entries):
+        name = next(iter(entry))
+        if name == "GTFusion" or LOSSES[_NAME_MAP[name]].needs_labels:
+            raise ConfigError(
+                f"Loss.Train.{i}.{name}: reads ground-truth labels, and with "
+                "DataLoader.Train.dataset.batch_transform_ops a view mixes two images' labels "
+                "(not supported offline; the cached teacher output already reflects the mix): "
+                "remove one of them"
             )
 
 
@@ -381,7 +404,7 @@ def overlay_summary(cfg: dict) -> list[str]:
             f"{d.batch_size}, shuffle {d.shuffle}, drop_last {d.drop_last}, workers "
             f"{d.num_workers}",
             f"{split.lower()} transforms: {_ops_text(d.transform_ops)}"
-            + (appended if len(d.transform_ops) > len(given) else ""),
+            + (appended if {"ToCHWImage": None} in d.transform_ops[len(given) :] else ""),
         ]
         if split == "Train":
             from offline_ssld.data.transforms import Pipeline, build_ops

@@ -248,7 +248,8 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
         cls_label_path=str(get(cfg, f"{key}.dataset.cls_label_path")),
         transform_ops=_chw_output(
             get(cfg, f"{key}.dataset.transform_ops"), f"{key}.dataset.transform_ops"
-        ),
+        )
+        + _batch_ops(dataset.get("batch_transform_ops"), f"{key}.dataset.batch_transform_ops"),
         batch_size=batch_size,
         shuffle=bool(sampler.get("shuffle", split == "Train")),
         drop_last=bool(sampler.get("drop_last", False)),
@@ -258,6 +259,38 @@ def data_spec(cfg: dict, split: str) -> DataSpec:
         multilabel=multilabel,
         label_ratio=label_ratio,
     )
+
+
+def _batch_ops(batch_ops: Any, key: str) -> list:
+    """PaddleClas's batch_transform_ops run after the per-image ops; here the one batch op is
+    the pipeline's last op (data/batchops.py), which mixes each view with a partner's."""
+    if batch_ops is None:
+        return []
+    if not isinstance(batch_ops, list) or len(batch_ops) != 1:
+        raise ConfigError(
+            f"{key}: expected a list of one batch op (MixupOperator, CutmixOperator or "
+            f"OpSampler), got {batch_ops!r}"
+        )
+    from offline_ssld.data.batchops import MixOp
+    from offline_ssld.data.transforms import registered_ops
+
+    entry = batch_ops[0]
+    name, kwargs = (
+        next(iter(entry.items())) if isinstance(entry, dict) and len(entry) == 1 else ("", 0)
+    )
+    cls = registered_ops().get(name) if isinstance(name, str) else None
+    if cls is None or not issubclass(cls, MixOp) or not isinstance(kwargs, (dict, type(None))):
+        raise ConfigError(
+            f"{key}.0: {entry!r} is not supported; supported: "
+            "{MixupOperator: {alpha}}, {CutmixOperator: {alpha}}, {OpSampler: {...}}"
+        )
+    for arg in kwargs or {}:
+        if arg not in cls.args:
+            raise ConfigError(
+                f"{key}.0.{name}.{arg}: unknown argument; supported: {', '.join(cls.args)}"
+            )
+    cls(f"{key}.0.{name}", **(kwargs or {}))  # its arguments' errors name this key
+    return list(batch_ops)
 
 
 def _chw_output(transform_ops: Any, key: str) -> list:

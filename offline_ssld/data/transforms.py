@@ -19,7 +19,7 @@ import os
 import re
 import struct
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -31,6 +31,9 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
 import cv2  # noqa: E402  (must follow the environment default above)
 
 from offline_ssld.errors import CacheError, ConfigError, DataError  # noqa: E402
+
+if TYPE_CHECKING:  # batchops imports this module
+    from offline_ssld.data.batchops import MixOp
 
 TRANSFORMS_VERSION = 1
 """Bumped whenever the output of an op changes for the same spec, so stale caches are refused."""
@@ -296,6 +299,7 @@ class Op(ABC):
     args: tuple[str, ...] = ()  # accepted config argument names
     needs: str | None = HWC  # layout the input must have (None: any)
     needs_uint8: bool = False  # PIL-based ops take 8-bit pixels, i.e. run before NormalizeImage
+    mixes: bool = False  # a batch op (data/batchops.py): last, its input is (view, partner's)
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         """Validate config arguments; `key` is the op's config key path for error messages."""
@@ -638,6 +642,7 @@ OPS: dict[str, type[Op]] = {
 
 _OP_MODULES = (
     "offline_ssld.data.augment",
+    "offline_ssld.data.batchops",
     "offline_ssld.data.color",
     "offline_ssld.data.erasing",
     "offline_ssld.data.padcrop",
@@ -686,6 +691,8 @@ def _check_structure(ops: list[Op], key: str) -> None:
             raise ConfigError(
                 f"{key}.{i}.{op.name}: works on 8-bit pixels, so it must come before NormalizeImage"
             )
+        if op.mixes and i != len(ops) - 1:
+            raise ConfigError(f"{key}.{i}.{op.name}: a batch op must be the last op")
         layout = op.out_layout(layout)
 
 
@@ -729,6 +736,8 @@ class Pipeline:
         _check_structure(ops, key)
         self.ops = list(ops)
         self.key = key
+        self.mix = cast("MixOp", ops[-1]) if ops[-1].mixes else None
+        self._image_ops = self.ops[:-1] if self.mix else self.ops
         names = [op.name for op in self.ops]
         self._param_names: list[str] = []
         self._param_ranges: list[tuple[int, int]] = []
@@ -736,6 +745,7 @@ class Pipeline:
             prefix = op.name if names.count(op.name) == 1 else f"{op.name}[{i}]"
             self._param_names += [f"{prefix}.{p}" for p in op.param_names]
             self._param_ranges += list(op.param_ranges())
+        self._image_params = len(self._param_names) - (len(self.mix.param_names) if self.mix else 0)
         if len(self._param_ranges) != len(self._param_names):
             raise TypeError("every transform op must declare the range of each param it draws")
 
@@ -765,26 +775,44 @@ class Pipeline:
     def draw_decoded(
         self, img: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`draw` after `decode`; `img` is only read (every op returns a new array)."""
+        """`draw` after `decode`; `img` is only read (every op returns a new array). With a
+        batch op, this is the unmixed view and its params (the dataset draws the mix)."""
         params: list[int] = []
-        for op in self.ops[1:]:
+        for op in self._image_ops[1:]:
             p = op.draw(img, rng)
             img = op.apply(img, p)
             params += p
         return np.ascontiguousarray(img), np.array(params, dtype=np.int32)
 
-    def replay(self, data: bytes, params: np.ndarray) -> np.ndarray:
-        """Run all ops with stored params; equal to the output `draw` gave, bit for bit."""
+    def split(self, params: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+        """A stored view's params -> (the unmixed view's, the batch op's)."""
         flat = np.asarray(params).reshape(-1)
-        if flat.size != len(self._param_names):
+        return flat[: self._image_params], tuple(int(v) for v in flat[self._image_params :])
+
+    def replay(self, data: bytes, params: np.ndarray) -> np.ndarray:
+        """Run all ops with stored params; equal to the output `draw` gave, bit for bit. A
+        mixed view needs its partner's too: only ReplayDataset rebuilds those."""
+        if self.mix is not None:
+            raise ConfigError(
+                f"{self.mix.key}: a mixed view needs its partner image; only train-student "
+                "and dump-teacher replay batch ops"
+            )
+        return self.replay_view(data, params)
+
+    def replay_view(self, data: bytes, params: np.ndarray) -> np.ndarray:
+        """The unmixed view from its params (`split`'s first part; all params without a batch
+        op), bit for bit what `draw` gave."""
+        flat = np.asarray(params).reshape(-1)
+        if flat.size != self._image_params:
+            names = ", ".join(self._param_names[: self._image_params]) or "none"
             raise CacheError(
                 f"{self.key}: stored view has {flat.size} transform params, the pipeline needs"
-                f" {len(self._param_names)} ({', '.join(self._param_names) or 'none'})"
+                f" {self._image_params} ({names})"
             )
         values = [int(v) for v in flat]
         img: Any = data
         pos = 0
-        for op in self.ops:
+        for op in self._image_ops:
             n = len(op.param_names)
             try:
                 img = op.apply(img, tuple(values[pos : pos + n]))

@@ -3,6 +3,12 @@
 A view is fixed by (seed, content key, view index): its random parameters are drawn from a
 generator seeded by exactly those, so dump-teacher can cut its work anywhere and resume, and
 train-student never draws anything: it replays the parameters stored in the cache.
+
+With a batch op (data/batchops.py) a view is mixed with a partner image's unmixed view of the
+same index: dump-teacher draws the mix and computes the partner's view from the partner's own
+generator, train-student replays both from the cache. The partner is read by the path the
+cache stores for it, under the training config's image_root, so it need not be in the
+training list (a subset of the cache), only in the cache.
 """
 
 from __future__ import annotations
@@ -14,9 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import paddle
 
-from offline_ssld.data.lists import Sample, content_key, read_image_bytes
-from offline_ssld.data.transforms import Pipeline
-from offline_ssld.errors import DataError
+from offline_ssld.data.lists import (
+    MAX_IMAGE_BYTES,
+    Sample,
+    content_key,
+    inside,
+    read_image_bytes,
+    read_regular,
+)
+from offline_ssld.data.transforms import Pipeline, _BadParams
+from offline_ssld.errors import CacheError, ConfigError, DataError
 
 if TYPE_CHECKING:  # listed.py imports this module
     from offline_ssld.cache.reader import CacheReader
@@ -26,6 +39,18 @@ if TYPE_CHECKING:  # listed.py imports this module
 def view_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
     words = np.frombuffer(key, dtype=np.uint32).tolist()
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, view, *words])))
+
+
+MIX_STREAM = 0x4D4958  # "MIX"
+
+
+def mix_rng(seed: int, key: bytes, view: int) -> np.random.Generator:
+    """The generator of a view's batch-op draws, apart from `view_rng` so that an image's
+    unmixed view (its own, and the one it lends as a partner) is the same with or without
+    batch ops."""
+    words = np.frombuffer(key, dtype=np.uint32).tolist()
+    sequence = np.random.SeedSequence([seed, view, *words, MIX_STREAM])
+    return np.random.Generator(np.random.PCG64(sequence))
 
 
 class ImageSource:
@@ -108,7 +133,34 @@ class DumpDataset(paddle.io.Dataset):
             x, params = self.pipeline.draw_decoded(self._decoded[1], rng)
         except DataError as exc:
             raise DataError(f"{self.source.where(image - self.base)}: {exc}") from None
+        mix = self.pipeline.mix
+        if mix is not None:
+            # Partners come from this dump part: their bytes are in the list being dumped.
+            partners = range(self.base, len(self.keys))
+            drawn = mix.draw_mix(x.shape, partners, mix_rng(self.seed, self.keys[image], view))
+            packed = mix.pack(drawn)
+            partner = self._unmixed(drawn.partner, view) if drawn.kind else None
+            try:
+                x = mix.apply((x, partner), packed)
+            except _BadParams as exc:
+                where = self.source.where(image - self.base)
+                raise DataError(
+                    f"{where}: {mix.key} with {self.source.where(drawn.partner - self.base)}: "
+                    f"{exc} (batch ops need views of one shape)"
+                ) from None
+            params = np.concatenate([params, np.array(packed, np.int32)])
         return x, params, np.int64(item)
+
+    def _unmixed(self, image: int, view: int) -> np.ndarray:
+        """Image `image`'s unmixed view `view`, as its own dump draws it (the same generator)."""
+        line = image - self.base
+        data = self.source.read(line)
+        if content_key(data) != self.keys[image]:
+            raise DataError(f"{self.source.where(line)}: file changed while dumping")
+        try:
+            return self.pipeline.draw(data, view_rng(self.seed, self.keys[image], view))[0]
+        except DataError as exc:
+            raise DataError(f"{self.source.where(line)}: {exc}") from None
 
 
 class ReplayDataset(paddle.io.Dataset):
@@ -157,9 +209,10 @@ class ReplayDataset(paddle.io.Dataset):
             clock.append(time.perf_counter())
             number, image = self.listed.rows[0, index]
             clock.append(time.perf_counter())
-            params, payload = self.reader.read_view(int(number), int(image), int(self.views[index]))
+            view = int(self.views[index])
+            params, payload = self.reader.read_view(int(number), int(image), view)
             clock.append(time.perf_counter())
-            xs.append(self.pipeline.replay(data, params))
+            xs.append(self._replay(index, data, params, view))
             clock.append(time.perf_counter())
             payloads.append(payload)
             labels.append(self.source.label(index))
@@ -172,11 +225,53 @@ class ReplayDataset(paddle.io.Dataset):
             return fields
         return (*fields, np.array([[*t, decode] for t in timings]))
 
+    def _replay(self, index: int, data: bytes, params: np.ndarray, view: int) -> np.ndarray:
+        """The stored view, mixed again with its partner's when the pipeline has a batch op."""
+        mix = self.pipeline.mix
+        if mix is None:
+            return self.pipeline.replay(data, params)
+        own, packed = self.pipeline.split(params)
+        x = self.pipeline.replay_view(data, own)
+        try:
+            drawn = mix.unpack(packed)
+            partner = self._partner(drawn.partner, view, index) if drawn.kind else None
+            return mix.apply((x, partner), packed)
+        except _BadParams as exc:
+            raise CacheError(
+                f"{self.reader.cache_dir}: {self.source.where(index)} view {view}: stored "
+                f"{mix.name} params do not fit: {exc}"
+            ) from None
+
+    def _partner(self, image: int, view: int, index: int) -> np.ndarray:
+        """Cache image `image`'s unmixed view `view`, read by the path the cache stores under
+        this config's image_root and checked against its stored key."""
+        reader, where = self.reader, f"{self.source.where(index)} view {view}"
+        if not 0 <= image < reader.stored_images:
+            raise CacheError(
+                f"{reader.cache_dir}: {where} mixes with cache image {image}, which the cache "
+                f"does not hold ({reader.stored_images} images)"
+            )
+        number, local = reader.locate(image)
+        path = reader.path_at(number, local)
+        what = f"partner {path} of {where}"
+        data = read_regular(
+            inside(self.source.image_root, path, what), what, MAX_IMAGE_BYTES, DataError
+        )
+        if content_key(data) != reader.key_at(number, local):
+            raise DataError(f"{what}: the file changed since the dump (its content key differs)")
+        params, _ = reader.read_view(number, local, view)
+        return self.pipeline.replay_view(data, self.pipeline.split(params)[0])
+
 
 class AugmentDataset(paddle.io.Dataset):
     """Online and supervised training: a fresh view per image per epoch (seeded), and eval."""
 
     def __init__(self, source: ImageSource, pipeline: Pipeline, seed: int):
+        if pipeline.mix is not None:
+            raise ConfigError(
+                f"{pipeline.mix.key}: batch ops are replayed from a cache only (train-student "
+                "with Offline.cache); remove it for online or supervised training"
+            )
         self.source, self.pipeline, self.seed = source, pipeline, seed
         self.epoch = 0
 
