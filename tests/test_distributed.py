@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from offline_ssld import distributed as dist
-from offline_ssld.cache.format import MANIFEST, TMP_MARK, load_manifest
+from offline_ssld.atomic import TMP_MARK
+from offline_ssld.cache.format import MANIFEST, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
@@ -27,7 +28,7 @@ from offline_ssld.config.specs import student_spec
 from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.models import build_model, load_weights
 from offline_ssld.train import eval_metrics, evaluate, make_eval_loader
-from tests.helpers import make_images, write_list
+from tests.helpers import make_images, signed_manifest, write_list
 
 CLI = Path(sys.executable).with_name("offline-ssld")
 LAUNCH_TIMEOUT = 240
@@ -149,18 +150,17 @@ def test_orphan_shards_are_adopted_and_bad_ones_rewritten(project):
     assert cli("dump-teacher", "-c", config, "--quiet").exit_code == 0
     before = {p.name: p.read_bytes() for p in cache.glob("shard-*")}
     manifest = json.loads((cache / MANIFEST).read_text())
-    # As a killed run or another rank leaves it: shards 1 and 3 committed but not listed,
-    # shard 3 replaced by whole-looking bytes of shard 2 (wrong rows for its index).
-    manifest["shards"] = [
-        s for s in manifest["shards"] if s["name"] not in {"shard-00001.arrow", "shard-00003.arrow"}
-    ]
+    # As a killed run or another rank leaves it: shards 1, 2 and 3 committed but not listed,
+    # shard 2 replaced by whole-looking bytes of shard 1 (this dump's, wrong rows for it).
+    unlisted = {"shard-00001.arrow", "shard-00002.arrow", "shard-00003.arrow"}
+    manifest["shards"] = [s for s in manifest["shards"] if s["name"] not in unlisted]
     manifest["complete"] = False
-    (cache / MANIFEST).write_text(json.dumps(manifest))
-    (cache / "shard-00003.arrow").write_bytes(before["shard-00002.arrow"])
+    (cache / MANIFEST).write_bytes(signed_manifest(manifest))  # as the writer leaves it
+    (cache / "shard-00002.arrow").write_bytes(before["shard-00001.arrow"])
     (cache / f".shard-00004.arrow{TMP_MARK}123").write_bytes(b"partial")
     result = cli("dump-teacher", "-c", config, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "wrote 1 shards" in result.stdout  # shard 3 only: shard 1 was adopted
+    assert "wrote 1 shards" in result.stdout  # shard 2 only: shards 1 and 3 were adopted
     after = {p.name: p.read_bytes() for p in cache.glob("shard-*")}
     assert after == before
     assert sorted(p.name for p in cache.iterdir()) == sorted([MANIFEST, *before])

@@ -81,11 +81,11 @@ def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | No
 def _written_by(path: Path, manifest: Manifest) -> bool:
     """Whether the shard file carries `manifest`'s dump id: the proof that this dump wrote it,
     read from its metadata only (no column is parsed for a file we did not write)."""
-    ips = manifest.images_per_shard
     digits = path.name.removeprefix("shard-").split(".")[0]
-    images = min(ips, manifest.num_images - int(digits) * ips) if digits.isdigit() else 0
-    if images < 1:
+    if not digits.isdigit() or int(digits) >= manifest.num_shards:
         return False
+    first, stop = manifest.shard_span(int(digits))
+    images = stop - first
     try:
         shard = map_shard(manifest.backend, path, images, max_bytes=_shard_cap(manifest, images))
     except CacheError:
