@@ -131,3 +131,35 @@ def test_codec_accuracy_benchmark_smoke(tmp_path):
     # the transcoded caches keep the dump's views: a topk cache exists beside the fp16 one
     assert (tmp_path / "work" / "cache_topk_k1" / "manifest.json").exists()
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_ssld_pool_pipeline_smoke(tmp_path):
+    from pipelines import ssld_pool
+
+    out = tmp_path / "ssld_pool.json"
+    args = [
+        *("--labeled", "48", "--pool", "96", "--val-images", "32", "--duplicates", "6"),
+        *("--per-class", "3", "--teacher-epochs", "1", "--epochs", "1", "--views", "2"),
+        *("--seeds", "0", "--batch-size", "32", "--workdir", str(tmp_path / "work")),
+        *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
+    ]
+    result = CliRunner().invoke(ssld_pool.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["summary"]) == set(ssld_pool.ARMS)
+    sel = r["selection"]
+    assert 0 < sel["selected"] <= 3 * ssld_pool.TASK_CLASSES
+    assert sel["planted"] == 6 and 0 <= sel["planted_removed"] <= 6
+    assert r["summary"]["selected"]["extra_images"] == sel["selected"]
+    assert r["summary"]["random"]["extra_images"] == sel["selected"]
+    assert r["summary"]["pool"]["extra_images"] == 96 + 6
+    for arm in r["summary"].values():
+        assert 0.0 <= arm["mean"] <= 1.0
+    # every arm trained from the one cache: its checkpoints name the same cache fingerprint
+    prints = {
+        json.loads((tmp_path / "work" / f"s0_{arm}" / "latest.json").read_text())["targets"][
+            "fingerprint"
+        ]
+        for arm in ("labeled", "random", "selected", "pool")
+    }
+    assert len(prints) == 1
