@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 TEACHER_CONFIGS = {
@@ -129,7 +128,7 @@ def main(
     config_dir = ROOT / "configs" / "fashion_mnist"
     results: dict = {
         "machine": machine_info(),
-        "command": shlex.join(["benchmarks/ensemble.py", *sys.argv[1:]]),
+        "command": reproduce_command(),
         "settings": {**dataclasses.asdict(preset), "seeds": seed_list, "rule": rule},
         "teachers": {},
         "runs": {},
