@@ -2,8 +2,9 @@
 
 Only the teacher is replaced: logits are random normals (scale 3), keys random, view params
 uniform over the crop boxes of a 500x375 image plus a flip bit (the ranges the real
-RandCropImage/RandFlipImage declare), paths ImageNet-like (`train/n0XXXXXXX/n0XXXXXXX_i.JPEG`)
-in class order, as ImageNet's train_list.txt is. Shards and manifest are written by
+RandCropImage/RandFlipImage declare), paths ImageNet-like
+(`train/n01440764/n01440764_17.JPEG`, one WordNet-style folder per class) in class order,
+as ImageNet's train_list.txt is. Shards and manifest are written by
 `dump.shard_columns` and `cache.writer.BackgroundWriter`, exactly as dump-teacher writes them.
 """
 
