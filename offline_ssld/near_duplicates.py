@@ -10,7 +10,7 @@ moves up to 18 bits. So the hash only proposes candidates and the pixels decide:
 2. pHash (as `imagehash.phash`): 2-D DCT of the SIDE x SIDE thumbnail, its 8x8 lowest
    frequencies, bit i set when coefficient i is above their median. An excluded image is
    searched as `crop_variants`: itself, its CROP crops off each side, each corner and all
-   sides (VARIANT_BOXES, 10 hashes).
+   sides (VARIANT_BOXES, 10 hashes), and as 4 nearest upscales of itself (UPSCALES).
 3. search: multi-index hashing (Norouzi et al., 2012). The 64 bits are cut into 4 bands of
    16; two hashes within d bits agree to within d // 4 bits on some band (pigeonhole).
    Indexed hashes are bucketed per band by value (counting sort); a query visits, per band,
@@ -20,7 +20,8 @@ moves up to 18 bits. So the hash only proposes candidates and the pixels decide:
 4. gate: the mean absolute difference of the pair's COARSE x COARSE thumbnails (kept per
    pool image, 64 bytes) drops far candidates before anything is decoded again.
 5. verification (`verify`): both images decoded again (the larger resized to the smaller's
-   size first), aligned by a crop search, scored by their worst block (`match_score`).
+   size first, or the excluded one to the pool one's by each RESAMPLERS entry), aligned by
+   a crop search, scored by their worst block (`match_score`).
 
 Measured on 11 copy kinds (tests/helpers.near_copies-like: JPEG q60; resized 0.6, 0.8,
 1.3, 1.5; 2-5% crops off one side, a corner or all sides, some resized back; crop + resize
@@ -54,7 +55,8 @@ GATE_MAD = 0.12
 # caught; 99.7% again on 2,200 copies of 200 other images); scenes max 0.057. Distinct
 # Fashion-MNIST candidates (4,000 train x 1,000 test): min 0.049, p1 0.122, p5 0.161; pool
 # images refused at 0.08 / 0.09 / 0.10 / 0.11: 10 / 23 / 69 / 120 of 4,000 (0.10: 1.7%,
-# near-identical plain garments of one class). Distinct scenes: 0 of 600 refused, and
+# near-identical plain garments of one class). With a quarter of those pool images each upscaled
+# to 36 px by area, nearest and linear (so RESAMPLERS apply): 86 of 4,000 (2.2%). Distinct scenes: 0 of 600 refused, and
 # 2,000 random scene pairs all fail at START_MAD.
 # The mean difference alone separates worse (copies max 0.036, distinct p5 0.025).
 MATCH_SCORE = 0.10
@@ -75,6 +77,9 @@ BLOCK = 4  # the block (SIDE pixels) match_score takes the worst mean difference
 REACH = 6  # the verification searches crops of up to REACH steps per side
 QUERY_BLOCK = 4096  # queries whose probes are listed at once
 PAIRS_PER_CHUNK = 1 << 21  # candidates checked at once (~100 bytes each while checked)
+# How copies of another size are made (cv2's, and PIL's nearest, bilinear, bicubic, box):
+# `verify` tries each on the excluded image, as a copy's own resampler reproduces it.
+RESAMPLERS = (cv2.INTER_NEAREST, cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -141,11 +146,28 @@ VARIANT_BOXES = [
 ]
 
 
+# Nearest upscales an excluded image is also searched as. Nearest resampling repeats rows
+# and columns unevenly, a pattern the pHash bands see: on Fashion-MNIST (300 images, nearest
+# upscales to 13 sizes from 30 to 56 px), 156 of 3,900 copies were over NEAR_DISTANCE from
+# every crop variant, 23 with these four added (+32% queries, +13% candidate pairs).
+UPSCALES = (1.2, 4 / 3, 1.5, 2.0)
+SEARCH_VARIANTS = len(VARIANT_BOXES) + len(UPSCALES)  # hashes searched per excluded image
+
+
 def crop_variants(gray: np.ndarray) -> list[int]:
-    """pHashes of a decoded image and of its CROP crops (VARIANT_BOXES): what an excluded
-    image is searched as, so that cropped copies of it are found too."""
+    """pHashes of a decoded image, of its CROP crops (VARIANT_BOXES) and of its nearest
+    UPSCALES: what an excluded image is searched as, so that cropped or blockily enlarged
+    copies of it are found too."""
     canon = canonical(gray)
-    return sorted({phash_pixels(box(canon, *cut)) for cut in VARIANT_BOXES})
+    crops = {phash_pixels(box(canon, *cut)) for cut in VARIANT_BOXES}
+    h, w = gray.shape
+    enlarged = {
+        fingerprint(
+            cv2.resize(gray, (round(w * f), round(h * f)), interpolation=cv2.INTER_NEAREST)
+        )[0]
+        for f in UPSCALES
+    }
+    return sorted(crops | enlarged)
 
 
 def phash_pixels(thumb: np.ndarray) -> int:
@@ -156,14 +178,28 @@ def phash_pixels(thumb: np.ndarray) -> int:
 
 
 def verify(excluded: np.ndarray, pool: np.ndarray) -> float:
-    """`match_score` of two decoded images, the larger first resized (area) to the smaller's
-    size: a downscaled copy has lost detail its original still has, which is not a
-    difference."""
+    """The best `match_score` of two decoded images over the ways a copy of a different size
+    is made. First the larger resized (area) to the smaller's size: a downscaled copy has
+    lost detail its original still has, which is not a difference. Then the excluded image
+    resized to the pool image's size by each RESAMPLERS entry: nearest and area resampling
+    shift edges by up to half a source pixel, unevenly, which averaging back does not undo
+    (on 28 px images, about half of the 9/7 area upscales scored above MATCH_SCORE), while
+    the same resampler reproduces the copy."""
+    if pool.shape == excluded.shape:
+        return match_score(canonical(excluded), canonical(pool))
     if pool.size < excluded.size:
-        excluded = cv2.resize(excluded, pool.shape[::-1], interpolation=cv2.INTER_AREA)
-    elif excluded.size < pool.size:
-        pool = cv2.resize(pool, excluded.shape[::-1], interpolation=cv2.INTER_AREA)
-    return match_score(canonical(excluded), canonical(pool))
+        small = cv2.resize(excluded, pool.shape[::-1], interpolation=cv2.INTER_AREA)
+        best = match_score(canonical(small), canonical(pool))
+    else:
+        small = cv2.resize(pool, excluded.shape[::-1], interpolation=cv2.INTER_AREA)
+        best = match_score(canonical(excluded), canonical(small))
+    pool_canon = canonical(pool)
+    for interp in RESAMPLERS:
+        if best <= MATCH_SCORE:
+            break
+        resampled = cv2.resize(excluded, pool.shape[::-1], interpolation=interp)
+        best = min(best, match_score(canonical(resampled), pool_canon))
+    return best
 
 
 def match_score(excluded: np.ndarray, pool: np.ndarray) -> float:

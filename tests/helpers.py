@@ -155,7 +155,8 @@ def encode(img: np.ndarray, ext: str = ".png", quality: int = 95) -> bytes:
 
 
 def near_copies(img: np.ndarray) -> dict[str, bytes]:
-    """Copies a near-duplicate search must find: re-encoded, resized up and down, cropped by
+    """Copies a near-duplicate search must find: re-encoded, resized up and down (blockily
+    too: area and nearest enlarging), cropped by
     up to 5% from one, two or all sides (at least 1 px), with and without resizing back."""
     h, w = img.shape[:2]
 
@@ -174,6 +175,8 @@ def near_copies(img: np.ndarray) -> dict[str, bytes]:
         "resized_0.8": encode(resize(img, 0.8, cv2.INTER_LINEAR)),
         "resized_1.3": encode(resize(img, 1.3, cv2.INTER_LINEAR)),
         "resized_1.5": encode(resize(img, 1.5, cv2.INTER_CUBIC)),
+        "resized_9/7_area": encode(resize(img, 9 / 7, cv2.INTER_AREA)),
+        "resized_1.4_nearest": encode(resize(img, 1.4, cv2.INTER_NEAREST)),
         "crop5_side": encode(img[:, : w - dw]),
         "crop5_corner": encode(img[dh:, dw:]),
         "crop4_centre": encode(every_side),
