@@ -93,7 +93,7 @@ def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:
         }
     m = summary["modes"]
     for off in (x for x in modes if x.startswith("offline")):
-        for ref in (x for x in modes if x.startswith("online") or x == "student_only"):
+        for ref in [x for x in modes if x.startswith("online")] + ["student_only"]:
             diffs = [
                 round(a - b, 5)
                 for a, b in zip(per_seed(off, "last_top1"), per_seed(ref, "last_top1"), strict=True)
