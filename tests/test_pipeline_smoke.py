@@ -31,22 +31,31 @@ def test_pipeline_smoke_preset_runs_every_stage_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((work / "report.json").read_text())
     assert report["cache"]["rows"] == 256 * 2
-    for model in ("teacher", "student"):
+    for model in ("teacher", "student", "student_only"):
         assert 0.0 <= report[model]["top1"] <= 1.0
+    # the baseline: the same student, no teacher, reported beside the distilled one
+    assert report["student_only"]["mode"].startswith("supervised")
+    difference = report["student"]["top1"] - report["student_only"]["top1"]
+    assert report["student_minus_student_only"]["top1"] == pytest.approx(difference)
+    text = (work / "report.md").read_text()
+    assert f"| {report['student_only']['top1']:.4f} |" in text
+    assert f"**{100 * difference:+.2f} points**" in text
+    assert f"**{100 * difference:+.2f} points**" in result.output
     assert all(_finite(v) and v >= 0 for v in report["stage_seconds"].values())
     assert len((data / "train_list.txt").read_text().splitlines()) == 256
     for path in (
         "teacher/best.safetensors",
         "student/best.safetensors",
+        "student_only/best.safetensors",
         "cache/manifest.json",
         "report.md",
     ):
         assert (work / path).exists(), path
     # A second run finds every stage complete and redoes none of the training.
-    before = (work / "teacher" / "metrics.jsonl").read_text()
+    before = {m: (work / m / "metrics.jsonl").read_text() for m in ("teacher", "student_only")}
     result = CliRunner().invoke(fashion_mnist.main, args)
     assert result.exit_code == 0, result.output
-    assert (work / "teacher" / "metrics.jsonl").read_text() == before
+    assert {m: (work / m / "metrics.jsonl").read_text() for m in before} == before
     assert json.loads((work / "report.json").read_text())["stage_seconds"]["teacher"] < 5
 
 
