@@ -1,19 +1,29 @@
-"""Online vs offline SSLD in ONE run: same images, seed, epochs, batch size and student.
+"""Online vs offline SSLD in ONE run, over seeds: same images, epochs, batch size and student.
 
-Modes, in order: student-only (no KD: the speed limit of any distillation), online SSLD
-(teacher in the loop, BatchNorm mode per --online-bn), dump-teacher (timed on its own), then
-offline SSLD from the cache using the first V views for each V in --views.
+The teacher is trained (or drawn at random with --teacher-epochs 0) and dumped ONCE per run;
+the seeds vary the student only: its init, data order, augmentation and, offline, the view
+schedule. Then, seed round by seed round, every mode runs once: student-only (no KD: the
+speed limit of any distillation), online SSLD (teacher in the loop, one run per BatchNorm
+mode in --online-bn) and offline SSLD from the cache with the first V views for each V in
+--views. The order of the modes is rotated from round to round, so machine load and the
+position in the process hit every mode alike.
+
+Accuracy is each run's last-epoch top-1 (no choice of epoch on the validation set): mean ±
+std and a 95% t interval per mode, and the paired offline - online difference per seed with
+its own 95% interval. Speed ratios are ratios of medians over the interleaved runs of each
+run's median epoch seconds (eval excluded).
 
 Writes a results JSON and a PNG chart; `benchmarks/report.py` turns results into README
 tables. Example:
 
-    python benchmarks/online_vs_offline.py --pair accuracy --preset bench
+    python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shlex
+import os
 import statistics
 import sys
 import time
@@ -24,33 +34,84 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 PAIRS = {
-    # teacher config, student config, teacher name, student name
+    # teacher config, student config
     "accuracy": ("resnet18_teacher.yaml", "mnv3_x0_35_student.yaml"),
     "speed": ("resnet50_vd_teacher.yaml", "mnv3_small_student.yaml"),
 }
+TEACHER_ONCE = (
+    "teacher trained and dumped once per run; the seeds vary the student (init, data order, "
+    "augmentation, offline view schedule)"
+)
 
 
-def summarize(result, seconds: float | None = None) -> dict:
+def summarize(result, seconds: float) -> dict:
+    """One run's accuracy and timings; epoch seconds are the training loop's, eval excluded."""
     epochs = result.train_seconds
     return {
-        "top1": round(result.best_top1, 5),
+        "best_top1": round(result.best_top1, 5),
         "last_top1": round(result.last_top1, 5),
         "epoch_seconds": [round(s, 2) for s in epochs],
         "median_epoch_seconds": round(statistics.median(epochs), 3),
         "median_images_per_second": round(statistics.median(result.images_per_second), 2),
         "train_seconds": round(sum(epochs), 2),
-        "wall_seconds": round(seconds, 2) if seconds is not None else None,
+        "wall_seconds": round(seconds, 2),
     }
 
 
-def timed(fn, *args, **kwargs):
-    tick = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - tick
+def rotated(modes: list[str], round_index: int, rounds: int) -> list[str]:
+    """The round's order: the mode list rotated so each mode's position moves across rounds
+    (with as many rounds as modes, every mode runs first once)."""
+    shift = (round_index * len(modes)) // max(rounds, 1) % len(modes)
+    return modes[shift:] + modes[:shift]
+
+
+def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:
+    """Per-mode mean ± CI of last-epoch top-1 and median timings over the seeds; paired
+    offline - (online | student-only) differences per seed and speed ratios of medians."""
+    seeds = list(runs)
+    modes = list(runs[seeds[0]])
+
+    def per_seed(mode: str, key: str) -> list[float]:
+        return [runs[s][mode][key] for s in seeds]
+
+    summary: dict = {"metric": "last_top1", "modes": {}, "comparisons": []}
+    for mode in modes:
+        summary["modes"][mode] = {
+            "top1": mean_ci(per_seed(mode, "last_top1")),
+            "best_top1": mean_ci(per_seed(mode, "best_top1")),
+            "median_epoch_seconds": round(
+                statistics.median(per_seed(mode, "median_epoch_seconds")), 3
+            ),
+            "median_images_per_second": round(
+                statistics.median(per_seed(mode, "median_images_per_second")), 2
+            ),
+            "median_train_seconds": round(statistics.median(per_seed(mode, "train_seconds")), 2),
+        }
+    m = summary["modes"]
+    for off in (x for x in modes if x.startswith("offline")):
+        for ref in [x for x in modes if x.startswith("online")] + ["student_only"]:
+            diffs = [
+                round(a - b, 5)
+                for a, b in zip(per_seed(off, "last_top1"), per_seed(ref, "last_top1"), strict=True)
+            ]
+            epoch_ratio = m[ref]["median_epoch_seconds"] / m[off]["median_epoch_seconds"]
+            end_to_end = m[ref]["median_train_seconds"] / (
+                m[off]["median_train_seconds"] + dump_seconds
+            )
+            summary["comparisons"].append(
+                {
+                    "offline": off,
+                    "vs": ref,
+                    "top1_difference": mean_ci(diffs),
+                    "train_speedup": round(epoch_ratio, 3),
+                    "end_to_end_speedup": None if ref == "student_only" else round(end_to_end, 3),
+                }
+            )
+    return summary
 
 
 @click.command()
@@ -67,9 +128,11 @@ def timed(fn, *args, **kwargs):
     type=click.Choice(sorted(PRESETS)),
     default="bench",
     show_default=True,
-    help="Data size (as pipelines/fashion_mnist.py).",
+    help="Data size (as pipelines/fashion_mnist.py); the options below override it.",
 )
-@click.option("--images", type=int, default=None, help="Override the preset's train images.")
+@click.option("--images", type=int, default=None, help="Train images (default: the preset's).")
+@click.option("--val-images", type=int, default=None, help="Val images (default: the preset's).")
+@click.option("--batch-size", type=int, default=None, help="Default: the preset's.")
 @click.option("--epochs", type=int, default=8, show_default=True, help="Student epochs.")
 @click.option(
     "--teacher-epochs",
@@ -89,7 +152,19 @@ def timed(fn, *args, **kwargs):
     show_default=True,
     help="Teacher BatchNorm mode(s) for online runs: train, eval or train,eval.",
 )
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    show_default=True,
+    help="Student seeds, one round of every mode each.",
+)
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Converted images and lists (default data/fashion_mnist/<preset>-<images>).",
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -97,56 +172,73 @@ def timed(fn, *args, **kwargs):
     help="Results JSON (default benchmarks/results/online_vs_offline_<pair>.json).",
 )
 @click.option("--quiet", is_flag=True)
-def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir, out, quiet):
-    """Compare student-only, online SSLD and offline SSLD (dump + train-student) in one run,
-    and write a results JSON plus a PNG chart of wall-clock and top-1 per mode.
+def main(
+    pair: str,
+    preset: str,
+    images: int | None,
+    val_images: int | None,
+    batch_size: int | None,
+    epochs: int,
+    teacher_epochs: int | None,
+    views: str,
+    online_bn: str,
+    seeds: str,
+    workdir: Path | None,
+    data_dir: Path | None,
+    out: Path | None,
+    quiet: bool,
+) -> None:
+    """Compare student-only, online SSLD and offline SSLD (dump + train-student) over
+    interleaved seeds, and write a results JSON plus a PNG chart.
 
     \b
     Example:
-      python benchmarks/online_vs_offline.py --pair accuracy --preset bench --epochs 8
+      python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2
     """
-    import dataclasses
-
     from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.train import evaluate_config, train
 
     base = PRESETS[preset]
-    if images:
-        base = dataclasses.replace(base, train_images=images)
     view_list = sorted({int(v) for v in views.split(",")})
-    teacher_epochs = base.teacher_epochs if teacher_epochs is None else teacher_epochs
+    bn_modes = [b.strip() for b in online_bn.split(",")]
+    seed_list = [int(s) for s in seeds.split(",")]
+    if len(set(seed_list)) != len(seed_list):
+        raise click.BadParameter(f"{seeds!r}: seeds repeat", param_hint="--seeds")
     preset_obj = dataclasses.replace(
-        base, views=max(view_list), student_epochs=epochs, teacher_epochs=teacher_epochs
+        base,
+        train_images=images or base.train_images,
+        val_images=val_images or base.val_images,
+        batch_size=batch_size or base.batch_size,
+        views=max(view_list),
+        student_epochs=epochs,
+        teacher_epochs=base.teacher_epochs if teacher_epochs is None else teacher_epochs,
     )
+    teacher_epochs = preset_obj.teacher_epochs
     workdir = (workdir or ROOT / "output" / "bench" / f"{pair}-{preset}").resolve()
-    data_dir = (ROOT / "data" / "fashion_mnist" / f"{preset}-{base.train_images}").resolve()
+    data_dir = (
+        data_dir or ROOT / "data" / "fashion_mnist" / f"{preset}-{preset_obj.train_images}"
+    ).resolve()
     out = out or ROOT / "benchmarks" / "results" / f"online_vs_offline_{pair}.json"
     teacher_file, student_file = (str(ROOT / "configs" / "fashion_mnist" / f) for f in PAIRS[pair])
     progress = not quiet
+    load_before = os.getloadavg()
     prepare(data_dir, preset_obj)
     common = overrides(data_dir, workdir, preset_obj)
     teacher_w = workdir / "teacher" / "best.safetensors"
     results: dict = {
+        "benchmark": "online_vs_offline",
         "pair": pair,
         "preset": preset,
+        "command": reproduce_command(),
         "machine": machine_info(),
-        "command": shlex.join(sys.argv),
-        "settings": dataclasses.asdict(preset_obj),
-        "modes": {},
+        "settings": {
+            **dataclasses.asdict(preset_obj),
+            "offline_views": view_list,
+            "online_bn": bn_modes,
+            "seeds": seed_list,
+        },
     }
-
-    def student_cfg(out_dir: str, *extra: str) -> dict:
-        return load_config(
-            [student_file],
-            [
-                *common,
-                f"Global.epochs={epochs}",
-                f"Global.output_dir={workdir / out_dir}",
-                f"Arch.models.0.Teacher.pretrained={teacher_w}",
-                *extra,
-            ],
-        )
 
     # Teacher: trained (its cost is paid once, as in the pipeline) or random for speed runs.
     teacher_cfg = load_config(
@@ -157,7 +249,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
             f"Global.output_dir={workdir / 'teacher'}",
         ],
     )
-    click.echo("== teacher", err=True)
+    click.echo(f"== teacher ({TEACHER_ONCE})", err=True)
     if teacher_epochs == 0:
         from offline_ssld.config.specs import teacher_spec
         from offline_ssld.models import build_model, save_weights
@@ -165,7 +257,7 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
         teacher_w.parent.mkdir(parents=True, exist_ok=True)
         if not teacher_w.exists():
             save_weights(build_model(teacher_spec(teacher_cfg)), teacher_w)
-        results["teacher"] = {"weights": "random", "top1": None}
+        results["teacher"] = {"weights": "random", "top1": None, "note": TEACHER_ONCE}
     else:
         info = workdir / "teacher" / "latest.json"
         if not (info.exists() and json.loads(info.read_text())["epoch"] == teacher_epochs):
@@ -175,24 +267,17 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
                 [teacher_file], [*common, f"Global.pretrained_model={workdir / 'teacher' / 'best'}"]
             )
         )["top1"]
-        results["teacher"] = {"weights": "trained", "epochs": teacher_epochs, "top1": top1}
+        results["teacher"] = {
+            "weights": "trained",
+            "epochs": teacher_epochs,
+            "top1": top1,
+            "note": TEACHER_ONCE,
+        }
 
-    click.echo("== student-only", err=True)
-    res, wall = timed(train, student_cfg("student_only"), "supervised", progress=progress)
-    results["modes"]["student_only"] = summarize(res, wall)
-
-    for bn in online_bn.split(","):
-        click.echo(f"== online (teacher BN {bn})", err=True)
-        res, wall = timed(
-            train,
-            student_cfg(f"online_{bn}", f"Offline.online_teacher_bn={bn}"),
-            "online",
-            progress=progress,
-        )
-        results["modes"][f"online_bn_{bn}"] = summarize(res, wall)
-
-    click.echo("== dump-teacher", err=True)
-    dump, wall = timed(run_dump, teacher_cfg, overwrite=True, progress=progress)
+    click.echo("== dump-teacher (once, for every seed)", err=True)
+    tick = time.perf_counter()
+    dump = run_dump(teacher_cfg, overwrite=True, progress=progress)
+    wall = time.perf_counter() - tick
     m = dump.manifest
     results["dump"] = {
         "seconds": round(wall, 2),
@@ -203,59 +288,78 @@ def main(pair, preset, images, epochs, teacher_epochs, views, online_bn, workdir
         "codec": m.codec,
     }
 
+    # mode -> (train mode, extra overrides)
+    modes: dict[str, tuple[str, list[str]]] = {"student_only": ("supervised", [])}
+    for bn in bn_modes:
+        modes[f"online_bn_{bn}"] = ("online", [f"Offline.online_teacher_bn={bn}"])
     for v in view_list:
-        click.echo(f"== offline (views={v})", err=True)
-        res, wall = timed(
-            train, student_cfg(f"offline_v{v}", f"Offline.views={v}"), "offline", progress=progress
-        )
-        results["modes"][f"offline_v{v}"] = summarize(res, wall)
+        modes[f"offline_v{v}"] = ("offline", [f"Offline.views={v}"])
 
-    modes = results["modes"]
-    online = modes[f"online_bn_{online_bn.split(',')[0]}"]
-    best_v = f"offline_v{max(view_list)}"
-    offline = modes[best_v]
-    results["summary"] = {
-        "offline_mode": best_v,
-        "train_speedup": round(online["median_epoch_seconds"] / offline["median_epoch_seconds"], 3),
-        "end_to_end_speedup": round(
-            online["train_seconds"] / (offline["train_seconds"] + results["dump"]["seconds"]), 3
-        ),
-        "offline_over_student_only_epoch": round(
-            offline["median_epoch_seconds"] / modes["student_only"]["median_epoch_seconds"], 3
-        ),
-        "top1_offline_minus_online": round(offline["top1"] - online["top1"], 5),
-    }
+    results["order"], results["runs"] = {}, {}
+    for i, seed in enumerate(seed_list):
+        order = rotated(list(modes), i, len(seed_list))
+        results["order"][str(seed)] = order
+        runs: dict[str, dict] = {}
+        for name in order:
+            kind, extra = modes[name]
+            click.echo(f"== seed {seed}: {name}", err=True)
+            cfg = load_config(
+                [student_file],
+                [
+                    *common,
+                    f"Global.epochs={epochs}",
+                    f"Global.seed={seed}",
+                    f"Global.output_dir={workdir / f's{seed}_{name}'}",
+                    f"Arch.models.0.Teacher.pretrained={teacher_w}",
+                    *extra,
+                ],
+            )
+            load = os.getloadavg()[0]
+            tick = time.perf_counter()
+            res = train(cfg, kind, progress=progress)
+            runs[name] = {
+                **summarize(res, time.perf_counter() - tick),
+                "load_average_1min": round(load, 2),
+            }
+        results["runs"][str(seed)] = {name: runs[name] for name in modes}
+
+    results["load_average_before_after"] = [load_before, os.getloadavg()]
+    results["summary"] = aggregate(results["runs"], results["dump"]["seconds"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     chart(results, out.with_suffix(".png"))
-    click.echo(json.dumps(results["summary"], indent=1))
+    click.echo(json.dumps(results["summary"]["comparisons"], indent=1))
     click.echo(f"results: {out}")
 
 
 def chart(results: dict, path: Path) -> None:
-    """Two panels: training seconds per mode (dump stacked on offline), top-1 per mode."""
+    """Two panels: median training seconds per mode (dump stacked on offline), and last-epoch
+    top-1 per mode, mean ± 95% CI with each seed's value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["modes"])
-    train_s = [results["modes"][n]["train_seconds"] for n in names]
+    modes = results["summary"]["modes"]
+    names = list(modes)
+    train_s = [modes[n]["median_train_seconds"] for n in names]
     dump_s = [results["dump"]["seconds"] if n.startswith("offline") else 0 for n in names]
-    top1 = [100 * results["modes"][n]["top1"] for n in names]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(names, train_s, label="train-stage")
-    ax1.bar(names, dump_s, bottom=train_s, label=f"dump ({results['dump']['views']} views)")
+    ax1.bar(names, train_s, label="train-stage (median over seeds)")
+    ax1.bar(names, dump_s, bottom=train_s, label=f"dump ({results['dump']['views']} views, once)")
     ax1.set_ylabel("seconds")
     ax1.set_title(f"Wall-clock ({results['pair']} pair)")
     ax1.legend()
-    ax2.bar(names, top1, color="tab:green")
+    for x, n in enumerate(names):
+        top1 = modes[n]["top1"]
+        ax2.errorbar(x, 100 * top1["mean"], yerr=100 * (top1["ci95"] or 0.0), fmt="o", capsize=4)
+        ax2.plot([x] * len(top1["values"]), [100 * v for v in top1["values"]], "k.", alpha=0.4)
     if results["teacher"]["top1"] is not None:
         ax2.axhline(100 * results["teacher"]["top1"], color="k", ls="--", label="teacher")
         ax2.legend()
-    ax2.set_ylim(max(0, min(top1) - 10), 100)
-    ax2.set_ylabel("top-1 %")
-    ax2.set_title("Accuracy")
+    ax2.set_xticks(range(len(names)), names)
+    ax2.set_ylabel("last-epoch top-1 %, mean ± 95% CI")
+    ax2.set_title(f"Accuracy ({len(results['runs'])} seeds)")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()

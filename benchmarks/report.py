@@ -27,13 +27,16 @@ LABELS = {
 
 def _load(name: str) -> dict | None:
     """A results file, with its recorded command made runnable anywhere: the interpreter
-    path of the machine that ran it becomes `python`."""
+    path of the machine that ran it, or a bare script path, becomes `python`."""
     path = RESULTS / name
     if not path.exists():
         return None
     r = json.loads(path.read_text())
     if isinstance(r.get("command"), str):
-        r["command"] = re.sub(r"^\S*/python[0-9.]*(?=\s)", "python", r["command"])
+        command = re.sub(r"^\S*/python[0-9.]*(?=\s)", "python", r["command"])
+        if re.match(r"\S+\.py(\s|$)", command):
+            command = f"python {command}"
+        r["command"] = command
     return r
 
 
@@ -43,16 +46,118 @@ def _label(mode: str) -> str:
     return LABELS.get(mode, mode)
 
 
+def _points(v: dict) -> str:
+    """Mean ± 95% CI half-width of a mean_ci entry, in points."""
+    ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
+    return f"{100 * v['mean']:+.2f}{ci}"
+
+
+def interval_reading(d: dict) -> str:
+    """What a paired difference's 95% interval shows, and no more."""
+    if d["ci95"] is None:
+        return "none (one seed)"
+    lo, hi = 100 * (d["mean"] - d["ci95"]), 100 * (d["mean"] + d["ci95"])
+    span = f"{lo:+.2f} to {hi:+.2f} points"
+    if lo <= 0 <= hi:
+        return f"{span}: contains 0, so neither is shown ahead; any difference in it fits"
+    return f"{span}: offline {'higher' if lo > 0 else 'lower'}"
+
+
 def online_vs_offline(pair: str) -> str:
     r = _load(f"online_vs_offline_{pair}.json")
     if r is None:
-        return f"_not measured yet: run `python benchmarks/online_vs_offline.py --pair {pair}`_"
+        return (
+            f"_not measured yet: run `python benchmarks/online_vs_offline.py --pair {pair} "
+            "--seeds 0,1,2`_"
+        )
+    return "\n".join(online_vs_offline_seeds(r) if "runs" in r else online_vs_offline_single(r))
+
+
+def _teacher_line(r: dict) -> str:
+    t = r["teacher"]
+    if t["top1"] is None:
+        return (
+            "Teacher: random weights (a timing run: the top-1 columns say nothing about "
+            "distillation)."
+        )
+    return f"Teacher top-1: {100 * t['top1']:.2f}%."
+
+
+def online_vs_offline_seeds(r: dict) -> list[str]:
+    """Results over interleaved seeds: per-mode mean ± CI and paired differences."""
+    s, d, m, summary = r["settings"], r["dump"], r["machine"], r["summary"]
+    seeds = len(s["seeds"])
+    (before, after) = r["load_average_before_after"]
+    lines = [
+        f"{s['train_images']} train images, {s['val_images']} val images, "
+        f"{s['student_epochs']} epochs, batch {s['batch_size']}, 32x32, {seeds} student seeds "
+        f"({', '.join(map(str, s['seeds']))}), modes interleaved: each seed round runs every "
+        "mode once, in an order rotated from round to round. The teacher is trained and dumped "
+        "once; the seeds vary the student (init, data order, augmentation, offline view "
+        f"schedule). {_teacher_line(r)} Machine: {m['nproc']} cores, {m['cpu']}, Paddle "
+        f"{m['paddle']} on CPU; load average (1 min) {before[0]:.1f} before, {after[0]:.1f} "
+        "after.",
+        "",
+        "| mode | last-epoch top-1, mean ± std | 95% CI | per seed | median s/epoch | images/s "
+        "| train s | dump s | end-to-end s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, v in summary["modes"].items():
+        t = v["top1"]
+        std = f" ± {100 * t['std']:.2f}" if t["std"] is not None else ""
+        ci = f"± {100 * t['ci95']:.2f}" if t["ci95"] is not None else "-"
+        dump = d["seconds"] if mode.startswith("offline") else 0.0
+        lines.append(
+            f"| {_label(mode)} | {100 * t['mean']:.2f}%{std} | {ci} | "
+            + ", ".join(f"{100 * x:.2f}" for x in t["values"])
+            + f" | {v['median_epoch_seconds']:.1f} | {v['median_images_per_second']:.0f} | "
+            f"{v['median_train_seconds']:.0f} | {dump:.0f} | "
+            f"{v['median_train_seconds'] + dump:.0f} |"
+        )
+    lines += [
+        "",
+        f"Dump (once): {d['rows']} rows ({d['views']} views per image) in {d['seconds']:.0f} "
+        f"s, {d['cache_bytes'] / 1e6:.2f} MB, codec {d['codec']['name']}. Times are medians "
+        "over the seeds of each run's median epoch (eval excluded) and of its training "
+        "seconds.",
+        "",
+        "| offline run | vs | top-1 difference, paired, mean ± 95% CI (points) | 95% interval "
+        "| training-stage speedup | end-to-end speedup |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in summary["comparisons"]:
+        diff = c["top1_difference"]
+        e2e = c["end_to_end_speedup"]
+        speed = (
+            f"{c['train_speedup']:.2f}x"
+            if e2e is not None
+            else f"epoch time ratio {1 / c['train_speedup']:.3f}"
+        )
+        lines.append(
+            f"| {_label(c['offline'])} | {_label(c['vs'])} | {_points(diff)} | "
+            f"{interval_reading(diff)} | {speed} | " + (f"{e2e:.2f}x |" if e2e is not None else "|")
+        )
+    online = [x for x in summary["modes"] if x.startswith("online")]
+    if online:
+        like = "online_bn_eval" if "online_bn_eval" in online else online[0]
+        lines += ["", f"Offline against {_label(like)}, over {seeds} paired seeds:", ""]
+        for c in summary["comparisons"]:
+            if c["vs"] == like:
+                diff = c["top1_difference"]
+                lines.append(
+                    f"- {_label(c['offline'])}: {_points(diff)} points, 95% interval "
+                    f"{interval_reading(diff)}."
+                )
+    lines += ["", f"Reproduce: `{r['command']}`"]
+    return lines
+
+
+def online_vs_offline_single(r: dict) -> list[str]:
+    """A results file of the earlier one-seed schema, rendered as it is: no interval."""
     s, d, m = r["settings"], r["dump"], r["machine"]
-    teacher = r["teacher"]
-    t_top1 = f"{100 * teacher['top1']:.2f}%" if teacher["top1"] is not None else "random weights"
     lines = [
         f"{s['train_images']} train images, {s['student_epochs']} epochs, batch "
-        f"{s['batch_size']}, 32x32, seed 0. Teacher top-1: {t_top1}. Machine: {m['nproc']} "
+        f"{s['batch_size']}, 32x32, one seed (0). {_teacher_line(r)} Machine: {m['nproc']} "
         f"cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
         "",
         "| mode | top-1 | median s/epoch | images/s | train s | dump s | end-to-end s |",
@@ -74,9 +179,15 @@ def online_vs_offline(pair: str) -> str:
     lines += comparison(r)
     lines += [
         "",
+        "One run per mode with seed 0 (top-1: best epoch), so no difference above has an "
+        "interval and none ranks the modes. The modes ran once each in the order listed, so "
+        "student-only, first in its process, also paid Paddle's one-time warm-up. The command "
+        "below, run now, runs seeds 0,1,2 interleaved and replaces this table with means, 95% "
+        "intervals and paired differences.",
+        "",
         f"Reproduce: `{r['command']}`",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def comparison(r: dict) -> list[str]:
@@ -553,7 +664,9 @@ def render(text: str) -> str:
         pattern = re.compile(
             rf"(<!-- BEGIN results:{name} -->\n).*?(<!-- END results:{name} -->)", re.S
         )
-        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(2), text)
+        # a replacement template, backslashes escaped (a lambda here defeats mypy or ruff B023)
+        body = make().replace("\\", "\\\\")
+        text = pattern.sub(rf"\g<1>{body}\n\g<2>", text)
     return text
 
 

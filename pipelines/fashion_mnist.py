@@ -1,9 +1,12 @@
 """End-to-end recipe on Fashion-MNIST (Debian's `dataset-fashion-mnist`):
 
-    prepare -> teacher (supervised) -> dump -> student (offline SSLD) -> eval -> report
+    prepare -> teacher (supervised) -> dump -> student (offline SSLD)
+            -> student only (the same student, labels alone: the baseline) -> eval -> report
 
-Each stage is skipped when its output is already complete, so an interrupted run picks up
-where it stopped. The teacher/student pair is ResNet18 -> MobileNetV3_small_x0_35 at 32x32:
+The baseline is the same student config, epochs and seed trained without the teacher, so
+the report shows what distillation added (or lost) on this preset, not just a top-1. Each
+stage is skipped when its output is already complete, so an interrupted run picks up where
+it stopped. The teacher/student pair is ResNet18 -> MobileNetV3_small_x0_35 at 32x32:
 ResNet18 leads the small student by several points within a CPU budget, so distillation
 has something to transfer (see README, "Choosing the pair").
 
@@ -18,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import cv2
@@ -41,7 +45,7 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(256, 128, 1, 1, 2, 64),
-    "small": Preset(4000, 1000, 3, 6, 4, 128),  # the quick start: under 15 minutes on 2 cores
+    "small": Preset(4000, 1000, 3, 6, 4, 128),  # the quick start (teacher and two students)
     "bench": Preset(6000, 2000, 5, 8, 4, 128),  # the online-vs-offline benchmark's data
     "full": Preset(60000, 10000, 12, 16, 8, 128),
 }
@@ -143,20 +147,25 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     dump = run_dump(teacher_cfg, progress=progress)
     timings["dump"] = time.perf_counter() - tick
 
-    student_cfg = load_config(
-        [str(STUDENT_CFG)],
-        [
-            *common,
-            f"Global.epochs={preset.student_epochs}",
-            f"Global.output_dir={work / 'student'}",
-            f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best.safetensors'}",
-        ],
-    )
-    stage("student")
-    tick = time.perf_counter()
-    if not finished(work / "student", preset.student_epochs):
-        train(student_cfg, "offline", resume=True, progress=progress)
-    timings["student"] = time.perf_counter() - tick
+    def student_cfg(out_dir: str) -> dict:
+        return load_config(
+            [str(STUDENT_CFG)],
+            [
+                *common,
+                f"Global.epochs={preset.student_epochs}",
+                f"Global.output_dir={work / out_dir}",
+                f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best.safetensors'}",
+            ],
+        )
+
+    # the distilled student, then the same student from labels alone (as
+    # benchmarks/online_vs_offline.py's student-only mode): same config, epochs and seed
+    for name, mode in (("student", "offline"), ("student_only", "supervised")):
+        stage(name.replace("_", " "))
+        tick = time.perf_counter()
+        if not finished(work / name, preset.student_epochs):
+            train(student_cfg(name), mode, resume=True, progress=progress)
+        timings[name] = time.perf_counter() - tick
 
     stage("eval")
     teacher_top1 = evaluate_config(
@@ -164,18 +173,28 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
             [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
         )
     )["top1"]
-    student_top1 = evaluate_config(
-        load_config(
-            [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / 'student' / 'best'}"]
-        )
-    )["top1"]
+    student_top1, only_top1 = (
+        evaluate_config(
+            load_config(
+                [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / name / 'best'}"]
+            )
+        )["top1"]
+        for name in ("student", "student_only")
+    )
+    difference = student_top1 - only_top1
 
     stage("report")
-    report = {
+    report: dict[str, Any] = {
         "preset": preset_name,
         "settings": asdict(preset),
         "teacher": {"name": "ResNet18", "top1": teacher_top1},
         "student": {"name": "MobileNetV3_small_x0_35", "top1": student_top1, "mode": "offline"},
+        "student_only": {
+            "name": "MobileNetV3_small_x0_35",
+            "top1": only_top1,
+            "mode": "supervised (labels, no teacher)",
+        },
+        "student_minus_student_only": {"top1": difference},
         "cache": {
             "rows": dump.manifest.rows,
             "views": dump.manifest.views,
@@ -187,7 +206,12 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
     (work / "report.md").write_text(
         f"# Fashion-MNIST pipeline, preset `{preset_name}`\n\n"
         f"| model | top-1 |\n|---|---|\n| teacher ResNet18 (supervised) | {teacher_top1:.4f} |\n"
-        f"| student MobileNetV3_small_x0_35 (offline SSLD) | {student_top1:.4f} |\n\n"
+        f"| student MobileNetV3_small_x0_35 (offline SSLD) | {student_top1:.4f} |\n"
+        f"| student MobileNetV3_small_x0_35 alone (labels, no teacher) | {only_top1:.4f} |\n\n"
+        f"Offline SSLD minus the student alone: **{100 * difference:+.2f} points** (same "
+        f"student, preset, {preset.student_epochs} epochs and seed; best checkpoint of each). One "
+        "run each, so this is one paired sample, not an interval: between seeds, short CPU runs "
+        "can differ by several points (README, the multi-seed benchmarks).\n\n"
         + "| stage | seconds |\n|---|---|\n"
         + "".join(f"| {k} | {v:.1f} |\n" for k, v in report["stage_seconds"].items())
     )
@@ -222,7 +246,8 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool) -> dict:
 )
 def main(preset, workdir, data_dir, quiet, prepare_only) -> None:
     """Fashion-MNIST end to end: prepare, train the teacher, dump it, train the student
-    offline, evaluate, report (workdir/report.json and report.md). Re-running skips the
+    offline and, as the baseline, the same student without the teacher, evaluate, report
+    both students side by side (workdir/report.json and report.md). Re-running skips the
     stages that are complete.
 
     \b

@@ -31,55 +31,88 @@ def test_pipeline_smoke_preset_runs_every_stage_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((work / "report.json").read_text())
     assert report["cache"]["rows"] == 256 * 2
-    for model in ("teacher", "student"):
+    for model in ("teacher", "student", "student_only"):
         assert 0.0 <= report[model]["top1"] <= 1.0
+    # the baseline: the same student, no teacher, reported beside the distilled one
+    assert report["student_only"]["mode"].startswith("supervised")
+    difference = report["student"]["top1"] - report["student_only"]["top1"]
+    assert report["student_minus_student_only"]["top1"] == pytest.approx(difference)
+    text = (work / "report.md").read_text()
+    assert f"| {report['student_only']['top1']:.4f} |" in text
+    assert f"**{100 * difference:+.2f} points**" in text
+    assert f"**{100 * difference:+.2f} points**" in result.output
     assert all(_finite(v) and v >= 0 for v in report["stage_seconds"].values())
     assert len((data / "train_list.txt").read_text().splitlines()) == 256
     for path in (
         "teacher/best.safetensors",
         "student/best.safetensors",
+        "student_only/best.safetensors",
         "cache/manifest.json",
         "report.md",
     ):
         assert (work / path).exists(), path
     # A second run finds every stage complete and redoes none of the training.
-    before = (work / "teacher" / "metrics.jsonl").read_text()
+    before = {m: (work / m / "metrics.jsonl").read_text() for m in ("teacher", "student_only")}
     result = CliRunner().invoke(fashion_mnist.main, args)
     assert result.exit_code == 0, result.output
-    assert (work / "teacher" / "metrics.jsonl").read_text() == before
+    assert {m: (work / m / "metrics.jsonl").read_text() for m in before} == before
     assert json.loads((work / "report.json").read_text())["stage_seconds"]["teacher"] < 5
 
 
-def test_online_vs_offline_benchmark_smoke(tmp_path):
+def test_online_vs_offline_benchmark_smoke_two_seeds(tmp_path):
     from benchmarks import online_vs_offline
 
     out = tmp_path / "results.json"
     args = [
-        "--pair",
-        "accuracy",
-        "--preset",
-        "smoke",
-        "--epochs",
-        "1",
-        "--views",
-        "1,2",
-        "--teacher-epochs",
-        "0",
-        "--workdir",
-        str(tmp_path / "work"),
-        "--out",
-        str(out),
-        "--quiet",
+        *("--pair", "accuracy", "--preset", "smoke", "--images", "64", "--val-images", "32"),
+        *("--batch-size", "32", "--epochs", "1", "--views", "1,2", "--teacher-epochs", "0"),
+        *("--online-bn", "train", "--seeds", "0,1", "--workdir", str(tmp_path / "work")),
+        *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
     ]
     result = CliRunner().invoke(online_vs_offline.main, args)
     assert result.exit_code == 0, result.output
     r = json.loads(out.read_text())
-    assert set(r["modes"]) == {"student_only", "online_bn_train", "offline_v1", "offline_v2"}
-    for mode in r["modes"].values():
-        assert 0.0 <= mode["top1"] <= 1.0
-        assert _finite(mode["median_epoch_seconds"]) and mode["median_epoch_seconds"] > 0
-    assert r["dump"]["rows"] == 256 * 2 and r["dump"]["seconds"] > 0
-    assert all(_finite(v) for v in r["summary"].values() if not isinstance(v, str))
+    modes = {"student_only", "online_bn_train", "offline_v1", "offline_v2"}
+    assert r["command"].startswith("python ") and r["settings"]["seeds"] == [0, 1]
+    assert r["teacher"]["weights"] == "random" and "once" in r["teacher"]["note"]
+    assert r["dump"]["rows"] == 64 * 2 and r["dump"]["seconds"] > 0
+    assert len(r["load_average_before_after"]) == 2
+    # every round runs every mode once, and the second round starts with another mode
+    assert set(r["runs"]) == {"0", "1"} == set(r["order"])
+    assert all(sorted(order) == sorted(modes) for order in r["order"].values())
+    assert r["order"]["0"][0] != r["order"]["1"][0]
+    for runs in r["runs"].values():
+        assert set(runs) == modes
+        for run in runs.values():
+            assert 0.0 <= run["last_top1"] <= run["best_top1"] <= 1.0
+            assert _finite(run["median_epoch_seconds"]) and run["median_epoch_seconds"] > 0
+    summary = r["summary"]
+    for mode, v in summary["modes"].items():
+        assert v["top1"]["values"] == [r["runs"][s][mode]["last_top1"] for s in ("0", "1")]
+        assert v["top1"]["ci95"] is not None and v["top1"]["ci95"] >= 0
+        per_run = [r["runs"][s][mode]["median_epoch_seconds"] for s in ("0", "1")]
+        assert v["median_epoch_seconds"] == pytest.approx(sum(per_run) / 2, abs=1e-3)
+    pairs = {(c["offline"], c["vs"]) for c in summary["comparisons"]}
+    assert pairs == {
+        (off, ref)
+        for off in ("offline_v1", "offline_v2")
+        for ref in ("online_bn_train", "student_only")
+    }
+    for c in summary["comparisons"]:
+        diffs = [
+            r["runs"][s][c["offline"]]["last_top1"] - r["runs"][s][c["vs"]]["last_top1"]
+            for s in ("0", "1")
+        ]
+        assert c["top1_difference"]["values"] == pytest.approx(diffs, abs=1e-5)
+        assert c["top1_difference"]["mean"] == pytest.approx(sum(diffs) / 2, abs=1e-5)
+        half = 12.706 * abs(diffs[0] - diffs[1]) / math.sqrt(2) / math.sqrt(2)
+        assert c["top1_difference"]["ci95"] == pytest.approx(half, abs=1e-4)
+        ratio = (
+            summary["modes"][c["vs"]]["median_epoch_seconds"]
+            / summary["modes"][c["offline"]]["median_epoch_seconds"]
+        )
+        assert c["train_speedup"] == pytest.approx(ratio, abs=1e-3)
+        assert (c["end_to_end_speedup"] is None) == (c["vs"] == "student_only")
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
