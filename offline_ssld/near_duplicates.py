@@ -55,9 +55,9 @@ GATE_MAD = 0.12
 # caught; 99.7% again on 2,200 copies of 200 other images); scenes max 0.057. Distinct
 # Fashion-MNIST candidates (4,000 train x 1,000 test): min 0.049, p1 0.122, p5 0.161; pool
 # images refused at 0.08 / 0.09 / 0.10 / 0.11: 10 / 23 / 69 / 120 of 4,000 (0.10: 1.7%,
-# near-identical plain garments of one class). With a quarter of those pool images each upscaled
-# to 36 px by area, nearest and linear (so RESAMPLERS apply): 86 of 4,000 (2.2%). Distinct scenes: 0 of 600 refused, and
-# 2,000 random scene pairs all fail at START_MAD.
+# near-identical plain garments of one class); with a quarter of those pool images each
+# enlarged to 36 px by area, nearest and linear (so RESAMPLERS apply): 86 (2.2%). Distinct
+# scenes: 0 of 600 refused, and 2,000 random scene pairs all fail at START_MAD.
 # The mean difference alone separates worse (copies max 0.036, distinct p5 0.025).
 MATCH_SCORE = 0.10
 # match_score gives up (inf) when no start crop aligns within this mean difference (/255):
