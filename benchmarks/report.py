@@ -627,8 +627,14 @@ def ssld_pool() -> str:
         "",
         f"`select` refused {sel['duplicates_refused']} pool images as copies of evaluation "
         f"images: **{sel['planted_removed']} of the {sel['planted']} planted copies**, and "
-        f"{sel['false_duplicates']} others; {len(sel['short_classes'])} classes were short of "
-        f"{s['per_class']}.",
+        f"{sel['false_duplicates']} others; "
+        + (
+            f"classes short of {s['per_class']}: "
+            + ", ".join(str(c) for c in sel["short_classes"])
+            + " (fewer images predicted as them)."
+            if sel["short_classes"]
+            else f"every class had {s['per_class']}."
+        ),
         "",
         f"Reproduce: `{r['command']}`",
     ]
