@@ -27,7 +27,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 TEACHER_CONFIGS = {
@@ -205,14 +205,26 @@ def main(
         results["runs"][str(seed)] = runs
 
     modes = [*caches, "ensemble"]
-    summary: dict = {"top1": {}}
-    for mode in modes:
-        values = [results["runs"][str(s)][mode]["top1"] for s in seed_list]
-        summary["top1"][mode] = {
-            "mean": round(statistics.fmean(values), 5),
-            "std": round(statistics.stdev(values), 5) if len(values) > 1 else 0.0,
-            "values": values,
-        }
+
+    def last(mode: str) -> list[float]:
+        return [results["runs"][str(s)][mode]["last_top1"] for s in seed_list]
+
+    # Last-epoch top-1 (no epoch chosen on the validation set), as codec_accuracy and ssld_pool.
+    summary: dict = {"metric": "last_top1", "top1": {mode: mean_ci(last(mode)) for mode in modes}}
+    summary["paired"] = {
+        f"ensemble_minus_{tag}": mean_ci(
+            [round(e - t, 5) for e, t in zip(last("ensemble"), last(tag), strict=True)]
+        )
+        for tag in caches
+    }
+    summary["seeds_ensemble_above_every_member"] = sum(
+        all(
+            results["runs"][str(s)]["ensemble"]["last_top1"]
+            > results["runs"][str(s)][t]["last_top1"]
+            for t in caches
+        )
+        for s in seed_list
+    )
     single = [
         s
         for seed in seed_list

@@ -52,15 +52,16 @@ def _points(v: dict) -> str:
     return f"{100 * v['mean']:+.2f}{ci}"
 
 
-def interval_reading(d: dict) -> str:
-    """What a paired difference's 95% interval shows, and no more."""
+def interval_reading(d: dict, first: str = "offline") -> str:
+    """What a paired difference's 95% interval shows, and no more (`first` is the side the
+    difference is taken from)."""
     if d["ci95"] is None:
         return "none (one seed)"
     lo, hi = 100 * (d["mean"] - d["ci95"]), 100 * (d["mean"] + d["ci95"])
     span = f"{lo:+.2f} to {hi:+.2f} points"
     if lo <= 0 <= hi:
         return f"{span}: contains 0, so neither is shown ahead; any difference in it fits"
-    return f"{span}: offline {'higher' if lo > 0 else 'lower'}"
+    return f"{span}: {first} {'higher' if lo > 0 else 'lower'}"
 
 
 def online_vs_offline(pair: str) -> str:
@@ -500,6 +501,10 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
         f"views per cache, batch {s['batch_size']}, 32x32, rule {s['rule']}, {seeds} student "
         f"seeds. Machine: {m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
         "",
+    ]
+    if "paired" in summary:
+        return "\n".join(lines[:-1] + _ensemble_paired(r))
+    lines += [
         "| student trained from | teacher top-1 | student top-1, mean ± std over seeds | "
         "per seed |",
         "|---|---|---|---|",
@@ -528,6 +533,49 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
         f"Reproduce: `{r['command']}`",
     ]
     return "\n".join(lines)
+
+
+def _ensemble_label(r: dict, mode: str) -> tuple[str, str]:
+    """(label, teacher top-1) of an ensemble benchmark mode."""
+    teacher = r["teachers"].get(mode)
+    if teacher is None:
+        return f"ensemble of {r['summary']['members']} ({r['settings']['rule']})", "-"
+    return f"{teacher['arch']} (seed {teacher['seed']}) alone", f"{100 * teacher['top1']:.2f}%"
+
+
+def _ensemble_paired(r: dict) -> list[str]:
+    """The table and paired differences of a multi-seed ensemble result (last-epoch top-1)."""
+    summary, seeds = r["summary"], len(r["settings"]["seeds"])
+    lines = [
+        " Students are scored by their last-epoch top-1.",
+        "",
+        "| student trained from | teacher top-1 | student top-1, mean ± 95% CI | per seed |",
+        "|---|---|---|---|",
+    ]
+    for mode, v in summary["top1"].items():
+        label, t_top1 = _ensemble_label(r, mode)
+        per_seed = ", ".join(f"{100 * x:.2f}" for x in v["values"])
+        ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
+        lines.append(f"| {label} | {t_top1} | {100 * v['mean']:.2f}%{ci} | {per_seed} |")
+    lines += ["", "Paired differences (ensemble minus one member, same student seed):", ""]
+    for name, v in summary["paired"].items():
+        member = name.removeprefix("ensemble_minus_")
+        lines.append(
+            f"- minus {_ensemble_label(r, member)[0]}: {_points(v)} points; 95% interval "
+            f"{interval_reading(v, 'the ensemble')}"
+        )
+    times = summary["median_epoch_seconds"]
+    lines += [
+        "",
+        f"The ensemble student was above every member's student in "
+        f"{summary['seeds_ensemble_above_every_member']} of {seeds} seeds. Training time, "
+        f"{summary['members']} members vs 1 (median epoch seconds of the interleaved runs, "
+        f"{times['ensemble']:.1f} s vs {times['single']:.1f} s): "
+        f"**{summary['time_ratio']:.3f}x**.",
+        "",
+        f"Reproduce: `{r['command']}`",
+    ]
+    return lines
 
 
 def codec_accuracy() -> str:

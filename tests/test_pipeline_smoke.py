@@ -116,7 +116,7 @@ def test_online_vs_offline_benchmark_smoke_two_seeds(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
-def test_ensemble_benchmark_smoke(tmp_path):
+def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     from benchmarks import ensemble
 
     out = tmp_path / "ensemble.json"
@@ -135,6 +135,22 @@ def test_ensemble_benchmark_smoke(tmp_path):
         assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
     assert r["summary"]["members"] == 2
     assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
+    for tag in ("resnet18-s0", "resnet18-s1"):  # paired on the same student seed
+        diffs = [
+            r["runs"][s]["ensemble"]["last_top1"] - r["runs"][s][tag]["last_top1"] for s in "01"
+        ]
+        assert r["summary"]["paired"][f"ensemble_minus_{tag}"]["values"] == pytest.approx(diffs)
+    above = sum(
+        all(r["runs"][s]["ensemble"]["last_top1"] > r["runs"][s][t]["last_top1"] for t in tags)
+        for s in "01"
+        for tags in [("resnet18-s0", "resnet18-s1")]
+    )
+    assert r["summary"]["seeds_ensemble_above_every_member"] == above
+    from benchmarks import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.ensemble("ensemble.json")
+    assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
     ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
     assert len(ckpt["targets"]["members"]) == 2
 
