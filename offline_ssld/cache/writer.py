@@ -22,7 +22,11 @@ import numpy as np
 from offline_ssld.atomic import TMP_MARK, atomic_write
 from offline_ssld.cache.backends import BACKEND_SUFFIX, map_shard, write_columns
 from offline_ssld.cache.codecs import codec_from_settings
-from offline_ssld.cache.fingerprint import first_difference
+from offline_ssld.cache.fingerprint import (
+    dataset_fingerprint,
+    first_difference,
+    order_fingerprint,
+)
 from offline_ssld.cache.format import (
     MANIFEST,
     VERIFIED,
@@ -175,11 +179,14 @@ def open_cache(
                     f"{path}: shard is missing or damaged; run `offline-ssld verify {cache_dir}` "
                     "or dump again with --overwrite"
                 )
+        manifest.fingerprints = old.fingerprints  # a dump's `dataset` and `order` as written
         manifest.shards = old.shards
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
         manifest.dump_id = dump_id
         if adopt_shards(cache_dir, manifest, keys) or extends is not None:
+            if manifest.complete:
+                fingerprint_keys(cache_dir, manifest)
             _save(manifest, cache_dir)
         return manifest
     if foreign and not (cache_dir / MANIFEST).exists():
@@ -213,6 +220,25 @@ def _save(manifest: Manifest, cache_dir: Path) -> None:
         ) from None
 
 
+def fingerprint_keys(cache_dir: Path, manifest: Manifest) -> None:
+    """Set `dataset` and `order` of a manifest that just became whole from the key columns
+    of its shards (16 bytes an image, through the mapped files), so they describe what the
+    shards hold: dump-teacher computes each key as its loader reads the image, and writes
+    the fingerprints of the whole parts only until then (cache/fingerprint.py)."""
+    keys = [
+        row.tobytes()
+        for info in manifest.shards
+        for row in map_shard(
+            manifest.backend, cache_dir / info.name, info.images, size=info.bytes
+        ).numeric["key"]
+    ]
+    manifest.fingerprints = {
+        **manifest.fingerprints,
+        "dataset": dataset_fingerprint(keys),
+        "order": order_fingerprint(keys),
+    }
+
+
 def write_shard(
     cache_dir: Path, manifest: Manifest, index: int, columns: dict[str, np.ndarray], images: int
 ) -> ShardInfo:
@@ -231,6 +257,8 @@ class BackgroundWriter:
     The queue is bounded (two shards) to cap memory; an error on the thread is re-raised in
     the caller at the next `submit` or at `close`. With `update_manifest=False` (the non-zero
     ranks of a launched dump) shards are only committed; rank 0 adopts them at the end.
+    The manifest the last shard makes whole is fingerprinted (`fingerprint_keys`) before it
+    is saved.
     """
 
     def __init__(self, cache_dir: Path, manifest: Manifest, update_manifest: bool = True):
@@ -256,6 +284,8 @@ class BackgroundWriter:
                     continue
                 self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)
                 self.manifest.complete = len(self.manifest.shards) == self.manifest.num_shards
+                if self.manifest.complete:
+                    fingerprint_keys(self.cache_dir, self.manifest)
                 self.manifest.save(self.cache_dir)
             except BaseException as exc:  # surfaced in the caller's thread
                 self._error = exc
