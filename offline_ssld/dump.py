@@ -124,6 +124,10 @@ class DumpPlan:
     # image base + i's duplicates in the list: (their paths, the content key they share)
     twins: dict[int, tuple[list[str], bytes]] = dataclasses.field(default_factory=dict)
 
+    def path(self, image: int) -> str:
+        """The relative path of image `image` of this part: what its shard's rows store."""
+        return self.source.samples[image - self.base].path
+
 
 def _precheck(pipeline: Pipeline) -> DecodeImage:
     first = pipeline.ops[0] if pipeline.ops else None
@@ -431,7 +435,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     plan = plan_against_cache(_plan(cfg, offline), cache_dir, overwrite)
     dist.barrier()  # every rank planned from the cache as it was
     if dist.is_main():
-        manifest = open_cache(cache_dir, plan.manifest, overwrite, None, plan.extends)
+        manifest = open_cache(cache_dir, plan.manifest, overwrite, None, plan.extends, plan.path)
     dist.barrier()
     if not dist.is_main():
         manifest = _follow(cache_dir, plan.manifest)
@@ -455,7 +459,7 @@ def run_dump(cfg: dict, overwrite: bool = False, progress: bool = True) -> DumpR
     if dist.is_distributed():
         dist.barrier()  # every rank's shards are committed
         if dist.is_main():
-            if adopt_shards(cache_dir, manifest) and manifest.complete:
+            if adopt_shards(cache_dir, manifest, paths=plan.path) and manifest.complete:
                 fingerprint_keys(cache_dir, manifest)
             manifest.save(cache_dir)
             if not manifest.complete:  # a shard of another rank failed its check
