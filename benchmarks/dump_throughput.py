@@ -83,9 +83,9 @@ def prebuilt_batches(cfg: dict) -> tuple[list, int, int]:
     ]
     items = [i for chunk in shard_items for i in chunk]
     workers = cfg["Offline"]["num_workers"]
-    dataset = DumpDataset(plan.source, plan.keys, plan.pipeline, m.seed, views, items)
+    dataset = DumpDataset(plan.source, plan.probes, plan.pipeline, m.seed, views, items)
     loader = BatchLoader(dataset, ShardBatches(shard_items, cfg["Offline"]["batch_size"]), workers)
-    return [x for x, _params, _item in loader], len(items), m.num_images
+    return [x for x, _params, _item, _key in loader], len(items), m.num_images
 
 
 def time_bare(teacher, device: str, batches: list) -> float:

@@ -20,7 +20,7 @@ from offline_ssld.config.paddleclas import check_supported, overlay_summary
 from offline_ssld.config.specs import ModelSpec, data_spec
 from offline_ssld.data import batchops
 from offline_ssld.data.batchops import CUTMIX, LAMBDA_STEPS, MIXUP, cutmix_box
-from offline_ssld.data.lists import read_list
+from offline_ssld.data.lists import probe_key, read_list
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource, ReplayDataset
 from offline_ssld.errors import ConfigError, DataError
@@ -121,9 +121,9 @@ def _dump_dataset(cfg: dict, reader: CacheReader, items: list[int]) -> DumpDatas
     data = data_spec(cfg, "Train")
     samples = read_list(data.cls_label_path, CLASSES)
     source = ImageSource(data.image_root, data.cls_label_path, samples)
-    keys = reader.stored_keys(len(reader.manifest.shards))
+    probes = [probe_key(source.read(i)) for i in range(len(samples))]
     pipeline = Pipeline(build_ops(data.transform_ops, "ops"))
-    return DumpDataset(source, keys, pipeline, reader.manifest.seed, reader.views, items)
+    return DumpDataset(source, probes, pipeline, reader.manifest.seed, reader.views, items)
 
 
 def test_mixed_views_replay_bit_for_bit_and_the_logits_are_the_teachers(mixed):
@@ -149,7 +149,8 @@ def test_mixed_views_replay_bit_for_bit_and_the_logits_are_the_teachers(mixed):
         replay.set_epoch_views(np.full(m.num_images, view))
         for image in range(m.num_images):
             x = replay.get_batch([image])[0][0]
-            drawn_x, drawn_params, _ = fresh[image * m.views + view]
+            drawn_x, drawn_params, _, key = fresh[image * m.views + view]
+            assert key.tobytes() == reader.key_at(*reader.locate(image))  # hashed on read
             stored, _ = reader.read_view(*reader.locate(image), view)
             assert np.array_equal(drawn_params, stored)
             assert x.dtype == drawn_x.dtype and np.array_equal(x, drawn_x)
@@ -185,8 +186,8 @@ def test_dump_is_reproducible_and_each_shard_is_the_same_alone(mixed, project):
     tail = items[len(items) // 2 :]
     alone = _dump_dataset(cfg, reader, tail)
     for position, item in enumerate(tail):
-        x, params, _ = alone[position]
-        ref_x, ref_params, _ = whole[item]
+        x, params, _, _ = alone[position]
+        ref_x, ref_params, _, _ = whole[item]
         assert np.array_equal(params, ref_params) and np.array_equal(x, ref_x)
 
 

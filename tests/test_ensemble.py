@@ -289,10 +289,11 @@ def test_merge_without_config_reads_nothing_outside_the_caches(two_fake):
     (here they are gone), and the merged cache holds the same images."""
     config, tmp, plan = two_fake
     spec = data_spec(load_config([str(config)]), "Train")
+    keys = sorted(plan.keys)  # a plan hashes its images when asked: before they are gone
     shutil.rmtree(spec.image_root)
     Path(spec.cls_label_path).unlink()
     result = merge_caches([CacheMember(str(tmp / "a"), 1.0)], tmp / "alone")
     assert result.images == plan.manifest.num_images
     merged = CacheReader(tmp / "alone")
-    assert sorted(merged.stored_keys(len(merged.manifest.shards))) == sorted(plan.keys)
+    assert sorted(merged.stored_keys(len(merged.manifest.shards))) == keys
     assert verify_cache(tmp / "alone", 0, 0).ok

@@ -8,8 +8,12 @@ computation, so equal inputs always give the same fingerprint and any change giv
 - `dataset`:    the sorted content keys of every image the cache holds (a set: a reordered
                 list matches, and a cache extended by a part holds what a fresh dump of the
                 union list holds, so both get the same value);
-- `order`:      the content keys in storage order (a dump resumes only along the same
-                shard cuts; an extension appends its part's keys).
+- `order`:      the content keys in storage order (an extension appends its part's keys);
+- `list`:       written by dump-teacher: the (path, label) of every image of the part being
+                dumped, in storage order. The keys are computed as the dump reads the
+                images, so `dataset` and `order` cover the whole parts only (none while a
+                first dump runs, every part once the cache is complete), and a dump resumes
+                only when its list gives the same part, so along the same shard cuts.
 
 `first_difference` is the single comparison that dump (resuming, extending), train (opening
 a cache) and audit (verifying one) call; each caller words what a difference means for it.
@@ -69,11 +73,17 @@ def transforms_fingerprint(pipeline: Pipeline) -> str:
 
 
 def dataset_fingerprint(keys: Iterable[bytes]) -> str:
-    return canonical_hash(sorted(k.hex() for k in keys))
+    return canonical_hash(sorted({k.hex() for k in keys}))
 
 
 def order_fingerprint(keys: Iterable[bytes]) -> str:
     return canonical_hash([k.hex() for k in keys])
+
+
+def list_fingerprint(samples: Iterable[Any]) -> str:
+    """What fixes a dump part's layout before any image is read: its list samples (path,
+    label, attributes) in storage order."""
+    return canonical_hash([[s.path, s.label, list(s.attributes)] for s in samples])
 
 
 def cache_fingerprint(manifest: Manifest) -> str:
@@ -121,6 +131,7 @@ IDENTITY_FIELDS: dict[str, str] = {
     "fingerprints.dataset": "dataset",
     "fingerprints.transforms": "transforms",
     "fingerprints.order": "list order",
+    "fingerprints.list": "list",
     "codec": "codec",
     "views": "views",
     "seed": "seed",
@@ -133,6 +144,7 @@ RESUME_FIELDS = (
     "fingerprints.dataset",
     "fingerprints.transforms",
     "fingerprints.order",
+    "fingerprints.list",
     "codec",
     "views",
     "seed",
@@ -142,9 +154,11 @@ RESUME_FIELDS = (
 
 
 def manifest_field(manifest: Manifest, dotted: str) -> Any:
+    """A manifest field by dotted name; None for a fingerprint the manifest lacks (`list` is
+    written by dump-teacher only)."""
     value: Any = manifest.to_json()
     for part in dotted.split("."):
-        value = value[part]
+        value = value.get(part)
     return value
 
 
@@ -180,10 +194,17 @@ def first_difference(cached: Manifest, expected: Manifest | Mapping[str, Any]) -
 
     `expected` holds the fields the caller can compute (a training config knows its teacher
     and transforms, not the dump's list order); a Manifest stands for the RESUME_FIELDS of
-    the dump it describes. A `ListedKeys` as `fingerprints.dataset` asks for membership
-    instead, checked after every exact field."""
+    the dump it describes (but `dataset` and `order` when it has a `list` fingerprint). A
+    `ListedKeys` as `fingerprints.dataset` asks for membership instead, checked after every
+    exact field."""
     if not isinstance(expected, Mapping):
-        expected = {f: manifest_field(expected, f) for f in RESUME_FIELDS}
+        # A dump's list fixes its rows; their keys are fingerprinted once they are written.
+        lazy = (
+            ("fingerprints.dataset", "fingerprints.order")
+            if expected.fingerprints.get("list")
+            else ()
+        )
+        expected = {f: manifest_field(expected, f) for f in RESUME_FIELDS if f not in lazy}
     unknown = set(expected) - set(IDENTITY_FIELDS)
     if unknown:
         raise ValueError(f"not an identity field: {sorted(unknown)[0]}")

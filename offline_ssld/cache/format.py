@@ -31,7 +31,9 @@ shard), in HDF5 a contiguous dataset (strings are fixed-length UTF-8 bytes).
     format_version, backend, views, seed, num_classes, images_per_shard,
     param_names, param_ranges ([lo, hi] per name, inclusive),
     codec: {name, num_classes, ...settings},
-    fingerprints: {teacher, transforms, dataset, order},
+    fingerprints: {teacher, transforms, dataset, order, list (dump-teacher only: the
+                   samples of the part it dumps; `dataset` and `order` then cover the whole
+                   parts, all of them once `complete`)},
     teacher: {name, class_num, weights_sha256},
     num_images, parts (images added by each dump: [num_images], then one more per extension),
     source: {image_root, cls_label_path, transform_ops, teacher_weights},
@@ -382,6 +384,8 @@ def load_manifest(cache_dir: str | Path) -> Manifest:
         raise CacheError(f"{path}: field 'dump_id' is not 32 lowercase hex digits")
     for name, fields in _NESTED.items():
         _check_fields(obj[name], fields, str(path), f"{name}.")
+    if not isinstance(obj["fingerprints"].get("list", ""), str):
+        raise CacheError(f"{path}: field 'fingerprints.list' has the wrong type")
     from offline_ssld.cache.backends import BACKEND_SUFFIX  # backends imports this module
 
     if obj["backend"] not in BACKEND_SUFFIX:

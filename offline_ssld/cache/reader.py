@@ -215,12 +215,13 @@ class CacheReader:
             for row in self.shard(n, verify=False).numeric["key"]
         ]
 
-    def path_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted path hashes, image numbers): the relative path each row was dumped from,
-        as the first 8 bytes of its BLAKE3 (reads the path columns, never an image). A hash
-        is only a hint: the key of the image read later decides."""
+    def path_index(self, shards: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted path hashes, image numbers): the relative path each row of the first
+        `shards` shards (default: all listed) was dumped from, as the first 8 bytes of its
+        BLAKE3 (reads the path columns, never an image). A hash is only a hint: the key of
+        the image read later, or the stored path, decides."""
         parts = []
-        for n in range(len(self.manifest.shards)):
+        for n in range(len(self.manifest.shards) if shards is None else shards):
             shard = self.shard(n, verify=False)
             paths = zip(shard.strings("path_dir"), shard.strings("path_name"), strict=True)
             parts.append(np.array([path_hash(join_path(d, f)) for d, f in paths], np.uint64))

@@ -15,6 +15,7 @@ import dataclasses
 import queue
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,11 @@ import numpy as np
 from offline_ssld.atomic import TMP_MARK, atomic_write
 from offline_ssld.cache.backends import BACKEND_SUFFIX, map_shard, write_columns
 from offline_ssld.cache.codecs import codec_from_settings
-from offline_ssld.cache.fingerprint import first_difference
+from offline_ssld.cache.fingerprint import (
+    dataset_fingerprint,
+    first_difference,
+    order_fingerprint,
+)
 from offline_ssld.cache.format import (
     MANIFEST,
     VERIFIED,
@@ -30,6 +35,7 @@ from offline_ssld.cache.format import (
     ShardInfo,
     cache_file,
     file_checksum,
+    join_path,
     load_manifest,
     max_shard_bytes,
     new_dump_id,
@@ -60,7 +66,9 @@ def _shard_cap(manifest: Manifest, images: int) -> int:
     return max_shard_bytes(manifest, codec_from_settings(manifest.codec), images)
 
 
-def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | None:
+def _shard_problem(
+    path: Path, manifest: Manifest, index: int, keys, paths: Callable[[int], str] | None
+) -> str | None:
     """Why the whole-looking file `path`, written by this dump, cannot be shard `index` of
     `manifest`, or None."""
     first, stop = manifest.shard_span(index)
@@ -75,6 +83,10 @@ def _shard_problem(path: Path, manifest: Manifest, index: int, keys) -> str | No
         want = np.stack([np.frombuffer(k, dtype=np.uint8) for k in keys[first : first + images]])
         if not np.array_equal(shard.numeric["key"], want):
             return "its content keys are not the images of this shard"
+    if paths is not None:
+        stored = zip(shard.strings("path_dir"), shard.strings("path_name"), strict=True)
+        if [join_path(d, n) for d, n in stored] != [paths(i) for i in range(first, stop)]:
+            return "its paths are not the images of this shard"
     return None
 
 
@@ -93,14 +105,17 @@ def _written_by(path: Path, manifest: Manifest) -> bool:
     return shard.dump_id == manifest.dump_id
 
 
-def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
+def adopt_shards(
+    cache_dir: Path, manifest: Manifest, keys=None, paths: Callable[[int], str] | None = None
+) -> list[str]:
     """List in `manifest` the whole shard files on disk that it does not list yet.
 
     A shard appears under its final name only whole (tmp, fsync, rename), so a shard that a
     killed run, or another rank of a launched dump, committed without listing it is kept: it
     must carry the manifest's dump id (proof this dump wrote it), and is parsed, checked
     against its index (rows, images, columns and, given the dump's ordered content `keys`,
-    its keys), checksummed and added. A file of this dump that fails the check is removed and
+    its keys; given `paths(image)`, the relative path of each image number, its paths),
+    checksummed and added. A file of this dump that fails the check is removed and
     will be rewritten. Any other unlisted `shard-*` file is left alone and refused, naming
     it. Returns the names adopted; `manifest` is not saved here.
     """
@@ -119,7 +134,7 @@ def adopt_shards(cache_dir: Path, manifest: Manifest, keys=None) -> list[str]:
                 "--overwrite to replace the cache"
             )
         assert index is not None  # `ours` holds
-        if _shard_problem(path, manifest, index, keys) is not None:
+        if _shard_problem(path, manifest, index, keys, paths) is not None:
             path.unlink()  # ours, but not whole or not this shard: written again
             continue
         first, stop = manifest.shard_span(index)
@@ -140,6 +155,7 @@ def open_cache(
     overwrite: bool = False,
     keys=None,
     extends: Manifest | None = None,
+    paths: Callable[[int], str] | None = None,
 ) -> Manifest:
     """Return the manifest to continue from: a fresh one, or the matching existing one.
 
@@ -175,11 +191,14 @@ def open_cache(
                     f"{path}: shard is missing or damaged; run `offline-ssld verify {cache_dir}` "
                     "or dump again with --overwrite"
                 )
+        manifest.fingerprints = old.fingerprints  # a dump's `dataset` and `order` as written
         manifest.shards = old.shards
         manifest.skipped = old.skipped if old.skipped else manifest.skipped
         manifest.complete = len(old.shards) == manifest.num_shards
         manifest.dump_id = dump_id
-        if adopt_shards(cache_dir, manifest, keys) or extends is not None:
+        if adopt_shards(cache_dir, manifest, keys, paths) or extends is not None:
+            if manifest.complete:
+                fingerprint_keys(cache_dir, manifest)
             _save(manifest, cache_dir)
         return manifest
     if foreign and not (cache_dir / MANIFEST).exists():
@@ -213,6 +232,25 @@ def _save(manifest: Manifest, cache_dir: Path) -> None:
         ) from None
 
 
+def fingerprint_keys(cache_dir: Path, manifest: Manifest) -> None:
+    """Set `dataset` and `order` of a manifest that just became whole from the key columns
+    of its shards (16 bytes an image, through the mapped files), so they describe what the
+    shards hold: dump-teacher computes each key as its loader reads the image, and writes
+    the fingerprints of the whole parts only until then (cache/fingerprint.py)."""
+    keys = [
+        row.tobytes()
+        for info in manifest.shards
+        for row in map_shard(
+            manifest.backend, cache_dir / info.name, info.images, size=info.bytes
+        ).numeric["key"]
+    ]
+    manifest.fingerprints = {
+        **manifest.fingerprints,
+        "dataset": dataset_fingerprint(keys),
+        "order": order_fingerprint(keys),
+    }
+
+
 def write_shard(
     cache_dir: Path, manifest: Manifest, index: int, columns: dict[str, np.ndarray], images: int
 ) -> ShardInfo:
@@ -231,6 +269,8 @@ class BackgroundWriter:
     The queue is bounded (two shards) to cap memory; an error on the thread is re-raised in
     the caller at the next `submit` or at `close`. With `update_manifest=False` (the non-zero
     ranks of a launched dump) shards are only committed; rank 0 adopts them at the end.
+    The manifest the last shard makes whole is fingerprinted (`fingerprint_keys`) before it
+    is saved.
     """
 
     def __init__(self, cache_dir: Path, manifest: Manifest, update_manifest: bool = True):
@@ -256,6 +296,8 @@ class BackgroundWriter:
                     continue
                 self.manifest.shards = sorted([*self.manifest.shards, info], key=lambda s: s.name)
                 self.manifest.complete = len(self.manifest.shards) == self.manifest.num_shards
+                if self.manifest.complete:
+                    fingerprint_keys(self.cache_dir, self.manifest)
                 self.manifest.save(self.cache_dir)
             except BaseException as exc:  # surfaced in the caller's thread
                 self._error = exc

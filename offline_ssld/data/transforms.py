@@ -236,16 +236,17 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _looks_whole(data: bytes) -> bool:
-    """Whether a file whose header `_header_size` read is whole: PNG ends with its IEND chunk,
-    JPEG with its end-of-image marker, BMP and WebP have the size their header declares."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return data.endswith(b"IEND\xae\x42\x60\x82")
-    if data[:2] == b"\xff\xd8":
-        return data.endswith(b"\xff\xd9")
-    if data[:2] == b"BM":
-        return int.from_bytes(data[2:6], "little") == len(data)
-    return int.from_bytes(data[4:8], "little") + 8 == len(data)  # RIFF (WebP)
+def _looks_whole(head: bytes, tail: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes whose header `_header_size` read in `head` is whole:
+    PNG ends (`tail`) with its IEND chunk, JPEG with its end-of-image marker, BMP and WebP
+    have the size their header declares."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return tail.endswith(b"IEND\xae\x42\x60\x82")
+    if head[:2] == b"\xff\xd8":
+        return tail.endswith(b"\xff\xd9")
+    if head[:2] == b"BM":
+        return int.from_bytes(head[2:6], "little") == size
+    return int.from_bytes(head[4:8], "little") + 8 == size  # RIFF (WebP)
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -371,11 +372,18 @@ class DecodeImage(Op):
         size its header declares) passes without decoding, so the dump decodes each image
         once, in its loader; any other file (unknown format, truncated) is decoded on trial,
         so --skip-bad can still skip it."""
-        size = _header_size(data) if data else None
-        if size is None or not _looks_whole(data):
+        if not self.vouch(data, data, len(data)):
             self.apply(data, ())
-        else:
-            _check_pixels(*size)
+
+    def vouch(self, head: bytes, tail: bytes, size: int) -> bool:
+        """Whether a file of `size` bytes that starts with `head` and ends with `tail` is a
+        whole PNG/JPEG/BMP/WebP within the pixel limits (above them: DataError), so the
+        dump's probe need not read the rest of it."""
+        shape = _header_size(head) if head else None
+        if shape is None or not _looks_whole(head, tail, size):
+            return False
+        _check_pixels(*shape)
+        return True
 
     def spec(self) -> dict:
         return {"name": self.name, "to_rgb": self.to_rgb, "channel_first": self.channel_first}

@@ -25,6 +25,7 @@ from offline_ssld.data.lists import (
     Sample,
     content_key,
     inside,
+    probe_key,
     read_image_bytes,
     read_regular,
 )
@@ -93,23 +94,26 @@ class ImageSource:
 
 
 class DumpDataset(paddle.io.Dataset):
-    """Item (image, view) -> (teacher input, drawn params, item number) for dump-teacher."""
+    """Item (image, view) -> (teacher input, drawn params, item number, content key) for
+    dump-teacher. The content key is computed here, from the bytes read for the teacher: the
+    dump has no hashing pass of its own."""
 
     def __init__(
         self,
         source: ImageSource,
-        keys: list[bytes],
+        probes: list[bytes],
         pipeline: Pipeline,
         seed: int,
         views: int,
         items: list[int],
         base: int = 0,
     ):
-        """`keys[i]` is image i's key; `source` lists the images from `base` on (an extension
-        dumps only those)."""
-        self.source, self.keys, self.pipeline = source, keys, pipeline
+        """`source` lists the images from `base` on (an extension dumps only those) and
+        `probes[i]` is the `lists.probe_key` its planning found for image base + i: bytes
+        read with another probe have changed since, and are refused, naming the file."""
+        self.source, self.probes, self.pipeline = source, probes, pipeline
         self.seed, self.views, self.items, self.base = seed, views, items, base
-        self._decoded: tuple[int, np.ndarray] | None = None  # (image, decoded pixels)
+        self._decoded: tuple[int, np.ndarray, bytes] | None = None  # (image, pixels, key)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -119,25 +123,23 @@ class DumpDataset(paddle.io.Dataset):
         image, view = divmod(item, self.views)
         if self._decoded is None or self._decoded[0] != image:
             # Items are image-major, so a worker's batch holds consecutive views of an image:
-            # it is read, checked and decoded once for all of them.
+            # it is read, hashed and decoded once for all of them.
             line = image - self.base
-            data = self.source.read(line)  # its errors name the file already
-            if content_key(data) != self.keys[image]:
-                raise DataError(f"{self.source.where(line)}: file changed while dumping")
+            data = self._read(line)
             try:
-                self._decoded = (image, self.pipeline.decode(data))
+                self._decoded = (image, self.pipeline.decode(data), content_key(data))
             except DataError as exc:
                 raise DataError(f"{self.source.where(line)}: {exc}") from None
+        _, pixels, key = self._decoded
         try:
-            rng = view_rng(self.seed, self.keys[image], view)
-            x, params = self.pipeline.draw_decoded(self._decoded[1], rng)
+            x, params = self.pipeline.draw_decoded(pixels, view_rng(self.seed, key, view))
         except DataError as exc:
             raise DataError(f"{self.source.where(image - self.base)}: {exc}") from None
         mix = self.pipeline.mix
         if mix is not None:
             # Partners come from this dump part: their bytes are in the list being dumped.
-            partners = range(self.base, len(self.keys))
-            drawn = mix.draw_mix(x.shape, partners, mix_rng(self.seed, self.keys[image], view))
+            partners = range(self.base, self.base + len(self.probes))
+            drawn = mix.draw_mix(x.shape, partners, mix_rng(self.seed, key, view))
             packed = mix.pack(drawn)
             partner = self._unmixed(drawn.partner, view) if drawn.kind else None
             try:
@@ -149,16 +151,20 @@ class DumpDataset(paddle.io.Dataset):
                     f"{exc} (batch ops need views of one shape)"
                 ) from None
             params = np.concatenate([params, np.array(packed, np.int32)])
-        return x, params, np.int64(item)
+        return x, params, np.int64(item), np.frombuffer(key, np.uint8)
+
+    def _read(self, line: int) -> bytes:
+        data = self.source.read(line)  # its errors name the file already
+        if probe_key(data) != self.probes[line]:
+            raise DataError(f"{self.source.where(line)}: file changed while dumping")
+        return data
 
     def _unmixed(self, image: int, view: int) -> np.ndarray:
         """Image `image`'s unmixed view `view`, as its own dump draws it (the same generator)."""
         line = image - self.base
-        data = self.source.read(line)
-        if content_key(data) != self.keys[image]:
-            raise DataError(f"{self.source.where(line)}: file changed while dumping")
+        data = self._read(line)
         try:
-            return self.pipeline.draw(data, view_rng(self.seed, self.keys[image], view))[0]
+            return self.pipeline.draw(data, view_rng(self.seed, content_key(data), view))[0]
         except DataError as exc:
             raise DataError(f"{self.source.where(line)}: {exc}") from None
 
