@@ -8,7 +8,9 @@ command measures another checkout by pointing PYTHONPATH at it:
     python benchmarks/startup.py --images 3000 --work /tmp/startup    # this checkout
     PYTHONPATH=/work/main python benchmarks/startup.py --images 3000 --work /tmp/startup
 
-Prints one JSON line: dump start-up, dump total, train start-up (seconds).
+Prints one JSON line: dump start-up, dump total, train start-up (seconds). --side sets the
+image size (noise, so about 3 * side**2 bytes a PNG): start-up that grows with the bytes
+shows there, start-up that grows with the list does not.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ class FirstBatch(Exception):
     """Raised at the first training loss: start-up is over."""
 
 
-def make_project(work: Path, images: int) -> Path:
-    """`images` 40x40 PNG/JPEG files, a list, random teacher weights and a config (once)."""
-    config = work / f"config_{images}.yaml"
+def make_project(work: Path, images: int, side: int) -> Path:
+    """`images` side x side PNG/JPEG files of noise, a list, random teacher weights and a
+    config (once). Noise barely compresses, so `side` sets the bytes per image."""
+    config = work / f"config_{images}_{side}.yaml"
     if config.exists():
         return config
     import paddle
@@ -41,18 +44,18 @@ def make_project(work: Path, images: int) -> Path:
     from offline_ssld.config.specs import ModelSpec
     from offline_ssld.models import build_model, save_weights
 
-    root = work / f"images_{images}"
+    root = work / f"images_{images}_{side}"
     rng = np.random.default_rng(0)
     lines = []
     for i in range(images):
         label = i % CLASSES
-        img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        img = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
         ext = ".png" if i % 2 else ".jpg"
         rel = f"c{label}/{i:06d}{ext}"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(cv2.imencode(ext, img)[1].tobytes())
         lines.append(f"{rel} {label}\n")
-    listing = work / f"list_{images}.txt"
+    listing = work / f"list_{images}_{side}.txt"
     listing.write_text("".join(lines))
     paddle.seed(0)
     weights = work / "teacher.safetensors"
@@ -138,12 +141,13 @@ def measure(config: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--side", type=int, default=40, help="image side in pixels")
     parser.add_argument("--work", type=Path, default=Path("/tmp/offline_ssld_startup"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     import offline_ssld
 
-    result = measure(make_project(args.work, args.images))
+    result = measure(make_project(args.work, args.images, args.side))
     print(json.dumps({"code": str(Path(offline_ssld.__file__).parent.parent), **result}))
 
 
