@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_info, reproduce_command  # noqa: E402
 from offline_ssld.near_duplicates import (  # noqa: E402
     NEAR_DISTANCE,
-    SEARCH_VARIANTS,
+    VARIANT_BOXES,
     HashIndex,
     decode_gray,
     popcount,
@@ -83,7 +83,9 @@ def verify_seconds(rng: np.random.Generator, pairs: int) -> float:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--pool", type=click.IntRange(min=1), default=1_000_000, show_default=True)
 @click.option("--excluded", type=click.IntRange(min=1), default=50_000, show_default=True)
-@click.option("--variants", type=click.IntRange(min=1), default=SEARCH_VARIANTS, show_default=True)
+@click.option(
+    "--variants", type=click.IntRange(min=1), default=len(VARIANT_BOXES), show_default=True
+)
 @click.option("--planted", type=click.IntRange(min=0), default=1000, show_default=True)
 @click.option("--distance", type=click.IntRange(0, 63), default=NEAR_DISTANCE, show_default=True)
 @click.option("--check", type=click.IntRange(min=0), default=200, show_default=True)

@@ -10,7 +10,8 @@ moves up to 18 bits. So the hash only proposes candidates and the pixels decide:
 2. pHash (as `imagehash.phash`): 2-D DCT of the SIDE x SIDE thumbnail, its 8x8 lowest
    frequencies, bit i set when coefficient i is above their median. An excluded image is
    searched as `crop_variants`: itself, its CROP crops off each side, each corner and all
-   sides (VARIANT_BOXES, 10 hashes), and as 4 nearest upscales of itself (UPSCALES).
+   sides (VARIANT_BOXES, 10 hashes); a small one also as resized to the pool's sizes
+   (`resampled_variants`).
 3. search: multi-index hashing (Norouzi et al., 2012). The 64 bits are cut into 4 bands of
    16; two hashes within d bits agree to within d // 4 bits on some band (pigeonhole).
    Indexed hashes are bucketed per band by value (counting sort); a query visits, per band,
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Iterator
 from itertools import combinations
 
@@ -146,28 +148,53 @@ VARIANT_BOXES = [
 ]
 
 
-# Nearest upscales an excluded image is also searched as. Nearest resampling repeats rows
-# and columns unevenly, a pattern the pHash bands see: on Fashion-MNIST (300 images, nearest
-# upscales to 13 sizes from 30 to 56 px), 156 of 3,900 copies were over NEAR_DISTANCE from
-# every crop variant, 23 with these four added (+32% queries, +13% candidate pairs).
-UPSCALES = (1.2, 4 / 3, 1.5, 2.0)
-SEARCH_VARIANTS = len(VARIANT_BOXES) + len(UPSCALES)  # hashes searched per excluded image
-
-
 def crop_variants(gray: np.ndarray) -> list[int]:
-    """pHashes of a decoded image, of its CROP crops (VARIANT_BOXES) and of its nearest
-    UPSCALES: what an excluded image is searched as, so that cropped or blockily enlarged
-    copies of it are found too."""
+    """pHashes of a decoded image and of its CROP crops (VARIANT_BOXES): what an excluded
+    image is searched as, so that cropped copies of it are found too."""
     canon = canonical(gray)
-    crops = {phash_pixels(box(canon, *cut)) for cut in VARIANT_BOXES}
-    h, w = gray.shape
-    enlarged = {
-        fingerprint(
-            cv2.resize(gray, (round(w * f), round(h * f)), interpolation=cv2.INTER_NEAREST)
-        )[0]
-        for f in UPSCALES
-    }
-    return sorted(crops | enlarged)
+    return sorted({phash_pixels(box(canon, *cut)) for cut in VARIANT_BOXES})
+
+
+# An excluded image smaller than WORK (either side) is also searched as resampled to the
+# pool's sizes: canonical() enlarges it, so a blocky resampler's uneven edges survive into
+# the hash. On Fashion-MNIST (300 test images; area and nearest enlargements to 8 sizes from
+# 31 to 56 px) 106 of 4,800 copies were over NEAR_DISTANCE from every crop variant, 0 with
+# the copy's size searched too. Against 4,000 train images, a quarter of them enlarged to
+# 36 px: queries +28%, candidate pairs +15%, distinct images refused 97 (86 without).
+# Larger images are shrunk to WORK, which averages the unevenness away.
+RESAMPLE_SCALES = (0.5, 2.5)  # pool sizes considered, as a multiple of the image's sides
+RESAMPLE_ASPECT = 0.05  # and within this relative difference of its aspect ratio
+RESAMPLE_SIZES = 8  # at most this many (the most frequent in the pool)
+
+
+def resample_sizes(shape: tuple[int, int], pool_sizes: Counter) -> list[tuple[int, int]]:
+    """The pool sizes (h, w) a resampled copy of an image of `shape` could have: none when
+    the image is not small (min side >= WORK), else the RESAMPLE_SIZES most frequent pool
+    sizes within RESAMPLE_SCALES and RESAMPLE_ASPECT of it, other than its own."""
+    h, w = shape
+    if min(h, w) >= WORK:
+        return []
+    low, high = RESAMPLE_SCALES
+    fits = [
+        size
+        for size in pool_sizes
+        if size != (h, w)
+        and low <= size[0] / h <= high
+        and abs(size[1] / size[0] / (w / h) - 1) <= RESAMPLE_ASPECT
+    ]
+    return sorted(fits, key=lambda size: (-pool_sizes[size], size))[:RESAMPLE_SIZES]
+
+
+def resampled_variants(gray: np.ndarray, sizes: list[tuple[int, int]]) -> list[int]:
+    """pHashes of a decoded image resized to each of `sizes` by each RESAMPLERS entry: what
+    a small excluded image is searched as besides its crop variants (`resample_sizes`)."""
+    return sorted(
+        {
+            fingerprint(cv2.resize(gray, (w, h), interpolation=interp))[0]
+            for h, w in sizes
+            for interp in RESAMPLERS
+        }
+    )
 
 
 def phash_pixels(thumb: np.ndarray) -> int:

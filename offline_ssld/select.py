@@ -13,7 +13,8 @@ images predicted as that class with the highest scores. With a teacher cache of 
   probability;
 - duplicates: a pool image is never selected when its content key (BLAKE3 of the file, the
   cache's key) equals an excluded image's, or it is a near copy of one: its pHash within
-  NEAR_DISTANCE bits of one of the excluded image's crop variants, its coarse thumbnail
+  NEAR_DISTANCE bits of one of the excluded image's crop variants (a small one's also
+  resized to the pool's sizes), its coarse thumbnail
   within GATE_MAD, and both images, decoded again, within MATCH_SCORE once aligned
   (near_duplicates.py);
 - top-k: each class keeps its K highest-scoring remaining images predicted as it (ties by
@@ -23,9 +24,10 @@ images predicted as that class with the highest scores. With a teacher cache of 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,8 @@ from offline_ssld.near_duplicates import (
     crop_variants,
     decode_gray,
     fingerprint,
+    resample_sizes,
+    resampled_variants,
     verify,
 )
 from offline_ssld.report import histogram_png, open_cached
@@ -77,6 +81,7 @@ class Excluded:
     key: bytes
     variants: list[int]
     coarse: np.ndarray
+    shape: tuple[int, int]  # (h, w): small images are also searched as resized to pool sizes
 
 
 @dataclass
@@ -119,7 +124,12 @@ def read_excluded(lists: list[str], root: str | Path, delimiter: str | None) -> 
             data = read_image_bytes(root, sample, list_path)
             gray = _decode(data, list_path, sample)
             return Excluded(
-                list_path, sample, content_key(data), crop_variants(gray), fingerprint(gray)[1]
+                list_path,
+                sample,
+                content_key(data),
+                crop_variants(gray),
+                fingerprint(gray)[1],
+                (gray.shape[0], gray.shape[1]),
             )
 
         out += _threaded(one, samples)
@@ -135,16 +145,38 @@ def _decode(data: bytes, list_path: str | Path, sample: Sample) -> np.ndarray:
 
 def pool_hashes(
     image_root: str | Path, samples: list[Sample], list_path: str | Path
-) -> tuple[np.ndarray, np.ndarray]:
-    """(pHash, coarse thumbnail) of every pool image: one read and decode each, in threads."""
+) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """(pHash, coarse thumbnail) of every pool image, and how many pool images have each size
+    (h, w): one read and decode each, in threads."""
 
-    def one(sample: Sample) -> tuple[int, np.ndarray]:
-        return fingerprint(
-            _decode(read_image_bytes(image_root, sample, list_path), list_path, sample)
-        )
+    def one(sample: Sample) -> tuple[int, np.ndarray, tuple[int, int]]:
+        gray = _decode(read_image_bytes(image_root, sample, list_path), list_path, sample)
+        return (*fingerprint(gray), (gray.shape[0], gray.shape[1]))
 
     prints = _threaded(one, samples)
-    return np.array([p[0] for p in prints], dtype=np.uint64), np.stack([p[1] for p in prints])
+    sizes = Counter(p[2] for p in prints)
+    return (
+        np.array([p[0] for p in prints], dtype=np.uint64),
+        np.stack([p[1] for p in prints]),
+        sizes,
+    )
+
+
+def with_resampled_variants(
+    excluded: list[Excluded], pool_sizes: Counter, read_gray: Callable[[int], np.ndarray]
+) -> list[Excluded]:
+    """`excluded`, each small image's variants extended with its resizes to the pool's sizes
+    (near_duplicates.resample_sizes), decoding it again (`read_gray`: by position)."""
+
+    def one(position: int) -> Excluded:
+        image = excluded[position]
+        sizes = resample_sizes(image.shape, pool_sizes)
+        if not sizes:
+            return image
+        extra = resampled_variants(read_gray(position), sizes)
+        return replace(image, variants=sorted(set(image.variants) | set(extra)))
+
+    return _threaded(one, list(range(len(excluded))))
 
 
 def find_duplicates(
@@ -248,7 +280,7 @@ def select(
         raise DataError(f"{spec.cls_label_path}: none of its images is in the cache")
     duplicates: dict[int, Duplicate] = {}
     if excluded:  # pHashing costs a read and decode of every pool image
-        hashes, coarse = pool_hashes(spec.image_root, samples, spec.cls_label_path)
+        hashes, coarse, sizes = pool_hashes(spec.image_root, samples, spec.cls_label_path)
         root = exclude_root or spec.image_root
 
         def read_pool(position: int) -> np.ndarray:
@@ -259,8 +291,9 @@ def select(
             image = excluded[position]
             return decode_gray(read_image_bytes(root, image.sample, image.list_path))
 
+        searched = with_resampled_variants(excluded, sizes, read_excluded_gray)
         duplicates = find_duplicates(
-            samples, keys, hashes, coarse, excluded, read_pool, read_excluded_gray
+            samples, keys, hashes, coarse, searched, read_pool, read_excluded_gray
         )
     pred, score = np.array(preds), np.array(scores)
     allowed = np.ones(len(samples), dtype=bool)

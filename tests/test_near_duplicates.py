@@ -5,6 +5,8 @@ brute-force comparison does."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -20,6 +22,8 @@ from offline_ssld.near_duplicates import (
     fingerprint,
     phash,
     popcount,
+    resample_sizes,
+    resampled_variants,
     verify,
 )
 from pipelines import fashion_mnist
@@ -41,11 +45,16 @@ class Excluded:
         self.coarse = fingerprint(self.gray)[1]
 
     def refuses(self, data: bytes) -> bool:
-        """What select decides for a pool image `data`: hash candidate, gate, verified."""
+        """What select decides for a pool image `data` in a pool that has its size: hash
+        candidate (a small excluded image also searched as resized to that size), gate,
+        verified."""
         copy = decode_gray(data)
         hashed, coarse = fingerprint(copy)
+        sizes = resample_sizes(self.gray.shape, Counter({copy.shape: 1}))
+        extra = np.array(resampled_variants(self.gray, sizes), dtype=np.uint64)
+        variants = np.union1d(self.variants, extra)
         return (
-            int(popcount(np.uint64(hashed) ^ self.variants).min()) <= NEAR_DISTANCE
+            int(popcount(np.uint64(hashed) ^ variants).min()) <= NEAR_DISTANCE
             and coarse_mad(coarse[None], self.coarse[None])[0] <= GATE_MAD
             and verify(self.gray, copy) <= MATCH_SCORE
         )
@@ -103,3 +112,12 @@ def test_index_matches_brute_force(distance):
     np.testing.assert_array_equal(q, bq)
     np.testing.assert_array_equal(i, bi)
     np.testing.assert_array_equal(d, table[bq, bi])
+
+
+def test_resample_sizes_only_for_small_images_and_fitting_sizes():
+    pool = Counter({(36, 36): 5, (56, 56): 9, (28, 28): 100, (36, 48): 50, (200, 200): 7})
+    # its own size, another aspect ratio and a 7x enlargement are not copy sizes of it
+    assert resample_sizes((28, 28), pool) == [(56, 56), (36, 36)]
+    assert resample_sizes((64, 64), pool) == []  # canonical() shrinks it: no need
+    many = Counter({(30 + i, 30 + i): i for i in range(20)})
+    assert len(resample_sizes((28, 28), many)) == 8

@@ -6,6 +6,7 @@ line naming the file and line."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from offline_ssld.cli import main
 from offline_ssld.data.lists import Sample, content_key
 from offline_ssld.dump import shard_columns
 from offline_ssld.near_duplicates import crop_variants, decode_gray, fingerprint
-from offline_ssld.select import Excluded, find_duplicates
+from offline_ssld.select import Excluded, find_duplicates, with_resampled_variants
 from pipelines import fashion_mnist
 from tests.helpers import (
     CLASSES,
@@ -222,6 +223,8 @@ def test_find_duplicates_on_fashion_mnist():
         pool_bytes.append(near_copies(test[source])[kind])
     pool = [Sample(f"pool{i}.png", -1, i + 1) for i in range(len(pool_bytes))]
     fingerprints = [fingerprint(decode_gray(data)) for data in pool_bytes]
+    sizes = Counter(decode_gray(data).shape for data in pool_bytes)
+    excluded = with_resampled_variants(excluded, sizes, lambda e: decode_gray(originals[e]))
     found = find_duplicates(
         pool,
         [content_key(data) for data in pool_bytes],
@@ -238,7 +241,8 @@ def test_find_duplicates_on_fashion_mnist():
     assert len(false) <= 0.03 * 150, [(found[p].pool_path, found[p].excluded_path) for p in false]
 
 
-def prints(data: bytes) -> tuple[list[int], np.ndarray]:
-    """An excluded image's crop variants and coarse thumbnail, as read_excluded keeps them."""
+def prints(data: bytes) -> tuple[list[int], np.ndarray, tuple[int, int]]:
+    """An excluded image's crop variants, coarse thumbnail and size, as read_excluded keeps
+    them."""
     gray = decode_gray(data)
-    return crop_variants(gray), fingerprint(gray)[1]
+    return crop_variants(gray), fingerprint(gray)[1], (gray.shape[0], gray.shape[1])
