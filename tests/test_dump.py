@@ -401,15 +401,35 @@ def test_bad_input_fails_before_teacher_time(project, case, expected):
         assert "skipped 1 images" in result.stdout
 
 
+def _grow(data: bytes) -> bytes:
+    return data + b"\0"
+
+
+def _flip_middle(data: bytes) -> bytes:
+    """The same size, another image: only the bytes (not the probe's ends) tell."""
+    changed = bytearray(data)
+    changed[len(changed) // 2] ^= 0xFF
+    return bytes(changed)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
-def test_image_changed_during_dump_is_an_error_not_a_hang(project, monkeypatch, workers):
+@pytest.mark.parametrize(
+    ("victim", "line", "change"),
+    [("class1/img001.jpg", 2, _grow), ("class2/img002.png", 3, _flip_middle)],
+    ids=["grown", "same-size"],
+)
+def test_image_changed_during_dump_is_an_error_not_a_hang(
+    project, monkeypatch, workers, victim, line, change
+):
+    """An image changed after planning, before the teacher reads it, is refused by the
+    loader, naming its list line (0 and 1 loader workers), and the dump does not hang."""
     config, tmp = project
-    victim = tmp / "images" / "class1" / "img001.jpg"
+    path = tmp / "images" / victim
     original_open_cache = dump_module.open_cache
 
     def open_cache_then_change_image(*args, **kwargs):
         manifest = original_open_cache(*args, **kwargs)
-        victim.write_bytes(victim.read_bytes() + b"\0")  # after hashing, before the teacher
+        path.write_bytes(change(path.read_bytes()))  # after planning, before the teacher
         return manifest
 
     monkeypatch.setattr(dump_module, "open_cache", open_cache_then_change_image)
@@ -429,7 +449,8 @@ def test_image_changed_during_dump_is_an_error_not_a_hang(project, monkeypatch, 
     assert not thread.is_alive(), "dump-teacher hangs when the dataset raises"
     (error,) = outcome
     assert isinstance(error, DataError)
-    assert "train_list.txt:2: class1/img001.jpg: file changed while dumping" in str(error)
+    expected = f"{tmp / 'train_list.txt'}:{line}: {victim}: file changed while dumping"
+    assert expected in str(error)
     # Shards finished before the error stay valid and listed; the cache is resumable.
     manifest = CacheReader(tmp / "cache", require_complete=False).manifest
     assert not manifest.complete

@@ -3,20 +3,16 @@ image; the plan reads only the ends of each file, and whole files only to settle
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from offline_ssld import dump as dump_module
 from offline_ssld.cache.format import load_manifest
 from offline_ssld.cache.reader import CacheReader
-from offline_ssld.config.loading import load_config
 from offline_ssld.data import lists
 from offline_ssld.data.lists import PROBE_HEAD, PROBE_TAIL, content_key
-from offline_ssld.errors import DataError
 from tests.helpers import plan_cache
 from tests.test_dump import dump
 from tests.test_subset_extend import _lines, _list, _listed
@@ -113,41 +109,6 @@ def test_extension_finds_held_images_by_path_and_copies_by_bytes(project):
     )
     assert result.exit_code == 0
     assert manifest.fingerprints["dataset"] == load_manifest(fresh).fingerprints["dataset"]
-
-
-@pytest.mark.parametrize("workers", [0, 1])
-def test_image_changed_after_planning_keeping_its_size_is_refused(project, monkeypatch, workers):
-    config, tmp = project
-    victim = tmp / "images" / "class2" / "img002.png"
-    real = dump_module.open_cache
-
-    def open_then_change(*args, **kwargs):
-        manifest = real(*args, **kwargs)
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0xFF  # the same size, another image
-        victim.write_bytes(bytes(data))
-        return manifest
-
-    monkeypatch.setattr(dump_module, "open_cache", open_then_change)
-    cfg = load_config([str(config)], [f"Offline.num_workers={workers}"])
-    outcome: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            dump_module.run_dump(cfg, progress=False)
-            outcome.append(None)
-        except BaseException as exc:  # handed to the test thread
-            outcome.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    (error,) = outcome
-    assert isinstance(error, DataError)
-    assert f"{tmp / 'train_list.txt'}:3: class2/img002.png: file changed while dumping" in str(
-        error
-    )
 
 
 def test_probe_of_a_file_is_the_probe_of_its_bytes(tmp_path: Path):
