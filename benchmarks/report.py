@@ -503,7 +503,8 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
         "",
     ]
     if "paired" in summary:
-        return "\n".join(lines[:-1] + _ensemble_paired(r))
+        first, *rest = _ensemble_paired(r)
+        return "\n".join([lines[0] + first, *rest])
     lines += [
         "| student trained from | teacher top-1 | student top-1, mean ± std over seeds | "
         "per seed |",
