@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import (  # noqa: E402
     STUDENT_CFG,
     TEACHER_CFG,
@@ -129,7 +129,12 @@ def plot(results: dict, path: Path) -> None:
 @click.option("--epochs", type=int, default=3, show_default=True, help="Student epochs.")
 @click.option("--views", type=int, default=4, show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Training batch of teacher and students (default: each config's own, its lr tuned to it).",
+)
 @click.option(
     "--settings",
     "only",
@@ -259,6 +264,8 @@ def main(
             "views": views,
             "batch_size": batch_size,
             "seeds": seed_list,
+            "teacher_recipe": recipe(teacher_cfg),
+            "student_recipe": recipe(load_config([str(STUDENT_CFG)], common)),
         },
         "teacher_top1": round(teacher.best_top1, 5),
         "runs": runs,

@@ -45,6 +45,18 @@ def reproduce_command() -> str:
     return shlex.join(["python", *sys.argv])
 
 
+def recipe(cfg: dict) -> dict:
+    """The training batch and base lr a loaded config runs with. Results record them because a
+    shipped config's recipe can change between runs, and a reproduce command alone would not
+    say which one a file measured."""
+    from offline_ssld.config.specs import data_spec
+
+    return {
+        "batch_size": data_spec(cfg, "Train").batch_size,
+        "lr": cfg["Optimizer"]["lr"]["learning_rate"],
+    }
+
+
 # two-sided 95% t quantiles by degrees of freedom (n - 1 seeds); 1.96 beyond
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 

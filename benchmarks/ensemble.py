@@ -27,7 +27,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 TEACHER_CONFIGS = {
@@ -64,7 +64,12 @@ def parse_teachers(text: str) -> list[tuple[str, int]]:
 @click.option("--epochs", type=int, default=3, show_default=True, help="Student epochs.")
 @click.option("--views", type=int, default=4, show_default=True, help="Views per cache.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Student seeds.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Training batch of teacher and students (default: each config's own, its lr tuned to it).",
+)
 @click.option("--rule", type=click.Choice(["mean_probs", "mean_logits"]), default="mean_probs")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None)
 @click.option(
@@ -129,7 +134,12 @@ def main(
     results: dict = {
         "machine": machine_info(),
         "command": reproduce_command(),
-        "settings": {**dataclasses.asdict(preset), "seeds": seed_list, "rule": rule},
+        "settings": {
+            **dataclasses.asdict(preset),
+            "seeds": seed_list,
+            "rule": rule,
+            "student_recipe": recipe(load_config([str(config_dir / STUDENT_CONFIG)], common)),
+        },
         "teachers": {},
         "runs": {},
     }
@@ -167,6 +177,7 @@ def main(
         results["teachers"][tag] = {
             "arch": arch,
             "seed": seed,
+            "recipe": recipe(tcfg),
             "top1": round(top1, 5),
             "dump_seconds": round(time.perf_counter() - tick, 2),
         }

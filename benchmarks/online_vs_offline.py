@@ -34,7 +34,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 PAIRS = {
@@ -249,6 +249,8 @@ def main(
             f"Global.output_dir={workdir / 'teacher'}",
         ],
     )
+    results["settings"]["teacher_recipe"] = recipe(teacher_cfg)
+    results["settings"]["student_recipe"] = recipe(load_config([student_file], common))
     click.echo(f"== teacher ({TEACHER_ONCE})", err=True)
     if teacher_epochs == 0:
         from offline_ssld.config.specs import teacher_spec

@@ -84,6 +84,13 @@ def _teacher_line(r: dict) -> str:
     return f"Teacher top-1: {100 * t['top1']:.2f}%."
 
 
+def _batch(s: dict) -> str:
+    """The students' batch, and their lr when the file records it (files written before
+    results recorded each config's recipe ran the student config's batch at lr 0.1)."""
+    r = s.get("student_recipe")
+    return f"batch {s['batch_size']}" if r is None else f"batch {r['batch_size']} at lr {r['lr']}"
+
+
 def online_vs_offline_seeds(r: dict) -> list[str]:
     """Results over interleaved seeds: per-mode mean ± CI and paired differences."""
     s, d, m, summary = r["settings"], r["dump"], r["machine"], r["summary"]
@@ -91,7 +98,7 @@ def online_vs_offline_seeds(r: dict) -> list[str]:
     (before, after) = r["load_average_before_after"]
     lines = [
         f"{s['train_images']} train images, {s['val_images']} val images, "
-        f"{s['student_epochs']} epochs, batch {s['batch_size']}, 32x32, {seeds} student seeds "
+        f"{s['student_epochs']} epochs, {_batch(s)}, 32x32, {seeds} student seeds "
         f"({', '.join(map(str, s['seeds']))}), modes interleaved: each seed round runs every "
         "mode once, in an order rotated from round to round. The teacher is trained and dumped "
         "once; the seeds vary the student (init, data order, augmentation, offline view "
@@ -498,7 +505,7 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
     lines = [
         f"{s['train_images']} train images, {s['val_images']} val images, teachers "
         f"{s['teacher_epochs']} epochs, students {s['student_epochs']} epochs, {s['views']} "
-        f"views per cache, batch {s['batch_size']}, 32x32, rule {s['rule']}, {seeds} student "
+        f"views per cache, {_batch(s)}, 32x32, rule {s['rule']}, {seeds} student "
         f"seeds. Machine: {m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
         "",
     ]

@@ -40,14 +40,14 @@ class Preset:
     teacher_epochs: int
     student_epochs: int
     views: int
-    batch_size: int
+    batch_size: int | None  # None: each config's own (its lr is tuned to it)
 
 
 PRESETS = {
     "smoke": Preset(256, 128, 1, 1, 2, 64),
-    "small": Preset(4000, 1000, 3, 6, 4, 128),  # the quick start (teacher and two students)
-    "bench": Preset(6000, 2000, 5, 8, 4, 128),  # the online-vs-offline benchmark's data
-    "full": Preset(60000, 10000, 12, 16, 8, 128),
+    "small": Preset(4000, 1000, 3, 6, 4, None),  # the quick start (teacher and two students)
+    "bench": Preset(6000, 2000, 5, 8, 4, None),  # the online-vs-offline benchmark's data
+    "full": Preset(60000, 10000, 12, 16, 8, None),
 }
 
 
@@ -90,13 +90,19 @@ def prepare(data_dir: Path, preset: Preset, idx_dir: Path = IDX_DIR) -> None:
 
 
 def overrides(data_dir: Path, work: Path, preset: Preset) -> list[str]:
-    """Point the shipped configs at this run's data, outputs and sizes."""
+    """Point the shipped configs at this run's data, outputs and sizes. The training batch is
+    left to each config unless the preset sets one: a config's lr is tuned to its batch."""
+    batch = (
+        []
+        if preset.batch_size is None
+        else [f"DataLoader.Train.sampler.batch_size={preset.batch_size}"]
+    )
     return [
         f"DataLoader.Train.dataset.image_root={data_dir}",
         f"DataLoader.Train.dataset.cls_label_path={data_dir / 'train_list.txt'}",
         f"DataLoader.Eval.dataset.image_root={data_dir}",
         f"DataLoader.Eval.dataset.cls_label_path={data_dir / 'val_list.txt'}",
-        f"DataLoader.Train.sampler.batch_size={preset.batch_size}",
+        *batch,
         f"Offline.cache_dir={work / 'cache'}",
         f"Offline.views={preset.views}",
         f"Offline.teacher_weights={work / 'teacher' / 'best.safetensors'}",

@@ -10,6 +10,7 @@ import json
 import math
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from pipelines import fashion_mnist
@@ -74,6 +75,13 @@ def test_online_vs_offline_benchmark_smoke_two_seeds(tmp_path):
     r = json.loads(out.read_text())
     modes = {"student_only", "online_bn_train", "offline_v1", "offline_v2"}
     assert r["command"].startswith("python ") and r["settings"]["seeds"] == [0, 1]
+    # the file records the recipe each config ran with: --batch-size, and the config's own lr
+    student_yaml = yaml.safe_load(fashion_mnist.STUDENT_CFG.read_text())
+    assert r["settings"]["student_recipe"] == {
+        "batch_size": 32,
+        "lr": student_yaml["Optimizer"]["lr"]["learning_rate"],
+    }
+    assert r["settings"]["teacher_recipe"]["batch_size"] == 32
     assert r["teacher"]["weights"] == "random" and "once" in r["teacher"]["note"]
     assert r["dump"]["rows"] == 64 * 2 and r["dump"]["seconds"] > 0
     assert len(r["load_average_before_after"]) == 2
@@ -134,6 +142,8 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     for mode in r["summary"]["top1"].values():
         assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
     assert r["summary"]["members"] == 2
+    assert r["settings"]["student_recipe"]["batch_size"] == 32
+    assert all(t["recipe"]["batch_size"] == 32 for t in r["teachers"].values())
     assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
     for tag in ("resnet18-s0", "resnet18-s1"):  # paired on the same student seed
         diffs = [
