@@ -586,33 +586,48 @@ def _ensemble_paired(r: dict) -> list[str]:
     return lines
 
 
-def codec_accuracy() -> str:
-    r = _load("codec_accuracy.json")
+def codec_accuracy(task: str = "fmnist") -> str:
+    """The codec/accuracy table of one task's results file, and the 1000-class gradient check
+    when the file carries it (the 10-class run's)."""
+    option = "" if task == "fmnist" else f" --task {task}"
+    name = f"codec_accuracy{option.replace(' --task ', '_')}.json"
+    r = _load(name)
     if r is None:
-        return "_not measured yet: run `python benchmarks/codec_accuracy.py`_"
+        return f"_not measured yet: run `python benchmarks/codec_accuracy.py{option}`_"
     s, m = r["settings"], r["machine"]
+    classes = s.get("classes", 10)
+    data = (
+        "Fashion-MNIST pairs (100 classes: two garments side by side, 64x32)"
+        if s.get("task") == "pairs"
+        else "Fashion-MNIST"
+    )
     lines = [
-        f"Fashion-MNIST, {s['train_images']} train and {s['val_images']} val images; teacher "
+        f"{data}, {s['train_images']} train and {s['val_images']} val images; teacher "
         f"ResNet18 ({100 * r['teacher_top1']:.2f}% top-1, {s['teacher_epochs']} epochs) dumped "
         f"once as fp16 with {s['views']} views, the other codecs transcoded from it (`merge "
         f"--codec`); student MobileNetV3_small_x0_35, DML, {s['student_epochs']} epochs, "
-        f"{len(s['seeds'])} seeds interleaved, last-epoch top-1. Machine: {m['nproc']} cores, "
-        f"{m['cpu']}, Paddle {m['paddle']} on CPU.",
+        f"{_batch(s)}, {len(s['seeds'])} seeds interleaved, last-epoch top-1. Machine: "
+        f"{m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
         "",
-        "| codec | bytes per view (10 classes) | top-1, mean ± 95% CI | minus fp16 (paired) | "
-        "per seed |",
+        f"| codec | bytes per view ({classes} classes) | top-1, mean ± 95% CI | minus fp16 "
+        "(paired) | per seed |",
         "|---|---|---|---|---|",
     ]
-    for name, v in r["accuracy"].items():
+    for codec, v in r["accuracy"].items():
         ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
         d = v["minus_fp16"]
-        diff = "-" if d is None or name == "fp16" else f"{100 * d['mean']:+.2f}"
-        if d is not None and d["ci95"] is not None and name != "fp16":
+        diff = "-" if d is None or codec == "fp16" else f"{100 * d['mean']:+.2f}"
+        if d is not None and d["ci95"] is not None and codec != "fp16":
             diff += f" ± {100 * d['ci95']:.2f}"
         lines.append(
-            f"| {name} | {v['bytes_per_row']} | {100 * v['mean']:.2f}%{ci} | {diff} | "
+            f"| {codec} | {v['bytes_per_row']} | {100 * v['mean']:.2f}%{ci} | {diff} | "
             + ", ".join(f"{100 * x:.2f}" for x in v["values"])
             + " |"
+        )
+    png = f"benchmarks/results/{Path(name).stem}.png"
+    if r.get("math_1000_classes") is None:
+        return "\n".join(
+            [*lines, "", f"![accuracy against bytes]({png})", "", f"Reproduce: `{r['command']}`"]
         )
     mp = r["math_1000_classes"]
     lines += [
@@ -633,7 +648,7 @@ def codec_accuracy() -> str:
         )
     lines += [
         "",
-        "![accuracy against bytes](benchmarks/results/codec_accuracy.png)",
+        f"![accuracy against bytes]({png})",
         "",
         f"Reproduce: `{r['command']}`",
     ]
@@ -719,6 +734,7 @@ BLOCKS = {
         " --teachers resnet18:0,resnet18:1 --out benchmarks/results/ensemble_pair.json",
     ),
     "codec_accuracy": codec_accuracy,
+    "codec_accuracy_pairs": lambda: codec_accuracy("pairs"),
     "ssld_pool": ssld_pool,
 }
 

@@ -16,6 +16,7 @@ has something to transfer (see README, "Choosing the pair").
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import sys
 import time
@@ -60,33 +61,101 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank).reshape(dims)
 
 
-def prepare(data_dir: Path, preset: Preset, idx_dir: Path = IDX_DIR) -> None:
-    """Write PNGs and PaddleClas lists (`images/train/00000.png 9`); idempotent."""
-    marker = data_dir / "prepared.json"
-    want = {"train": preset.train_images, "val": preset.val_images}
-    if marker.exists() and json.loads(marker.read_text()) == want:
-        return
-    if not (idx_dir / "train-images-idx3-ubyte.gz").exists():
+def _idx(idx_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one Fashion-MNIST split ("train" or "t10k")."""
+    if not (idx_dir / f"{prefix}-images-idx3-ubyte.gz").exists():
         raise click.ClickException(
             f"{idx_dir}: Fashion-MNIST not found; install it with "
             "`apt-get install dataset-fashion-mnist`"
         )
+    return (
+        read_idx(idx_dir / f"{prefix}-images-idx3-ubyte.gz"),
+        read_idx(idx_dir / f"{prefix}-labels-idx1-ubyte.gz"),
+    )
+
+
+def _write_split(data_dir: Path, split: str, images: list[np.ndarray], labels: list[int]) -> None:
+    """PNGs under images/<split>/ and the PaddleClas list <split>_list.txt."""
+    folder = data_dir / "images" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        rel = f"images/{split}/{i:05d}.png"
+        ok, buf = cv2.imencode(".png", img)
+        if not ok:
+            raise click.ClickException(f"cannot encode {rel}")
+        (data_dir / rel).write_bytes(buf.tobytes())
+        lines.append(f"{rel} {int(label)}\n")
+    (data_dir / f"{split}_list.txt").write_text("".join(lines))
+
+
+def _prepared(data_dir: Path, want: dict) -> bool:
+    marker = data_dir / "prepared.json"
+    return marker.exists() and json.loads(marker.read_text()) == want
+
+
+def prepare(data_dir: Path, preset: Preset, idx_dir: Path = IDX_DIR) -> None:
+    """Write PNGs and PaddleClas lists (`images/train/00000.png 9`); idempotent."""
+    want = {"train": preset.train_images, "val": preset.val_images}
+    if _prepared(data_dir, want):
+        return
     splits = {"train": ("train", preset.train_images), "val": ("t10k", preset.val_images)}
     for split, (prefix, count) in splits.items():
-        images = read_idx(idx_dir / f"{prefix}-images-idx3-ubyte.gz")[:count]
-        labels = read_idx(idx_dir / f"{prefix}-labels-idx1-ubyte.gz")[:count]
-        folder = data_dir / "images" / split
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-            rel = f"images/{split}/{i:05d}.png"
-            ok, buf = cv2.imencode(".png", img)
-            if not ok:
-                raise click.ClickException(f"cannot encode {rel}")
-            (data_dir / rel).write_bytes(buf.tobytes())
-            lines.append(f"{rel} {int(label)}\n")
-        (data_dir / f"{split}_list.txt").write_text("".join(lines))
-    marker.write_text(json.dumps(want))
+        images, labels = _idx(idx_dir, prefix)
+        _write_split(data_dir, split, list(images[:count]), [int(x) for x in labels[:count]])
+    (data_dir / "prepared.json").write_text(json.dumps(want))
+
+
+PAIR_CLASSES = 100
+
+
+def prepare_pairs(data_dir: Path, train: int, val: int, idx_dir: Path = IDX_DIR) -> None:
+    """A 100-class task on real images, for what 10 classes cannot show (a teacher tail of 90+
+    classes): two Fashion-MNIST garments side by side (28x56), labelled 10 * left + right.
+    Classes are balanced (image i is class i mod 100). Train pairs draw from Fashion-MNIST's
+    train split, val pairs from its test split, each garment once before any is reused.
+    Idempotent."""
+    want = {"task": "pairs", "train": train, "val": val}
+    if _prepared(data_dir, want):
+        return
+    rng = np.random.default_rng(0)
+    for split, prefix, count in (("train", "train", train), ("val", "t10k", val)):
+        images, labels = _idx(idx_dir, prefix)
+        garments = [
+            itertools.cycle(rng.permutation(np.flatnonzero(labels == c))) for c in range(10)
+        ]
+        pair_labels = [i % PAIR_CLASSES for i in range(count)]
+        pairs = [
+            np.concatenate(
+                [images[next(garments[y // 10])], images[next(garments[y % 10])]], axis=1
+            )
+            for y in pair_labels
+        ]
+        _write_split(data_dir, split, pairs, pair_labels)
+    (data_dir / "prepared.json").write_text(json.dumps(want))
+
+
+def pair_overrides(distillation: bool) -> list[str]:
+    """Config keys that run the shipped 10-class configs on the pairs task: 100 classes, 64x32
+    inputs (each garment at the 32 px of the 10-class task), random crops of the pair's 2:1
+    aspect (PaddleClas's default ratio range, doubled)."""
+    crop = "DataLoader.Train.dataset.transform_ops.1.RandCropImage"
+    resize = "DataLoader.Eval.dataset.transform_ops.1.ResizeImage"
+    heads = (
+        [
+            f"Arch.models.{i}.{m}.class_num={PAIR_CLASSES}"
+            for i, m in enumerate(("Teacher", "Student"))
+        ]
+        if distillation
+        else []
+    )
+    return [
+        f"Arch.class_num={PAIR_CLASSES}",
+        *heads,
+        f"{crop}.size=[64, 32]",
+        f"{crop}.ratio=[1.5, 2.6667]",
+        f"{resize}.size=[64, 32]",
+    ]
 
 
 def overrides(data_dir: Path, work: Path, preset: Preset) -> list[str]:

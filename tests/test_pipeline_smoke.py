@@ -222,3 +222,49 @@ def test_ssld_pool_pipeline_smoke(tmp_path):
         for arm in ("labeled", "random", "selected", "pool")
     }
     assert len(prints) == 1
+
+
+def test_prepare_pairs_labels_each_image_by_its_two_real_garments(tmp_path):
+    """Each pair image is two Fashion-MNIST images of the classes its label names, and the
+    100 classes are balanced."""
+    import cv2
+    import numpy as np
+
+    fashion_mnist.prepare_pairs(tmp_path, train=200, val=100)
+    images = fashion_mnist.read_idx(fashion_mnist.IDX_DIR / "train-images-idx3-ubyte.gz")
+    labels = fashion_mnist.read_idx(fashion_mnist.IDX_DIR / "train-labels-idx1-ubyte.gz")
+    by_bytes = {img.tobytes(): int(y) for img, y in zip(images, labels, strict=True)}
+    lines = (tmp_path / "train_list.txt").read_text().splitlines()
+    assert len(lines) == 200 and len((tmp_path / "val_list.txt").read_text().splitlines()) == 100
+    pair_labels = [int(line.split()[1]) for line in lines]
+    assert sorted(set(pair_labels)) == list(range(100)) and pair_labels.count(7) == 2
+    for line in lines[:30]:
+        rel, label = line.split()
+        img = cv2.imread(str(tmp_path / rel), cv2.IMREAD_GRAYSCALE)
+        assert img.shape == (28, 56)
+        left, right = np.ascontiguousarray(img[:, :28]), np.ascontiguousarray(img[:, 28:])
+        assert (by_bytes[left.tobytes()], by_bytes[right.tobytes()]) == divmod(int(label), 10)
+    before = (tmp_path / "train_list.txt").stat().st_mtime_ns
+    fashion_mnist.prepare_pairs(tmp_path, train=200, val=100)  # idempotent
+    assert (tmp_path / "train_list.txt").stat().st_mtime_ns == before
+
+
+def test_codec_accuracy_benchmark_pairs_task_runs_100_classes(tmp_path):
+    from benchmarks import codec_accuracy
+
+    out = tmp_path / "codec_accuracy_pairs.json"
+    args = [
+        *("--task", "pairs", "--images", "100", "--val-images", "100"),
+        *("--teacher-epochs", "1", "--epochs", "1", "--views", "1", "--seeds", "0"),
+        *("--batch-size", "50", "--settings", "fp16,topk k=5"),
+        *("--workdir", str(tmp_path / "work"), "--data-dir", str(tmp_path / "data")),
+        *("--out", str(out), "--quiet"),
+    ]
+    result = CliRunner().invoke(codec_accuracy.main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert r["settings"]["classes"] == 100 and r["math_1000_classes"] is None
+    assert r["accuracy"]["fp16"]["bytes_per_row"] == 200  # 100 fp16 logits
+    assert r["accuracy"]["topk k=5"]["bytes_per_row"] < 200
+    manifest = json.loads((tmp_path / "work" / "cache" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 100
