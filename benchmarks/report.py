@@ -160,6 +160,56 @@ def online_vs_offline_seeds(r: dict) -> list[str]:
     return lines
 
 
+RECIPE_FILES = {
+    "before": "online_vs_offline_accuracy_batch128.json",
+    "after": "online_vs_offline_accuracy.json",
+}
+
+
+def student_recipe() -> str:
+    """The accuracy pair before and after the recipe change, one row per results file: the
+    student-only column isolates the student's recipe (no teacher); the distilled columns
+    also move with the teacher."""
+    lines = [
+        "| run | students | teacher top-1 | student only | online SSLD | offline SSLD "
+        "| offline minus student only, paired |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for when, name in RECIPE_FILES.items():
+        r = _load(name)
+        if r is None or "runs" not in r:
+            return f"_not measured yet: benchmarks/results/{name} (a multi-seed accuracy run)_"
+        s, modes = r["settings"], r["summary"]["modes"]
+        online = next(m for m in modes if m.startswith("online"))
+        offline = next(m for m in modes if m.startswith("offline"))
+        diff = next(
+            c["top1_difference"]
+            for c in r["summary"]["comparisons"]
+            if c["offline"] == offline and c["vs"] == "student_only"
+        )
+        cells = [
+            f"{100 * modes[m]['top1']['mean']:.2f}% ± {100 * modes[m]['top1']['ci95']:.2f} "
+            f"(std {100 * modes[m]['top1']['std']:.2f})"
+            for m in ("student_only", online, offline)
+        ]
+        lines.append(
+            f"| {when} | {s['train_images']} images, {_batch(s)}, {s['student_epochs']} epochs, "
+            f"{len(s['seeds'])} seeds "
+            f"| {100 * r['teacher']['top1']:.2f}% ({s['teacher_epochs']} epochs) | "
+            + " | ".join(cells)
+            + f" | {_points(diff)}: {interval_reading(diff)} |"
+        )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            "Top-1 as mean ± 95% CI over seeds (std in brackets), last epoch. Files: "
+            + ", ".join(f"`benchmarks/results/{n}`" for n in RECIPE_FILES.values())
+            + ".",
+        ]
+    )
+
+
 def online_vs_offline_single(r: dict) -> list[str]:
     """A results file of the earlier one-seed schema, rendered as it is: no interval."""
     s, d, m = r["settings"], r["dump"], r["machine"]
@@ -724,6 +774,7 @@ BLOCKS = {
     "cache_scale_quiet_long": lambda: cache_scale("cache_scale_quiet_long.json"),
     "data_only": data_only,
     "accuracy": lambda: online_vs_offline("accuracy"),
+    "student_recipe": student_recipe,
     "speed": lambda: online_vs_offline("speed"),
     "dump_throughput": dump_throughput,
     "cache_formats": cache_formats,
