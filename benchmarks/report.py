@@ -723,8 +723,8 @@ def ssld_pool() -> str:
         f"{s['pool']} unlabeled training images ({100 * r['pool_ood_share']:.1f}% from the two "
         f"held-out classes) plus {sel['planted']} planted near-copies of evaluation images. "
         f"One dump of labeled + pool ({s['views']} views); every student trains from a subset "
-        f"of it: MobileNetV3_small_x0_35, DML, {s['student_epochs']} epochs, batch "
-        f"{s['batch_size']}, {len(s['seeds'])} seeds interleaved, last-epoch top-1 on "
+        f"of it: MobileNetV3_small_x0_35, DML, {s['student_epochs']} epochs, {_batch(s)}, "
+        f"{len(s['seeds'])} seeds interleaved, last-epoch top-1 on "
         f"{s['val_images']} evaluation images. Machine: {m['nproc']} cores, {m['cpu']}, "
         f"Paddle {m['paddle']} on CPU.",
         "",

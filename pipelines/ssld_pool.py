@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
 from pipelines.fashion_mnist import IDX_DIR, STUDENT_CFG, TEACHER_CFG, read_idx  # noqa: E402
 
 TASK_CLASSES = 8  # Fashion-MNIST classes 0-7; 8 (Bag) and 9 (Ankle boot) are out of it
@@ -318,6 +318,7 @@ def main(
             "views": views,
             "batch_size": batch_size,
             "seeds": seed_list,
+            "student_recipe": recipe(load_config([str(STUDENT_CFG)], classes)),
         },
         "teacher": {"arch": "ResNet18", "top1": round(teacher.best_top1, 5)},
         "pool_ood_share": round(ood_share(pool_paths), 4),

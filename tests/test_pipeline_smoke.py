@@ -206,6 +206,7 @@ def test_ssld_pool_pipeline_smoke(tmp_path):
     assert result.exit_code == 0, result.output
     r = json.loads(out.read_text())
     assert set(r["summary"]) == set(ssld_pool.ARMS)
+    assert r["settings"]["student_recipe"]["batch_size"] == 32  # --batch-size, recorded
     sel = r["selection"]
     assert 0 < sel["selected"] <= 3 * ssld_pool.TASK_CLASSES
     assert sel["planted"] == 6 and 0 <= sel["planted_removed"] <= 6
