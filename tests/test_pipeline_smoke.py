@@ -21,6 +21,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _results(main, args: list[str], out) -> dict:
+    """Run a benchmark's command in-process; the results file it wrote to `out`."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -70,9 +77,7 @@ def test_online_vs_offline_benchmark_smoke_two_seeds(tmp_path):
         *("--online-bn", "train", "--seeds", "0,1", "--workdir", str(tmp_path / "work")),
         *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
     ]
-    result = CliRunner().invoke(online_vs_offline.main, args)
-    assert result.exit_code == 0, result.output
-    r = json.loads(out.read_text())
+    r = _results(online_vs_offline.main, args, out)
     modes = {"student_only", "online_bn_train", "offline_v1", "offline_v2"}
     assert r["command"].startswith("python ") and r["settings"]["seeds"] == [0, 1]
     # the file records the recipe each config ran with: --batch-size, and the config's own lr
@@ -134,9 +139,7 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
         *("--batch-size", "32", "--workdir", str(tmp_path / "work")),
         *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
     ]
-    result = CliRunner().invoke(ensemble.main, args)
-    assert result.exit_code == 0, result.output
-    r = json.loads(out.read_text())
+    r = _results(ensemble.main, args, out)
     assert set(r["runs"]) == {"0", "1"}
     assert set(r["runs"]["0"]) == {"resnet18-s0", "resnet18-s1", "ensemble"}
     for mode in r["summary"]["top1"].values():
@@ -176,9 +179,7 @@ def test_codec_accuracy_benchmark_smoke(tmp_path):
         *("--workdir", str(tmp_path / "work"), "--data-dir", str(tmp_path / "data")),
         *("--out", str(out), "--quiet"),
     ]
-    result = CliRunner().invoke(codec_accuracy.main, args)
-    assert result.exit_code == 0, result.output
-    r = json.loads(out.read_text())
+    r = _results(codec_accuracy.main, args, out)
     assert set(r["runs"]["1"]) == {"fp16", "topk k=1", "topk k=3 spread"}
     acc = r["accuracy"]
     assert acc["topk k=1"]["bytes_per_row"] < acc["fp16"]["bytes_per_row"]
@@ -202,9 +203,7 @@ def test_ssld_pool_pipeline_smoke(tmp_path):
         *("--seeds", "0", "--batch-size", "32", "--workdir", str(tmp_path / "work")),
         *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
     ]
-    result = CliRunner().invoke(ssld_pool.main, args)
-    assert result.exit_code == 0, result.output
-    r = json.loads(out.read_text())
+    r = _results(ssld_pool.main, args, out)
     assert set(r["summary"]) == set(ssld_pool.ARMS)
     assert r["settings"]["student_recipe"]["batch_size"] == 32  # --batch-size, recorded
     sel = r["selection"]
@@ -261,9 +260,7 @@ def test_codec_accuracy_benchmark_pairs_task_runs_100_classes(tmp_path):
         *("--workdir", str(tmp_path / "work"), "--data-dir", str(tmp_path / "data")),
         *("--out", str(out), "--quiet"),
     ]
-    result = CliRunner().invoke(codec_accuracy.main, args)
-    assert result.exit_code == 0, result.output
-    r = json.loads(out.read_text())
+    r = _results(codec_accuracy.main, args, out)
     assert r["settings"]["classes"] == 100 and r["math_1000_classes"] is None
     assert r["accuracy"]["fp16"]["bytes_per_row"] == 200  # 100 fp16 logits
     assert r["accuracy"]["topk k=5"]["bytes_per_row"] < 200
