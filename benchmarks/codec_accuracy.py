@@ -110,6 +110,21 @@ def math_part(classes: int = 1000, rows: int = 256, seed: int = 0) -> dict:
     return {"classes": classes, "rows": rows, "settings": out}
 
 
+def dropped_mass(cache: Path, k: int) -> float:
+    """The teacher probability a top-k cache drops into its rest bucket: the mean mass
+    outside the k largest classes over every view of the fp16 cache (why a k suits a task)."""
+    from offline_ssld.cache.reader import CacheReader
+
+    reader = CacheReader(cache)
+    probs = np.concatenate(
+        [
+            reader.codec.decode({"logits": reader.load_shard(n)["logits"]})
+            for n in range(len(reader.manifest.shards))
+        ]
+    )
+    return float(1.0 - np.sort(probs, axis=1)[:, -k:].sum(axis=1).mean())
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -277,6 +292,11 @@ def main(
         accuracy[name] = {
             **mean_ci([runs[str(s)][name]["top1"] for s in seed_list]),
             "bytes_per_row": build_codec(codec_name, classes, **settings).bytes_per_row(),
+            "dropped_mass": (
+                round(dropped_mass(workdir / "cache", settings["k"]), 5)
+                if codec_name == "topk"
+                else None
+            ),
             "minus_fp16": (
                 mean_ci(
                     [runs[str(s)][name]["top1"] - runs[str(s)]["fp16"]["top1"] for s in seed_list]

@@ -183,6 +183,10 @@ def test_codec_accuracy_benchmark_smoke(tmp_path):
     assert set(r["runs"]["1"]) == {"fp16", "topk k=1", "topk k=3 spread"}
     acc = r["accuracy"]
     assert acc["topk k=1"]["bytes_per_row"] < acc["fp16"]["bytes_per_row"]
+    # the teacher mass a top-k cache drops: none for fp16, less for a larger k, at most
+    # (C - k) / C, since the k largest hold at least k / C of it
+    assert acc["fp16"]["dropped_mass"] is None
+    assert 0.0 < acc["topk k=3 spread"]["dropped_mass"] < acc["topk k=1"]["dropped_mass"] <= 0.9
     for v in acc.values():
         assert 0.0 <= v["mean"] <= 1.0 and len(v["values"]) == 2
     assert acc["fp16"]["minus_fp16"]["mean"] == 0.0
@@ -264,5 +268,6 @@ def test_codec_accuracy_benchmark_pairs_task_runs_100_classes(tmp_path):
     assert r["settings"]["classes"] == 100 and r["math_1000_classes"] is None
     assert r["accuracy"]["fp16"]["bytes_per_row"] == 200  # 100 fp16 logits
     assert r["accuracy"]["topk k=5"]["bytes_per_row"] < 200
+    assert 0.0 < r["accuracy"]["topk k=5"]["dropped_mass"] <= 0.95
     manifest = json.loads((tmp_path / "work" / "cache" / "manifest.json").read_text())
     assert manifest["num_classes"] == 100
