@@ -631,7 +631,7 @@ def _ensemble_paired(r: dict) -> list[str]:
         f"{times['ensemble']:.1f} s vs {times['single']:.1f} s): "
         f"**{summary['time_ratio']:.3f}x**.",
         "",
-        f"Reproduce: `{r['command']}`",
+        f"Reproduce: `{r['command']}`" + (f" (this run: {r['note']})" if "note" in r else ""),
     ]
     return lines
 
