@@ -164,6 +164,9 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = report.ensemble("ensemble.json")
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
+    assert "(this run:" not in text  # a note on how a run was made shows only when recorded
+    out.write_text(json.dumps({**r, "note": "teachers reused"}))
+    assert report.ensemble("ensemble.json").count("--quiet` (this run: teachers reused)") == 1
     ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
     assert len(ckpt["targets"]["members"]) == 2
 
