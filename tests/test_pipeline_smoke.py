@@ -166,7 +166,7 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
     assert "(this run:" not in text  # a note on how a run was made shows only when recorded
     out.write_text(json.dumps({**r, "note": "teachers reused"}))
-    assert report.ensemble("ensemble.json").count("--quiet` (this run: teachers reused)") == 1
+    assert report.ensemble("ensemble.json").count("` (this run: teachers reused)") == 1
     ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
     assert len(ckpt["targets"]["members"]) == 2
 
