@@ -46,6 +46,12 @@ def _label(mode: str) -> str:
     return LABELS.get(mode, mode)
 
 
+def _reproduce(r: dict) -> str:
+    """The reproduce line, with the results file's note on how this run was made, if any."""
+    note = f" (this run: {r['note']})" if "note" in r else ""
+    return f"Reproduce: `{r['command']}`{note}"
+
+
 def _points(v: dict) -> str:
     """Mean ± 95% CI half-width of a mean_ci entry, in points."""
     ci = f" ± {100 * v['ci95']:.2f}" if v["ci95"] is not None else ""
@@ -156,7 +162,7 @@ def online_vs_offline_seeds(r: dict) -> list[str]:
                     f"- {_label(c['offline'])}: {_points(diff)} points, 95% interval "
                     f"{interval_reading(diff)}."
                 )
-    lines += ["", f"Reproduce: `{r['command']}`"]
+    lines += ["", _reproduce(r)]
     return lines
 
 
@@ -631,7 +637,7 @@ def _ensemble_paired(r: dict) -> list[str]:
         f"{times['ensemble']:.1f} s vs {times['single']:.1f} s): "
         f"**{summary['time_ratio']:.3f}x**.",
         "",
-        f"Reproduce: `{r['command']}`" + (f" (this run: {r['note']})" if "note" in r else ""),
+        _reproduce(r),
     ]
     return lines
 
