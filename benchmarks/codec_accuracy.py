@@ -30,6 +30,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -49,6 +51,29 @@ from pipelines.fashion_mnist import (  # noqa: E402
     prepare,
     prepare_pairs,
 )
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset the codecs are compared on, and how the shipped 10-class configs run on it."""
+
+    classes: int
+    suffix: str  # of the data directory, work directory and results file
+    prepare: Callable[[Path, Preset], None]
+    overrides: Callable[[bool], list[str]]  # config keys, given whether it is the student's
+    math: bool  # whether its results file carries the 1000-class gradient check
+
+
+TASKS = {
+    "fmnist": Task(10, "", prepare, lambda distillation: [], math=True),
+    "pairs": Task(
+        PAIR_CLASSES,
+        "_pairs",
+        lambda data, p: prepare_pairs(data, p.train_images, p.val_images),
+        pair_overrides,
+        math=False,
+    ),
+}
 
 # name -> (codec, settings, read as spread)
 SETTINGS: dict[str, tuple[str, dict[str, int], bool]] = {
@@ -152,7 +177,7 @@ def plot(results: dict, path: Path) -> None:
 @click.command()
 @click.option(
     "--task",
-    type=click.Choice(["fmnist", "pairs"]),
+    type=click.Choice(sorted(TASKS)),
     default="fmnist",
     show_default=True,
     help="fmnist: Fashion-MNIST's 10 classes at 32x32; pairs: 100 classes, two garments "
@@ -215,22 +240,19 @@ def main(
     if unknown:
         raise click.BadParameter(f"{unknown[0]!r}; known: {', '.join(SETTINGS)}")
     preset = Preset(images, val_images, teacher_epochs, epochs, views, batch_size)
-    stem = "codecs" if task == "fmnist" else "pairs"
+    spec = TASKS[task]
     data_dir = (
-        data_dir or ROOT / "data" / "fashion_mnist" / f"{stem}-{images}-{val_images}"
+        data_dir or ROOT / "data" / "fashion_mnist" / f"codecs{spec.suffix}-{images}-{val_images}"
     ).resolve()
-    suffix = "" if task == "fmnist" else f"_{task}"
-    workdir = (workdir or ROOT / "output" / "bench" / f"codec_accuracy{suffix}-{images}").resolve()
-    out = out or ROOT / "benchmarks" / "results" / f"codec_accuracy{suffix}.json"
+    workdir = (
+        workdir or ROOT / "output" / "bench" / f"codec_accuracy{spec.suffix}-{images}"
+    ).resolve()
+    out = out or ROOT / "benchmarks" / "results" / f"codec_accuracy{spec.suffix}.json"
     progress = not quiet
-    if task == "pairs":
-        prepare_pairs(data_dir, images, val_images)
-    else:
-        prepare(data_dir, preset)
-    classes = PAIR_CLASSES if task == "pairs" else 10
+    spec.prepare(data_dir, preset)
     common = overrides(data_dir, workdir, preset)
-    teacher_common = [*common, *(pair_overrides(distillation=False) if task == "pairs" else [])]
-    student_common = [*common, *(pair_overrides(distillation=True) if task == "pairs" else [])]
+    teacher_common = [*common, *spec.overrides(False)]
+    student_common = [*common, *spec.overrides(True)]
     teacher_cfg = load_config(
         [str(TEACHER_CFG)],
         [
@@ -291,7 +313,7 @@ def main(
         codec_name, settings, _ = SETTINGS[name]
         accuracy[name] = {
             **mean_ci([runs[str(s)][name]["top1"] for s in seed_list]),
-            "bytes_per_row": build_codec(codec_name, classes, **settings).bytes_per_row(),
+            "bytes_per_row": build_codec(codec_name, spec.classes, **settings).bytes_per_row(),
             "dropped_mass": (
                 round(dropped_mass(workdir / "cache", settings["k"]), 5)
                 if codec_name == "topk"
@@ -311,7 +333,7 @@ def main(
         "machine": machine_info(),
         "settings": {
             "task": task,
-            "classes": classes,
+            "classes": spec.classes,
             "train_images": images,
             "val_images": val_images,
             "teacher_epochs": teacher_epochs,
@@ -325,7 +347,7 @@ def main(
         "teacher_top1": round(teacher.best_top1, 5),
         "runs": runs,
         "accuracy": accuracy,
-        "math_1000_classes": math_part() if task == "fmnist" else None,  # one task carries it
+        "math_1000_classes": math_part() if spec.math else None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
