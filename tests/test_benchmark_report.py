@@ -70,7 +70,9 @@ def test_student_recipe_table_reads_before_and_after_files(tmp_path, monkeypatch
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = report.student_recipe()
     rows = [line for line in text.splitlines() if line.startswith(("| before", "| after"))]
-    assert rows[0].startswith("| before | 64 images, batch 128, 2 epochs, 3 seeds | 80.00%")
+    assert rows[0].startswith(
+        "| before | 64 images, batch 128 at lr 0.1, 2 epochs, 3 seeds | 80.00%"
+    )
     assert rows[1].startswith("| after | 64 images, batch 32 at lr 0.05, 2 epochs, 3 seeds |")
     # student only 80, 82, 78: 80.00 ± 4.97 (std 2.00); offline - student only -1, 0, +1
     assert "| 80.00% ± 4.97 (std 2.00) |" in rows[1]
