@@ -8,6 +8,10 @@ The ensemble/single training-time ratio comes from the same interleaved runs (th
 epoch seconds, eval excluded): an ensemble reads and combines one row per member for each
 image, a teacher alone one.
 
+`--teacher-images N` is SSLD's data recipe: the teachers learn from the labels of the first N
+train images, the students distill on all of them (DML reads no labels, so the others act as
+unlabeled images). There the teachers, not the student's few CPU epochs, limit the student.
+
 Writes benchmarks/results/ensemble.json; `benchmarks/report.py` renders the README table.
 
     python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
@@ -60,6 +64,12 @@ def parse_teachers(text: str) -> list[tuple[str, int]]:
     show_default=True,
     help="NAME:SEED,... (NAME: resnet18 or resnet50_vd; SEED: its training seed).",
 )
+@click.option(
+    "--teacher-images",
+    type=int,
+    default=None,
+    help="Teachers train on the first N train images (default: all); students on all.",
+)
 @click.option("--teacher-epochs", type=int, default=3, show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True, help="Student epochs.")
 @click.option("--views", type=int, default=4, show_default=True, help="Views per cache.")
@@ -89,6 +99,7 @@ def main(
     images,
     val_images,
     teachers,
+    teacher_images,
     teacher_epochs,
     epochs,
     views,
@@ -112,6 +123,10 @@ def main(
     from offline_ssld.train import evaluate_config, train
 
     members = parse_teachers(teachers)
+    if teacher_images is not None and not 0 < teacher_images <= images:
+        raise click.BadParameter(
+            f"must be in 1..{images} (--images)", param_hint="--teacher-images"
+        )
     seed_list = [int(s) for s in seeds.split(",")]
     preset = dataclasses.replace(
         PRESETS["small"],
@@ -122,7 +137,8 @@ def main(
         views=views,
         batch_size=batch_size,
     )
-    workdir = (workdir or ROOT / "output" / "bench" / f"ensemble-{images}").resolve()
+    subset = "" if teacher_images is None else f"-t{teacher_images}"
+    workdir = (workdir or ROOT / "output" / "bench" / f"ensemble-{images}{subset}").resolve()
     data_dir = (
         data_dir or ROOT / "data" / "fashion_mnist" / f"ensemble-{images}-{val_images}"
     ).resolve()
@@ -130,12 +146,19 @@ def main(
     progress = not quiet
     prepare(data_dir, preset)
     common = overrides(data_dir, workdir, preset)
+    teacher_list = []  # the teachers' training list; their dumps cover every train image
+    if teacher_images is not None:
+        lines = (data_dir / "train_list.txt").read_text().splitlines()[:teacher_images]
+        labeled = data_dir / f"train_list_first{teacher_images}.txt"
+        labeled.write_text("\n".join(lines) + "\n")
+        teacher_list = [f"DataLoader.Train.dataset.cls_label_path={labeled}"]
     config_dir = ROOT / "configs" / "fashion_mnist"
     results: dict = {
         "machine": machine_info(),
         "command": reproduce_command(),
         "settings": {
             **dataclasses.asdict(preset),
+            "teacher_images": teacher_images or images,
             "seeds": seed_list,
             "rule": rule,
             "student_recipe": recipe(load_config([str(config_dir / STUDENT_CONFIG)], common)),
@@ -149,22 +172,25 @@ def main(
         tag = f"{name}-s{seed}"
         cfg_file, arch = TEACHER_CONFIGS[name]
         tdir = workdir / f"teacher_{tag}"
-        tcfg = load_config(
-            [str(config_dir / cfg_file)],
-            [
-                *common,
-                f"Global.epochs={teacher_epochs}",
-                f"Global.seed={seed}",
-                f"Global.output_dir={tdir}",
-                f"Offline.teacher_weights={tdir / 'best.safetensors'}",
-                f"Offline.cache_dir={workdir / f'cache_{tag}'}",
-                "Offline.seed=0",  # the view seed: the same for every member, so views line up
-            ],
-        )
+        tcfg_overrides = [
+            *common,
+            f"Global.epochs={teacher_epochs}",
+            f"Global.seed={seed}",
+            f"Global.output_dir={tdir}",
+            f"Offline.teacher_weights={tdir / 'best.safetensors'}",
+            f"Offline.cache_dir={workdir / f'cache_{tag}'}",
+            "Offline.seed=0",  # the view seed: the same for every member, so views line up
+        ]
+        tcfg = load_config([str(config_dir / cfg_file)], tcfg_overrides)
         click.echo(f"== teacher {tag}", err=True)
         info = tdir / "latest.json"
         if not (info.exists() and json.loads(info.read_text())["epoch"] == teacher_epochs):
-            train(tcfg, "supervised", resume=True, progress=progress)
+            train(
+                load_config([str(config_dir / cfg_file)], [*tcfg_overrides, *teacher_list]),
+                "supervised",
+                resume=True,
+                progress=progress,
+            )
         top1 = evaluate_config(
             load_config(
                 [str(config_dir / cfg_file)],

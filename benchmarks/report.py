@@ -568,8 +568,15 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
         )
     s, m, summary = r["settings"], r["machine"], r["summary"]
     seeds = len(s["seeds"])
+    labeled = s.get("teacher_images", s["train_images"])
+    images = (
+        f"{s['train_images']} train images"
+        if labeled == s["train_images"]
+        else f"teachers learn from the labels of the first {labeled} of {s['train_images']} "
+        "train images, students distill on all of them (DML reads no labels)"
+    )
     lines = [
-        f"{s['train_images']} train images, {s['val_images']} val images, teachers "
+        f"{images}, {s['val_images']} val images, teachers "
         f"{s['teacher_epochs']} epochs, students {s['student_epochs']} epochs, {s['views']} "
         f"views per cache, {_batch(s)}, 32x32, rule {s['rule']}, {seeds} student "
         f"seeds. Machine: {m['nproc']} cores, {m['cpu']}, Paddle {m['paddle']} on CPU.",
@@ -805,6 +812,10 @@ BLOCKS = {
     "ensemble_pair": lambda: ensemble(
         "ensemble_pair.json",
         " --teachers resnet18:0,resnet18:1 --out benchmarks/results/ensemble_pair.json",
+    ),
+    "ensemble_ssld": lambda: ensemble(
+        "ensemble_ssld.json",
+        " --teacher-images 1000 --out benchmarks/results/ensemble_ssld.json",
     ),
     "codec_accuracy": codec_accuracy,
     "codec_accuracy_pairs": lambda: codec_accuracy("pairs"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -131,10 +132,21 @@ def test_online_vs_offline_benchmark_smoke_two_seeds(tmp_path):
 
 def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     from benchmarks import ensemble
+    from offline_ssld import train
 
+    trained: dict[str, set[str]] = {}  # training mode -> the lists it read
+    real_train = train.train
+
+    def spy(cfg, mode, **kwargs):
+        path = cfg["DataLoader"]["Train"]["dataset"]["cls_label_path"]
+        trained.setdefault(mode, set()).add(path)
+        return real_train(cfg, mode, **kwargs)
+
+    monkeypatch.setattr(train, "train", spy)
     out = tmp_path / "ensemble.json"
     args = [
         *("--images", "64", "--val-images", "32", "--teachers", "resnet18:0,resnet18:1"),
+        *("--teacher-images", "48"),  # SSLD's recipe: teachers learn from a labeled part
         *("--teacher-epochs", "1", "--epochs", "1", "--views", "2", "--seeds", "0,1"),
         *("--batch-size", "32", "--workdir", str(tmp_path / "work")),
         *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
@@ -145,6 +157,14 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     for mode in r["summary"]["top1"].values():
         assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
     assert r["summary"]["members"] == 2
+    assert r["settings"]["teacher_images"] == 48
+    lists = {mode: {Path(p).name for p in paths} for mode, paths in trained.items()}
+    full = {"train_list.txt"}
+    assert lists == {"supervised": {"train_list_first48.txt"}, "offline": full, "ensemble": full}
+    assert len((tmp_path / "data" / "train_list_first48.txt").read_text().splitlines()) == 48
+    for tag in ("resnet18-s0", "resnet18-s1"):  # ... and each teacher's dump covers all 64
+        manifest = json.loads((tmp_path / "work" / f"cache_{tag}" / "manifest.json").read_text())
+        assert manifest["num_images"] == 64
     assert r["settings"]["student_recipe"]["batch_size"] == 32
     assert all(t["recipe"]["batch_size"] == 32 for t in r["teachers"].values())
     assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
@@ -164,6 +184,7 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = report.ensemble("ensemble.json")
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
+    assert text.startswith("teachers learn from the labels of the first 48 of 64 train images")
     assert "(this run:" not in text  # a note on how a run was made shows only when recorded
     out.write_text(json.dumps({**r, "note": "teachers reused"}))
     assert report.ensemble("ensemble.json").count("` (this run: teachers reused)") == 1
