@@ -572,7 +572,7 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
     images = (
         f"{s['train_images']} train images"
         if labeled == s["train_images"]
-        else f"teachers learn from the labels of the first {labeled} of {s['train_images']} "
+        else f"Teachers learn from the labels of the first {labeled} of {s['train_images']} "
         "train images, students distill on all of them (DML reads no labels)"
     )
     lines = [

@@ -184,7 +184,7 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = report.ensemble("ensemble.json")
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
-    assert text.startswith("teachers learn from the labels of the first 48 of 64 train images")
+    assert text.startswith("Teachers learn from the labels of the first 48 of 64 train images")
     assert "(this run:" not in text  # a note on how a run was made shows only when recorded
     out.write_text(json.dumps({**r, "note": "teachers reused"}))
     assert report.ensemble("ensemble.json").count("` (this run: teachers reused)") == 1
