@@ -72,3 +72,10 @@ def mean_ci(values: list[float]) -> dict:
     std = statistics.stdev(values)
     half = _T95.get(len(values) - 1, 1.96) * std / math.sqrt(len(values))
     return {"mean": round(mean, 5), "std": round(std, 5), "ci95": round(half, 5), "values": values}
+
+
+def rotated(modes: list[str], round_index: int, rounds: int) -> list[str]:
+    """The round's order: the mode list rotated so each mode's position moves across rounds
+    (with as many rounds as modes, every mode runs first once)."""
+    shift = (round_index * len(modes)) // max(rounds, 1) % len(modes)
+    return modes[shift:] + modes[:shift]

@@ -3,10 +3,10 @@
 Trains 2-3 teachers (`--teachers NAME:SEED,...`: architectures and/or seeds), dumps each to
 its own cache with the same views (same Offline.seed, transforms and view count), then for
 each student seed trains the same student for the same epochs from each teacher alone and
-from the ensemble of all caches (Offline.cache_dir as a list), interleaved seed by seed.
-The ensemble/single training-time ratio comes from the same interleaved runs (the loop's
-epoch seconds, eval excluded): an ensemble reads and combines one row per member for each
-image, a teacher alone one.
+from the ensemble of all caches (Offline.cache_dir as a list), interleaved seed by seed,
+their order rotated from seed to seed. The ensemble/single training-time ratio comes from the
+same interleaved runs (the loop's epoch seconds, eval excluded): an ensemble reads and
+combines one row per member for each image, a teacher alone one.
 
 `--teacher-images N` is SSLD's data recipe: the teachers learn from the labels of the first N
 train images, the students distill on all of them (DML reads no labels, so the others act as
@@ -31,7 +31,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command, rotated  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 TEACHER_CONFIGS = {
@@ -231,17 +231,19 @@ def main(
         }
 
     everything = repr([str(c) for c, _ in caches.values()])
-    for seed in seed_list:
+    sources = {tag: (str(cache), weights) for tag, (cache, weights) in caches.items()}
+    sources["ensemble"] = (everything, next(iter(caches.values()))[1])
+    modes = list(sources)
+    results["order"] = {}
+    for i, seed in enumerate(seed_list):
+        # Rotated from round to round, so a drift in machine load does not fall on one mode.
+        order = rotated(modes, i, len(seed_list))
+        results["order"][str(seed)] = order
         runs: dict = {}
-        for tag, (cache, weights) in caches.items():
-            click.echo(f"== student seed {seed} from {tag}", err=True)
-            runs[tag] = student(workdir / f"s{seed}_{tag}", seed, str(cache), weights)
-        click.echo(f"== student seed {seed} from the ensemble", err=True)
-        first_w = next(iter(caches.values()))[1]
-        runs["ensemble"] = student(workdir / f"s{seed}_ensemble", seed, everything, first_w)
-        results["runs"][str(seed)] = runs
-
-    modes = [*caches, "ensemble"]
+        for mode in order:
+            click.echo(f"== student seed {seed} from {mode}", err=True)
+            runs[mode] = student(workdir / f"s{seed}_{mode}", seed, *sources[mode])
+        results["runs"][str(seed)] = {mode: runs[mode] for mode in modes}
 
     def last(mode: str) -> list[float]:
         return [results["runs"][str(s)][mode]["last_top1"] for s in seed_list]

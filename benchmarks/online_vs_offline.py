@@ -34,7 +34,7 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command  # noqa: E402
+from benchmarks.common import machine_info, mean_ci, recipe, reproduce_command, rotated  # noqa: E402
 from pipelines.fashion_mnist import PRESETS, overrides, prepare  # noqa: E402
 
 PAIRS = {
@@ -60,13 +60,6 @@ def summarize(result, seconds: float) -> dict:
         "train_seconds": round(sum(epochs), 2),
         "wall_seconds": round(seconds, 2),
     }
-
-
-def rotated(modes: list[str], round_index: int, rounds: int) -> list[str]:
-    """The round's order: the mode list rotated so each mode's position moves across rounds
-    (with as many rounds as modes, every mode runs first once)."""
-    shift = (round_index * len(modes)) // max(rounds, 1) % len(modes)
-    return modes[shift:] + modes[:shift]
 
 
 def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.online_vs_offline import aggregate, rotated
+from benchmarks.common import rotated
+from benchmarks.online_vs_offline import aggregate
 
 
 def _run(top1: float, epoch_s: float) -> dict:

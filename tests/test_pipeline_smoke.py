@@ -154,6 +154,8 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     r = _results(ensemble.main, args, out)
     assert set(r["runs"]) == {"0", "1"}
     assert set(r["runs"]["0"]) == {"resnet18-s0", "resnet18-s1", "ensemble"}
+    modes = ["resnet18-s0", "resnet18-s1", "ensemble"]  # rotated, so load drift hits all alike
+    assert r["order"] == {"0": modes, "1": modes[1:] + modes[:1]}
     for mode in r["summary"]["top1"].values():
         assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
     assert r["summary"]["members"] == 2
