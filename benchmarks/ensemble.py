@@ -10,7 +10,7 @@ combines one row per member for each image, a teacher alone one.
 
 `--teacher-images N` is SSLD's data recipe: the teachers learn from the labels of the first N
 train images, the students distill on all of them (DML reads no labels, so the others act as
-unlabeled images). There the teachers, not the student's few CPU epochs, limit the student.
+unlabeled images), where the teacher should matter more than with every label at hand.
 
 Writes benchmarks/results/ensemble.json; `benchmarks/report.py` renders the README table.
 
@@ -146,7 +146,7 @@ def main(
     progress = not quiet
     prepare(data_dir, preset)
     common = overrides(data_dir, workdir, preset)
-    teacher_list = []  # the teachers' training list; their dumps cover every train image
+    teacher_list: list[str] = []  # the teachers' training list; their dumps cover every train image
     if teacher_images is not None:
         lines = (data_dir / "train_list.txt").read_text().splitlines()[:teacher_images]
         labeled = data_dir / f"train_list_first{teacher_images}.txt"
