@@ -171,14 +171,17 @@ def main(
     for name, seed in members:
         tag = f"{name}-s{seed}"
         cfg_file, arch = TEACHER_CONFIGS[name]
-        tdir = workdir / f"teacher_{tag}"
+        # N in the names: a --workdir reused with another --teacher-images never finds the
+        # teachers (and caches) of the other N complete.
+        tdir = workdir / f"teacher_{tag}{subset}"
+        cache_dir = workdir / f"cache_{tag}{subset}"
         tcfg_overrides = [
             *common,
             f"Global.epochs={teacher_epochs}",
             f"Global.seed={seed}",
             f"Global.output_dir={tdir}",
             f"Offline.teacher_weights={tdir / 'best.safetensors'}",
-            f"Offline.cache_dir={workdir / f'cache_{tag}'}",
+            f"Offline.cache_dir={cache_dir}",
             "Offline.seed=0",  # the view seed: the same for every member, so views line up
         ]
         tcfg = load_config([str(config_dir / cfg_file)], tcfg_overrides)
@@ -207,7 +210,7 @@ def main(
             "top1": round(top1, 5),
             "dump_seconds": round(time.perf_counter() - tick, 2),
         }
-        caches[tag] = (workdir / f"cache_{tag}", tdir / "best.safetensors")
+        caches[tag] = (cache_dir, tdir / "best.safetensors")
 
     def student(out_dir: Path, seed: int, cache_dir: str, teacher_w: Path) -> dict:
         cfg = load_config(

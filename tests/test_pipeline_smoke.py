@@ -165,7 +165,9 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     assert lists == {"supervised": {"train_list_first48.txt"}, "offline": full, "ensemble": full}
     assert len((tmp_path / "data" / "train_list_first48.txt").read_text().splitlines()) == 48
     for tag in ("resnet18-s0", "resnet18-s1"):  # ... and each teacher's dump covers all 64
-        manifest = json.loads((tmp_path / "work" / f"cache_{tag}" / "manifest.json").read_text())
+        manifest = json.loads(
+            (tmp_path / "work" / f"cache_{tag}-t48" / "manifest.json").read_text()
+        )
         assert manifest["num_images"] == 64
     assert r["settings"]["student_recipe"]["batch_size"] == 32
     assert all(t["recipe"]["batch_size"] == 32 for t in r["teachers"].values())
