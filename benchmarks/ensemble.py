@@ -11,10 +11,17 @@ combines one row per member for each image, a teacher alone one.
 `--teacher-images N` is SSLD's data recipe: the teachers learn from the labels of the first N
 train images, the students distill on all of them (DML reads no labels, so the others act as
 unlabeled images), where the teacher should matter more than with every label at hand.
+`--teacher-split disjoint` gives each teacher its own N images instead (teacher i the rows
+i*N..(i+1)*N): members that know different images, a diversity that seeds of one
+architecture on one labeled part may lack.
+
+The ensemble teacher itself is scored too (`ensemble_teacher_top1`): the members' val
+probabilities combined by the students' rule, which no single cache shows.
 
 Writes benchmarks/results/ensemble.json; `benchmarks/report.py` renders the README table.
 
     python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
+    python benchmarks/ensemble.py --teacher-images 1000 --teacher-split disjoint
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,6 +47,52 @@ TEACHER_CONFIGS = {
     "resnet50_vd": ("resnet50_vd_teacher.yaml", "ResNet50_vd"),
 }
 STUDENT_CONFIG = "mnv3_x0_35_student.yaml"
+SPLITS = ("shared", "disjoint")
+
+
+def labeled_rows(members: int, images: int, n: int | None, split: str) -> list[tuple[int, int]]:
+    """The train-list rows [start, stop) each teacher learns from."""
+    if n is None:
+        return [(0, images)] * members
+    if split == "shared":
+        return [(0, n)] * members
+    if members * n > images:
+        raise click.BadParameter(
+            f"{members} disjoint parts of {n} need {members * n} train images, "
+            f"--images is {images}",
+            param_hint="--teacher-images",
+        )
+    return [(i * n, (i + 1) * n) for i in range(members)]
+
+
+def mixture_top1(cfgs: list[dict], rule: str) -> float:
+    """Val top-1 of the teachers' probabilities combined by `rule` at equal weights (the
+    ensemble the students distill from); `cfgs` evaluate one teacher each."""
+    import paddle
+
+    from offline_ssld.config import specs
+    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.ensemble import combine
+    from offline_ssld.models import build_model, load_weights
+    from offline_ssld.train import make_eval_loader
+
+    models = []
+    for cfg in cfgs:
+        model = build_model(specs.student_spec(cfg))
+        weights = cfg["Global"]["pretrained_model"]
+        load_weights(model, f"{weights}.safetensors", "Global.pretrained_model")
+        model.eval()
+        models.append(model)
+    temperature = offline_spec(cfgs[0]).ensemble_temperature
+    loader = make_eval_loader(cfgs[0], specs.student_spec(cfgs[0]).class_num)
+    hits = total = 0
+    with paddle.no_grad():
+        for x, label in loader:
+            probs = np.stack([paddle.nn.functional.softmax(m(x), axis=-1).numpy() for m in models])
+            q = combine(probs, np.full(len(models), 1 / len(models)), rule, temperature)
+            hits += int((q.argmax(axis=-1) == label.numpy().reshape(-1)).sum())
+            total += len(q)
+    return hits / total
 
 
 def parse_teachers(text: str) -> list[tuple[str, int]]:
@@ -68,7 +122,15 @@ def parse_teachers(text: str) -> list[tuple[str, int]]:
     "--teacher-images",
     type=int,
     default=None,
-    help="Teachers train on the first N train images (default: all); students on all.",
+    help="Teachers train on N train images (default: all), the first N unless "
+    "--teacher-split disjoint; students on all.",
+)
+@click.option(
+    "--teacher-split",
+    type=click.Choice(SPLITS),
+    default="shared",
+    show_default=True,
+    help="With --teacher-images: every teacher on the first N, or teacher i on rows i*N..(i+1)*N.",
 )
 @click.option("--teacher-epochs", type=int, default=3, show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True, help="Student epochs.")
@@ -100,6 +162,7 @@ def main(
     val_images,
     teachers,
     teacher_images,
+    teacher_split,
     teacher_epochs,
     epochs,
     views,
@@ -117,6 +180,7 @@ def main(
     \b
     Example:
       python benchmarks/ensemble.py --images 4000 --teacher-epochs 3 --epochs 3 --seeds 0,1,2
+      python benchmarks/ensemble.py --teacher-images 1000 --teacher-split disjoint
     """
     from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
@@ -127,6 +191,7 @@ def main(
         raise click.BadParameter(
             f"must be in 1..{images} (--images)", param_hint="--teacher-images"
         )
+    rows = labeled_rows(len(members), images, teacher_images, teacher_split)
     seed_list = [int(s) for s in seeds.split(",")]
     preset = dataclasses.replace(
         PRESETS["small"],
@@ -138,6 +203,8 @@ def main(
         batch_size=batch_size,
     )
     subset = "" if teacher_images is None else f"-t{teacher_images}"
+    if teacher_split == "disjoint" and teacher_images is not None:
+        subset += "-disjoint"
     workdir = (workdir or ROOT / "output" / "bench" / f"ensemble-{images}{subset}").resolve()
     data_dir = (
         data_dir or ROOT / "data" / "fashion_mnist" / f"ensemble-{images}-{val_images}"
@@ -146,12 +213,7 @@ def main(
     progress = not quiet
     prepare(data_dir, preset)
     common = overrides(data_dir, workdir, preset)
-    teacher_list: list[str] = []  # the teachers' training list; their dumps cover every train image
-    if teacher_images is not None:
-        lines = (data_dir / "train_list.txt").read_text().splitlines()[:teacher_images]
-        labeled = data_dir / f"train_list_first{teacher_images}.txt"
-        labeled.write_text("\n".join(lines) + "\n")
-        teacher_list = [f"DataLoader.Train.dataset.cls_label_path={labeled}"]
+    train_lines = (data_dir / "train_list.txt").read_text().splitlines()
     config_dir = ROOT / "configs" / "fashion_mnist"
     results: dict = {
         "machine": machine_info(),
@@ -159,6 +221,8 @@ def main(
         "settings": {
             **dataclasses.asdict(preset),
             "teacher_images": teacher_images or images,
+            "teacher_split": teacher_split,
+            "teacher_rows": rows,
             "seeds": seed_list,
             "rule": rule,
             "student_recipe": recipe(load_config([str(config_dir / STUDENT_CONFIG)], common)),
@@ -168,13 +232,21 @@ def main(
     }
 
     caches = {}
-    for name, seed in members:
+    eval_cfgs = []
+    for (name, seed), (start, stop) in zip(members, rows, strict=True):
         tag = f"{name}-s{seed}"
         cfg_file, arch = TEACHER_CONFIGS[name]
-        # N in the names: a --workdir reused with another --teacher-images never finds the
-        # teachers (and caches) of the other N complete.
-        tdir = workdir / f"teacher_{tag}{subset}"
-        cache_dir = workdir / f"cache_{tag}{subset}"
+        teacher_list: list[str] = []  # the teacher's training list; its dump covers all images
+        part = ""
+        if (start, stop) != (0, images):
+            part = f"-rows{start}-{stop}"
+            labeled = data_dir / f"train_list_rows{start}-{stop}.txt"
+            labeled.write_text("\n".join(train_lines[start:stop]) + "\n")
+            teacher_list = [f"DataLoader.Train.dataset.cls_label_path={labeled}"]
+        # The rows in the names: a --workdir reused with other --teacher-images never finds
+        # the teachers (and caches) of the other rows complete.
+        tdir = workdir / f"teacher_{tag}{part}"
+        cache_dir = workdir / f"cache_{tag}{part}"
         tcfg_overrides = [
             *common,
             f"Global.epochs={teacher_epochs}",
@@ -194,23 +266,25 @@ def main(
                 resume=True,
                 progress=progress,
             )
-        top1 = evaluate_config(
-            load_config(
-                [str(config_dir / cfg_file)],
-                [*common, f"Global.pretrained_model={tdir / 'best'}"],
-            )
-        )["top1"]
+        eval_cfg = load_config(
+            [str(config_dir / cfg_file)],
+            [*common, f"Global.pretrained_model={tdir / 'best'}", f"Offline.ensemble={rule}"],
+        )
+        eval_cfgs.append(eval_cfg)
+        top1 = evaluate_config(eval_cfg)["top1"]
         click.echo(f"== dump {tag}", err=True)
         tick = time.perf_counter()
         run_dump(tcfg, progress=progress)
         results["teachers"][tag] = {
             "arch": arch,
             "seed": seed,
+            "rows": [start, stop],
             "recipe": recipe(tcfg),
             "top1": round(top1, 5),
             "dump_seconds": round(time.perf_counter() - tick, 2),
         }
         caches[tag] = (cache_dir, tdir / "best.safetensors")
+    results["ensemble_teacher_top1"] = round(mixture_top1(eval_cfgs, rule), 5)
 
     def student(out_dir: Path, seed: int, cache_dir: str, teacher_w: Path) -> dict:
         cfg = load_config(

@@ -569,12 +569,19 @@ def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
     s, m, summary = r["settings"], r["machine"], r["summary"]
     seeds = len(s["seeds"])
     labeled = s.get("teacher_images", s["train_images"])
-    images = (
-        f"{s['train_images']} train images"
-        if labeled == s["train_images"]
-        else f"Teachers learn from the labels of the first {labeled} of {s['train_images']} "
-        "train images, students distill on all of them (DML reads no labels)"
-    )
+    if labeled == s["train_images"]:
+        images = f"{s['train_images']} train images"
+    elif s.get("teacher_split") == "disjoint":
+        images = (
+            f"Each teacher learns from the labels of its own {labeled} of {s['train_images']} "
+            "train images (disjoint parts), students distill on all of them (DML reads no "
+            "labels)"
+        )
+    else:
+        images = (
+            f"Teachers learn from the labels of the first {labeled} of {s['train_images']} "
+            "train images, students distill on all of them (DML reads no labels)"
+        )
     lines = [
         f"{images}, {s['val_images']} val images, teachers "
         f"{s['teacher_epochs']} epochs, students {s['student_epochs']} epochs, {s['views']} "
@@ -620,7 +627,11 @@ def _ensemble_label(r: dict, mode: str) -> tuple[str, str]:
     """(label, teacher top-1) of an ensemble benchmark mode."""
     teacher = r["teachers"].get(mode)
     if teacher is None:
-        return f"ensemble of {r['summary']['members']} ({r['settings']['rule']})", "-"
+        top1 = r.get("ensemble_teacher_top1")  # the combined val probabilities, when recorded
+        return (
+            f"ensemble of {r['summary']['members']} ({r['settings']['rule']})",
+            "-" if top1 is None else f"{100 * top1:.2f}%",
+        )
     return f"{teacher['arch']} (seed {teacher['seed']}) alone", f"{100 * teacher['top1']:.2f}%"
 
 

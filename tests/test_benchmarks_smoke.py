@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -153,3 +154,15 @@ def test_near_duplicates_smoke(tmp_path):
     assert report["pairs_within_distance"] >= 40
     check_positive([report["build_seconds"], report["search_seconds"], report["peak_rss_bytes"]])
     assert isinstance(report["command"], str) and report["machine"]["nproc"] >= 1
+
+
+def test_ensemble_labeled_rows_shared_or_disjoint():
+    import click
+
+    from benchmarks.ensemble import labeled_rows
+
+    assert labeled_rows(3, 100, None, "disjoint") == [(0, 100)] * 3
+    assert labeled_rows(3, 100, 20, "shared") == [(0, 20)] * 3
+    assert labeled_rows(3, 100, 20, "disjoint") == [(0, 20), (20, 40), (40, 60)]
+    with pytest.raises(click.BadParameter, match="3 disjoint parts of 40 need 120"):
+        labeled_rows(3, 100, 40, "disjoint")

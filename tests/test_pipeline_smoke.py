@@ -143,10 +143,18 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
         return real_train(cfg, mode, **kwargs)
 
     monkeypatch.setattr(train, "train", spy)
+    evaluated: list[dict] = []  # each teacher's eval config
+    real_evaluate = train.evaluate_config
+
+    def spy_eval(cfg):
+        evaluated.append(cfg)
+        return real_evaluate(cfg)
+
+    monkeypatch.setattr(train, "evaluate_config", spy_eval)
     out = tmp_path / "ensemble.json"
     args = [
         *("--images", "64", "--val-images", "32", "--teachers", "resnet18:0,resnet18:1"),
-        *("--teacher-images", "48"),  # SSLD's recipe: teachers learn from a labeled part
+        *("--teacher-images", "24", "--teacher-split", "disjoint"),  # each its own labels
         *("--teacher-epochs", "1", "--epochs", "1", "--views", "2", "--seeds", "0,1"),
         *("--batch-size", "32", "--workdir", str(tmp_path / "work")),
         *("--data-dir", str(tmp_path / "data"), "--out", str(out), "--quiet"),
@@ -159,16 +167,25 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     for mode in r["summary"]["top1"].values():
         assert 0.0 <= mode["mean"] <= 1.0 and len(mode["values"]) == 2
     assert r["summary"]["members"] == 2
-    assert r["settings"]["teacher_images"] == 48
+    assert r["settings"]["teacher_images"] == 24
     lists = {mode: {Path(p).name for p in paths} for mode, paths in trained.items()}
     full = {"train_list.txt"}
-    assert lists == {"supervised": {"train_list_first48.txt"}, "offline": full, "ensemble": full}
-    assert len((tmp_path / "data" / "train_list_first48.txt").read_text().splitlines()) == 48
-    for tag in ("resnet18-s0", "resnet18-s1"):  # ... and each teacher's dump covers all 64
-        manifest = json.loads(
-            (tmp_path / "work" / f"cache_{tag}-t48" / "manifest.json").read_text()
+    parts = {"train_list_rows0-24.txt", "train_list_rows24-48.txt"}
+    assert lists == {"supervised": parts, "offline": full, "ensemble": full}
+    train_lines = (tmp_path / "data" / "train_list.txt").read_text().splitlines()
+    assert (tmp_path / "data" / "train_list_rows24-48.txt").read_text().splitlines() == (
+        train_lines[24:48]
+    )
+    for tag, part in (("resnet18-s0", "0-24"), ("resnet18-s1", "24-48")):
+        manifest = json.loads(  # ... and each teacher's dump covers all 64
+            (tmp_path / "work" / f"cache_{tag}-rows{part}" / "manifest.json").read_text()
         )
         assert manifest["num_images"] == 64
+    assert 0.0 <= r["ensemble_teacher_top1"] <= 1.0
+    for cfg, tag in zip(evaluated, ("resnet18-s0", "resnet18-s1"), strict=True):
+        # a teacher combined with itself is that teacher, under either rule
+        for rule in ("mean_probs", "mean_logits"):
+            assert ensemble.mixture_top1([cfg, cfg], rule) == r["teachers"][tag]["top1"]
     assert r["settings"]["student_recipe"]["batch_size"] == 32
     assert all(t["recipe"]["batch_size"] == 32 for t in r["teachers"].values())
     assert _finite(r["summary"]["time_ratio"]) and r["summary"]["time_ratio"] > 0
@@ -188,7 +205,8 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     text = report.ensemble("ensemble.json")
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
-    assert text.startswith("Teachers learn from the labels of the first 48 of 64 train images")
+    assert text.startswith("Each teacher learns from the labels of its own 24 of 64 train")
+    assert f"| ensemble of 2 (mean_probs) | {100 * r['ensemble_teacher_top1']:.2f}% |" in text
     assert "(this run:" not in text  # a note on how a run was made shows only when recorded
     out.write_text(json.dumps({**r, "note": "teachers reused"}))
     assert report.ensemble("ensemble.json").count("` (this run: teachers reused)") == 1
