@@ -828,6 +828,11 @@ BLOCKS = {
         "ensemble_ssld.json",
         " --teacher-images 1000 --out benchmarks/results/ensemble_ssld.json",
     ),
+    "ensemble_disjoint": lambda: ensemble(
+        "ensemble_disjoint.json",
+        " --teacher-images 1000 --teacher-split disjoint"
+        " --out benchmarks/results/ensemble_disjoint.json",
+    ),
     "codec_accuracy": codec_accuracy,
     "codec_accuracy_pairs": lambda: codec_accuracy("pairs"),
     "ssld_pool": ssld_pool,
