@@ -824,6 +824,10 @@ BLOCKS = {
         "ensemble_pair.json",
         " --teachers resnet18:0,resnet18:1 --out benchmarks/results/ensemble_pair.json",
     ),
+    "ensemble_pair_long": lambda: ensemble(
+        "ensemble_pair10.json",
+        " --teachers resnet18:0,resnet18:1 --out benchmarks/results/ensemble_pair10.json",
+    ),
     "ensemble_ssld": lambda: ensemble(
         "ensemble_ssld.json",
         " --teacher-images 1000 --out benchmarks/results/ensemble_ssld.json",
