@@ -559,12 +559,13 @@ def data_only() -> str:
     return "\n".join(lines)
 
 
-def ensemble(name: str = "ensemble.json", extra: str = "") -> str:
+def ensemble(name: str = "ensemble.json", extra: str = "", epochs: int = 3) -> str:
+    """An ensemble benchmark's block; `extra` and `epochs` complete the hint to run it."""
     r = _load(name)
     if r is None:
         return (
             "_not measured yet: run `python benchmarks/ensemble.py --images 4000 "
-            f"--teacher-epochs 3 --epochs 3 --seeds 0,1,2{extra}`_"
+            f"--teacher-epochs 3 --epochs {epochs} --seeds 0,1,2{extra}`_"
         )
     s, m, summary = r["settings"], r["machine"], r["summary"]
     seeds = len(s["seeds"])
@@ -827,6 +828,7 @@ BLOCKS = {
     "ensemble_pair_long": lambda: ensemble(
         "ensemble_pair10.json",
         " --teachers resnet18:0,resnet18:1 --out benchmarks/results/ensemble_pair10.json",
+        epochs=10,
     ),
     "ensemble_ssld": lambda: ensemble(
         "ensemble_ssld.json",
