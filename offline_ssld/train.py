@@ -20,6 +20,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
 
 
 # ------------------------------------------------------------------------- loop
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Paddle's global random state (CPU and the current device) as on entry, on exit:
+    whatever the block draws leaves the stream of the code after it untouched."""
+    devices = {"cpu", paddle.get_device().split(":")[0]}
+    states = {device: paddle.get_rng_state(device) for device in devices}
+    try:
+        yield
+    finally:
+        for device, state in states.items():
+            paddle.set_rng_state(state, device)
 
 
 @dataclass
@@ -288,10 +302,14 @@ def train(
     dist.init()
     main = dist.is_main()  # writes checkpoints, metrics.jsonl, VisualDL and progress
     paddle.seed(seed)
-
+    # Like for like: the student's init is the seed's first draw in every mode, and a target
+    # source (the online teacher's random init before its weights load) draws from a copy
+    # of the stream, so online, offline and supervised runs of a seed start identically.
     student_spec = specs.student_spec(cfg)
+    model = build_model(student_spec)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
-    targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
+    with preserved_rng():
+        targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
     sampler = EpochBatches(
         len(targets.dataset),
         spec.batch_size,
@@ -306,7 +324,6 @@ def train(
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     metrics = eval_metrics(cfg, student_spec.class_num)
     best_key = f"best_{metrics[0].main}"  # best_top1 unless Metric.Eval starts otherwise
-    model = build_model(student_spec)
     model = sync_batch_norm(model, specs.use_sync_bn(cfg), device)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")
