@@ -104,7 +104,10 @@ def _batch_norms(model: paddle.nn.Layer) -> list[paddle.nn.Layer]:
 
 def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches: int) -> int:
     """Recompute every BatchNorm's running statistics as the plain mean over the first
-    `batches` training batches, with the weights as they are now ("precise BN").
+    `batches` training batches of each batch's statistics (its mean and biased variance, as
+    Paddle's BatchNorm takes them), with the weights as they are now: the "precise BN" of
+    fvcore and Detectron2. Like theirs, the variance is the mean of the per-batch variances,
+    without the spread of the batch means that the variance of the pooled batches adds.
 
     The running statistics PaddleClas evaluates with are an exponential average (momentum
     0.9) of the last ~10 batches, each taken with other weights. With few or small batches,
