@@ -9,14 +9,17 @@ from pathlib import Path
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+import pytest
 
 from offline_ssld.config import specs
 from offline_ssld.config.loading import load_config
+from offline_ssld.config.offline import offline_spec
 from offline_ssld.config.specs import ModelSpec
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import EpochBatches
 from offline_ssld.data.views import AugmentDataset
 from offline_ssld.dump import run_dump
+from offline_ssld.errors import ConfigError
 from offline_ssld.models import build_model, load_teacher, save_weights
 from offline_ssld.targets import TARGET_SOURCES
 from offline_ssld.train import _batch_norms, _source, recalibrate_batch_norm
@@ -153,3 +156,8 @@ def test_precise_bn_is_the_mean_of_the_batch_statistics():
     assert not np.allclose(layers[0]._variance.numpy(), pooled, rtol=1e-2)
     assert recalibrate_batch_norm(model, batches, 0) == 0
     assert recalibrate_batch_norm(model, batches, 10) == 3  # capped at the loader's batches
+
+
+def test_online_views_is_checked_by_key_path():
+    with pytest.raises(ConfigError, match=r"^Offline.online_views: 'stored'; supported: fresh, "):
+        offline_spec({"Offline": {"online_views": "stored"}})
