@@ -57,8 +57,14 @@ def recipe(cfg: dict) -> dict:
     }
 
 
-# two-sided 95% t quantiles by degrees of freedom (n - 1 seeds); 1.96 beyond
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+def t_quantile95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom, exact for any
+    df (SciPy, installed with paddleclas); every interval the benchmarks report uses it."""
+    from scipy.stats import t
+
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return float(t.ppf(0.975, df))
 
 
 def mean_ci(values: list[float]) -> dict:
@@ -70,7 +76,7 @@ def mean_ci(values: list[float]) -> dict:
     if len(values) < 2:
         return {"mean": round(mean, 5), "std": None, "ci95": None, "values": values}
     std = statistics.stdev(values)
-    half = _T95.get(len(values) - 1, 1.96) * std / math.sqrt(len(values))
+    half = t_quantile95(len(values) - 1) * std / math.sqrt(len(values))
     return {"mean": round(mean, 5), "std": round(std, 5), "ci95": round(half, 5), "values": values}
 
 

@@ -351,7 +351,9 @@ def train_student(
     each epoch every image uses one of its cached views, replayed pixel for pixel, against
     the teacher's stored output, with the Loss.Train losses (DistillationDMLLoss = SSLD).
 
-    With --online the teacher runs on every batch instead (PaddleClas's online SSLD).
+    With --online the teacher runs on every batch instead (PaddleClas's online SSLD), on
+    fresh views; add -o Offline.online_views=replay to run it on the cache's views, replayed
+    as offline training replays them (the two then differ only in live vs stored outputs).
     With --data-only no student runs: one epoch of the data path is timed.
 
     The training list may be any subset of the cache's images, in any order (no new dump);

@@ -325,7 +325,7 @@ def _skd_rows(
     kd = -(F.softmax(z_t / temperature, axis=1) * F.log_softmax(z_s / temperature, axis=1)).sum(
         axis=1
     )
-    ce = -_pick(F.log_softmax(student_logits, axis=1), target)
+    ce = -_pick(F.log_softmax(z_s, axis=1), target)  # PaddleClas: CE on the normed logits
     return alpha * kd * temperature**2 + (1.0 - alpha) * ce, None
 
 

@@ -5,7 +5,8 @@ the next epoch and turns the student's logits for a batch into the loss; the tra
 calls only that interface, so it never asks which mode it runs:
 
 - offline:    teacher probabilities decoded from the cache, on the replayed cached view;
-- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel);
+- online:     the teacher runs on the same augmented batch (PaddleClas DistillationModel),
+              on fresh views or on the cache's views replayed (Offline.online_views);
 - supervised: ground-truth labels only (how the pipelines train their teachers).
 
 - ensemble:   several teachers' caches of the same images combined row by row (ensemble.py).
@@ -106,7 +107,16 @@ class SupervisedLabels(TargetSource):
 
 
 class OnlineTeacher(TargetSource):
-    """The teacher's softmax on the very batch the student sees (the online baseline)."""
+    """The teacher's softmax on the very batch the student sees (the online baseline).
+
+    Offline.online_views says where that batch's views come from:
+    - fresh (default): a new augmentation per image and epoch, drawn from Global.seed
+      (AugmentDataset), as PaddleClas's online SSLD does;
+    - replay: the views stored in Offline.cache_dir, one per image and epoch chosen exactly
+      as offline training chooses it (ReplayDataset, epoch_views), so the student sees the
+      offline run's pixels and only the teacher's output is live instead of stored (the
+      cached outputs are read but unused). This isolates what storing the outputs changes
+      from what a finite set of views changes."""
 
     mode = "online"
 
@@ -119,19 +129,42 @@ class OnlineTeacher(TargetSource):
         student: ModelSpec,
     ) -> paddle.io.Dataset:
         self.loss_fn = build_loss(loading.get(cfg, "Loss.Train"))
-        dataset = AugmentDataset(source, pipeline, self.seed)
+        self.reader: CacheReader | None = None
+        dataset: paddle.io.Dataset
+        if offline.online_views == "replay":
+            # the targets are live: any codec goes with any loss, so no pairing check
+            self.reader, listed = open_matching_cache(cfg, offline, pipeline, source)
+            self.reader.verify_all()
+            self.views = _check_views(offline.views, self.reader.views)
+            dataset = ReplayDataset(source, pipeline, self.reader, listed)
+        else:
+            dataset = AugmentDataset(source, pipeline, self.seed)
         self.teacher = load_teacher(cfg)
         self.teacher.train() if offline.online_teacher_bn == "train" else self.teacher.eval()
         return dataset
 
     def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
+        if self.reader is None:
+            self.dataset.set_epoch(epoch)
+        else:
+            self.dataset.set_epoch_views(
+                epoch_views(self.seed, epoch, len(self.dataset), self.views)
+            )
 
     def loss(self, logits: paddle.Tensor, batch: Sequence[paddle.Tensor]) -> paddle.Tensor:
         x, labels = batch[0], batch[-1]
         with paddle.no_grad():
             target = F.softmax(self.teacher(x).astype("float32"), axis=-1)
         return self.loss_fn(logits.astype("float32"), target, labels)[0]
+
+    def provenance(self) -> dict:
+        if self.reader is None:
+            return {}
+        return {
+            "kind": "online_replay",
+            "views_from": str(self.reader.cache_dir),
+            "fingerprint": cache_fingerprint(self.reader.manifest),
+        }
 
 
 class OfflineCache(TargetSource):

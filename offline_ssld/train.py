@@ -20,6 +20,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,19 @@ def _source(cfg: dict, split: str, class_num: int) -> tuple[ImageSource, Pipelin
 # ------------------------------------------------------------------------- loop
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Paddle's global random state (CPU and the current device) as on entry, on exit:
+    whatever the block draws leaves the stream of the code after it untouched."""
+    devices = {"cpu", paddle.get_device().split(":")[0]}
+    states = {device: paddle.get_rng_state(device) for device in devices}
+    try:
+        yield
+    finally:
+        for device, state in states.items():
+            paddle.set_rng_state(state, device)
+
+
 @dataclass
 class TrainResult:
     """What a run reports (CLI summary, benchmarks); per-epoch detail is in metrics.jsonl.
@@ -90,7 +104,10 @@ def _batch_norms(model: paddle.nn.Layer) -> list[paddle.nn.Layer]:
 
 def recalibrate_batch_norm(model: paddle.nn.Layer, loader: BatchLoader, batches: int) -> int:
     """Recompute every BatchNorm's running statistics as the plain mean over the first
-    `batches` training batches, with the weights as they are now ("precise BN").
+    `batches` training batches of each batch's statistics (its mean and biased variance, as
+    Paddle's BatchNorm takes them), with the weights as they are now: the "precise BN" of
+    fvcore and Detectron2. Like theirs, the variance is the mean of the per-batch variances,
+    without the spread of the batch means that the variance of the pooled batches adds.
 
     The running statistics PaddleClas evaluates with are an exponential average (momentum
     0.9) of the last ~10 batches, each taken with other weights. With few or small batches,
@@ -288,10 +305,14 @@ def train(
     dist.init()
     main = dist.is_main()  # writes checkpoints, metrics.jsonl, VisualDL and progress
     paddle.seed(seed)
-
+    # Like for like: the student's init is the seed's first draw in every mode, and a target
+    # source (the online teacher's random init before its weights load) draws from a copy
+    # of the stream, so online, offline and supervised runs of a seed start identically.
     student_spec = specs.student_spec(cfg)
+    model = build_model(student_spec)
     source, pipeline, spec = _source(cfg, "Train", student_spec.class_num)
-    targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
+    with preserved_rng():
+        targets = TARGET_SOURCES[mode](cfg, source, pipeline, student_spec, seed)
     sampler = EpochBatches(
         len(targets.dataset),
         spec.batch_size,
@@ -306,7 +327,6 @@ def train(
     eval_loader = make_eval_loader(cfg, student_spec.class_num)
     metrics = eval_metrics(cfg, student_spec.class_num)
     best_key = f"best_{metrics[0].main}"  # best_top1 unless Metric.Eval starts otherwise
-    model = build_model(student_spec)
     model = sync_batch_norm(model, specs.use_sync_bn(cfg), device)
     if glob.get("pretrained_model"):
         load_weights(model, f"{glob['pretrained_model']}.safetensors", "Global.pretrained_model")

@@ -460,7 +460,7 @@ def _reference(name: str, s, z_t, labels, **kw):
         ls = F.layer_norm(s, s.shape[1:], weight=None, bias=None, epsilon=1e-7) * m
         lt = F.layer_norm(z_t, z_t.shape[1:], weight=None, bias=None, epsilon=1e-7) * m
         kd = -paddle.sum(F.softmax(lt / temp) * F.log_softmax(ls / temp), axis=1)
-        ce = paddle.mean(-paddle.sum(one_hot * F.log_softmax(s), axis=1))
+        ce = paddle.mean(-paddle.sum(one_hot * F.log_softmax(ls), axis=1))
         return paddle.mean(kd) * temp**2 * kw["alpha"] + ce * (1 - kw["alpha"])
     ce_s = -paddle.sum(one_hot * F.log_softmax(s.detach()), axis=1)
     ce_t = -paddle.sum(one_hot * F.log_softmax(z_t.detach()), axis=1)

@@ -37,11 +37,14 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "skip_bad": False,  # record unreadable images in the manifest instead of failing
     "allow_pickle_weights": False,  # load .pdparams (pickle) teacher weights you trust
     "online_teacher_bn": "train",  # online baseline: teacher BatchNorm mode (PaddleClas: train)
+    # online baseline: fresh views per epoch (PaddleClas) or the cache's views, replayed
+    "online_views": "fresh",
     "view_policy": "cycle",  # each epoch one view per image, without replacement, cycled
     "precise_bn_batches": 100,  # before each eval, BN statistics = mean over this many batches
 }
 
 ENSEMBLE_RULES = ("mean_probs", "mean_logits")
+ONLINE_VIEWS = ("fresh", "replay")
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class OfflineSpec:
     skip_bad: bool
     allow_pickle_weights: bool
     online_teacher_bn: str
+    online_views: str  # one of ONLINE_VIEWS
     view_policy: str
     precise_bn_batches: int
 
@@ -193,6 +197,7 @@ def offline_spec(cfg: dict) -> OfflineSpec:
         skip_bad=_bool(section, "skip_bad"),
         allow_pickle_weights=_bool(section, "allow_pickle_weights"),
         online_teacher_bn=section["online_teacher_bn"],
+        online_views=_choice(section, "online_views", ONLINE_VIEWS),
         view_policy=section["view_policy"],
         precise_bn_batches=_int(section, "precise_bn_batches", 0, "a non-negative integer"),
     )
