@@ -19,7 +19,7 @@ OFFLINE_MEANINGS = {
     "ensemble_temperature": "temperature of `mean_logits`",
     "teacher_weights": "teacher `.safetensors` (else the Teacher entry's `pretrained`)",
     "views": "dump: views stored per image; train: use the first `views` of the cache",
-    "format": "shard backend (see the backends table)",
+    "format": "shard backend: [the backends](docs/reference.md#shard-backends-offlineformat)",
     "codec": "how logits are stored: `fp16` (all), `topk` (k logits + the rest's mass), "
     "`sampled` (ids + counts)",
     "topk": "k of the `topk` codec",
