@@ -1,5 +1,6 @@
-"""benchmarks/report.py on online-vs-offline results: the multi-seed schema renders paired
-intervals and says what they show; the earlier one-seed files still render, without one."""
+"""benchmarks/report.py and its render functions: the multi-seed schema renders paired
+intervals and says what they show; the earlier one-seed files still render, without one; and
+--check fails on a stale, missing or unregistered block in README.md or docs/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from benchmarks import report
 from benchmarks.common import rotated
 from benchmarks.online_vs_offline import aggregate
+from benchmarks.render.common import interval_reading
+from benchmarks.render.online_vs_offline import headline, online_vs_offline_seeds, student_recipe
 
 
 def _run(top1: float, epoch_s: float) -> dict:
@@ -23,12 +26,12 @@ def _run(top1: float, epoch_s: float) -> dict:
 
 
 def test_interval_reading_says_only_what_the_interval_shows():
-    assert "contains 0" in report.interval_reading({"mean": 0.01, "ci95": 0.02})
-    assert report.interval_reading({"mean": 0.05, "ci95": 0.02}).endswith("offline higher")
-    assert report.interval_reading({"mean": -0.05, "ci95": 0.02}) == (
+    assert "contains 0" in interval_reading({"mean": 0.01, "ci95": 0.02})
+    assert interval_reading({"mean": 0.05, "ci95": 0.02}).endswith("offline higher")
+    assert interval_reading({"mean": -0.05, "ci95": 0.02}) == (
         "-7.00 to -3.00 points: offline lower"
     )
-    assert report.interval_reading({"mean": -0.05, "ci95": None}) == "none (one seed)"
+    assert interval_reading({"mean": -0.05, "ci95": None}) == "none (one seed)"
 
 
 def test_rotation_moves_every_mode_off_the_first_place():
@@ -61,15 +64,10 @@ def _multi_seed_results(shift: float, recipe: dict | None) -> dict:
     }
 
 
-def test_student_recipe_table_reads_before_and_after_files(tmp_path, monkeypatch):
-    import json
-
+def test_student_recipe_table_reads_before_and_after_files():
     before = _multi_seed_results(0.0, None)
     after = _multi_seed_results(0.1, {"batch_size": 32, "lr": 0.05})
-    for when, r in (("before", before), ("after", after)):
-        (tmp_path / report.RECIPE_FILES[when]).write_text(json.dumps(r))
-    monkeypatch.setattr(report, "RESULTS", tmp_path)
-    text = report.student_recipe()
+    text = student_recipe(before, after)
     rows = [line for line in text.splitlines() if line.startswith(("| before", "| after"))]
     assert rows[0].startswith(
         "| before | 64 images, batch 128 at lr 0.1, 2 epochs, 3 seeds | 80.00%"
@@ -104,7 +102,7 @@ def test_multi_seed_results_render_paired_intervals():
         "load_average_before_after": [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]],
         "command": "python benchmarks/online_vs_offline.py --seeds 0,1,2",
     }
-    text = "\n".join(report.online_vs_offline_seeds(r))
+    text = "\n".join(online_vs_offline_seeds(r))
     # 0.01, 0.02, 0.03: std 0.01, half-width 4.303 * 0.01 / sqrt(3) = 0.02484
     assert "| +2.00 ± 2.48 | -0.48 to +4.48 points: contains 0" in text
     assert "- offline SSLD, 2 view(s): +2.00 ± 2.48 points, 95% interval -0.48" in text
@@ -120,6 +118,100 @@ def test_one_seed_results_render_without_intervals(tmp_path, monkeypatch):
     """A results file written before --seeds still renders, saying it has no interval."""
     (tmp_path / "online_vs_offline_accuracy.json").write_text(ONE_SEED.read_text())
     monkeypatch.setattr(report, "RESULTS", tmp_path)
-    text = report.online_vs_offline("accuracy")
+    study = next(s for s in report.STUDIES if s.name == "accuracy")
+    text = report.block(study)
     assert "one seed (0)" in text and "no difference above has an interval" in text
     assert "Reproduce: `python benchmarks/online_vs_offline.py" in text
+
+
+def test_headline_reads_both_pairs_with_their_intervals():
+    """The README's headline: the multi-seed pair with what its intervals show, the one-seed
+    random-teacher pair with its speedups only."""
+    import json
+
+    accuracy = _multi_seed_results(0.0, None)
+    speed = json.loads(ONE_SEED.read_text())
+    speed["teacher"]["top1"] = None
+    rows = headline(accuracy, speed).splitlines()
+    assert rows[2].startswith("| [accuracy pair](docs/results/online_vs_offline.md): ")
+    assert "3 paired seeds | +0.00 ± 2.48 (-2.48 to +2.48 points: contains 0" in rows[2]
+    modes = speed["modes"]
+    train = (
+        modes["online_bn_train"]["median_epoch_seconds"]
+        / modes["offline_v1"]["median_epoch_seconds"]
+    )
+    assert "random teacher (timing only) | - | - | " in rows[3]
+    assert f"| {train:.2f}x |" in rows[3]
+
+
+def _toy(tmp_path, monkeypatch, studies):
+    """A repository of its own: results and docs under tmp_path, the given studies."""
+    import json
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "toy.json").write_text(json.dumps({"value": 1, "command": "/x/bin/python3 toy.py"}))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "STUDIES", studies)
+    return results
+
+
+def _toy_render(r: dict) -> str:
+    return f"value {r['value']}, [chart](benchmarks/results/toy.png), `{r['command']}`"
+
+
+def _main(*args: str):
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(report.main, list(args))
+
+
+def test_one_registry_entry_creates_its_page_and_check_catches_staleness(tmp_path, monkeypatch):
+    """A new study is one Study entry: the write creates its page and block; --check then
+    passes, and fails (naming the doc) once the results file changes, for README.md and a
+    docs/results page alike."""
+    import json
+
+    studies = (
+        report.Study("toy_head", "README.md", _toy_render, ("toy.json",)),
+        report.Study("toy", "docs/results/toy.md", _toy_render, ("toy.json",), "python toy.py"),
+    )
+    results = _toy(tmp_path, monkeypatch, studies)
+    (tmp_path / "README.md").write_text(
+        "# r\n\n<!-- BEGIN results:toy_head -->\n<!-- END results:toy_head -->\n"
+    )
+    assert _main("--check").exit_code == 1
+    assert _main().exit_code == 0
+    page = (tmp_path / "docs" / "results" / "toy.md").read_text()
+    # links are written from the repository root and rewritten from the page's folder
+    assert "value 1, [chart](../../benchmarks/results/toy.png), `python toy.py`" in page
+    assert "value 1, [chart](benchmarks/results/toy.png)" in (tmp_path / "README.md").read_text()
+    assert _main("--check").exit_code == 0
+    (results / "toy.json").write_text(json.dumps({"value": 2, "command": "toy.py"}))
+    stale = _main("--check")
+    assert stale.exit_code == 1
+    assert "README.md: generated blocks are stale" in stale.output
+    assert "docs/results/toy.md: generated blocks are stale" in stale.output
+    (results / "toy.json").unlink()
+    assert _main().exit_code == 0
+    assert (
+        "_not measured yet: run `python toy.py`_" in (tmp_path / "docs/results/toy.md").read_text()
+    )
+
+
+def test_check_fails_on_a_block_no_study_renders(tmp_path, monkeypatch):
+    """A block left behind in the wrong doc (or of a study that was removed) fails --check."""
+    studies = (report.Study("toy", "docs/results/toy.md", _toy_render, ("toy.json",)),)
+    _toy(tmp_path, monkeypatch, studies)
+    assert _main().exit_code == 0
+    (tmp_path / "README.md").write_text(
+        "<!-- BEGIN results:toy -->\nold\n<!-- END results:toy -->\n"
+    )
+    out = _main("--check")
+    assert out.exit_code == 1 and "README.md: block 'toy' is not a study of this doc" in out.output
+
+
+def test_the_repository_docs_are_up_to_date():
+    """What CI's `python benchmarks/report.py --check` runs: every block current, none stray."""
+    assert report.problems() == []

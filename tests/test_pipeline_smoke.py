@@ -200,16 +200,14 @@ def test_ensemble_benchmark_smoke(tmp_path, monkeypatch):
         for tags in [("resnet18-s0", "resnet18-s1")]
     )
     assert r["summary"]["seeds_ensemble_above_every_member"] == above
-    from benchmarks import report
+    from benchmarks.render.ensemble import ensemble
 
-    monkeypatch.setattr(report, "RESULTS", tmp_path)
-    text = report.ensemble("ensemble.json")
+    text = ensemble(r)
     assert "- minus ResNet18 (seed 1) alone: " in text and f"in {above} of 2 seeds" in text
     assert text.startswith("Each teacher learns from the labels of its own 24 of 64 train")
     assert f"| ensemble of 2 (mean_probs) | {100 * r['ensemble_teacher_top1']:.2f}% |" in text
     assert "(this run:" not in text  # a note on how a run was made shows only when recorded
-    out.write_text(json.dumps({**r, "note": "teachers reused"}))
-    assert report.ensemble("ensemble.json").count("` (this run: teachers reused)") == 1
+    assert ensemble({**r, "note": "teachers reused"}).count("` (this run: teachers reused)") == 1
     ckpt = json.loads((tmp_path / "work" / "s0_ensemble" / "latest.json").read_text())
     assert len(ckpt["targets"]["members"]) == 2
 
