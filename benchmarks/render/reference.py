@@ -31,6 +31,7 @@ OFFLINE_MEANINGS = {
     "skip_bad": "record unreadable images in the manifest instead of stopping",
     "allow_pickle_weights": "load `.pdparams` (a pickle) teacher weights you trust",
     "online_teacher_bn": "teacher BatchNorm mode in `--online` runs (PaddleClas: train)",
+    "online_views": "`--online` views: `fresh` draws new ones (PaddleClas), `replay` runs the teacher on the cache's stored views",
     "view_policy": "one view per image per epoch, without replacement, reshuffled each cycle",
     "precise_bn_batches": "before each eval, BatchNorm statistics recomputed over this many "
     "training batches; 0 keeps PaddleClas's running averages",
