@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from offline_ssld import prerequisites
 from offline_ssld.cli import main
 from offline_ssld.prerequisites import TESTED
+from tests.test_cli_output import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "fashion_mnist" / "mnv3_small_student.yaml"
@@ -176,19 +177,13 @@ def test_cli_help_works_without_paddle():
         assert result.returncode == 0 and result.stderr == "", (args, result.stderr)
 
 
-def test_two_paddle_distributions_are_refused(tmp_path):
+def test_two_paddle_distributions_are_refused(tmp_path, monkeypatch):
     """paddlepaddle-gpu installed over this venv's paddlepaddle, as pip would have done when
     setup.cfg pinned paddlepaddle: both own `paddle`, and the CLI says so."""
     write_dist_info(tmp_path, "paddlepaddle-gpu", TESTED)
     (tmp_path / f"paddlepaddle_gpu-{TESTED}.dist-info" / "top_level.txt").write_text("paddle\n")
-    path = os.pathsep.join([str(ROOT), str(tmp_path)])
-    result = subprocess.run(
-        [sys.executable, "-m", "offline_ssld", "inspect", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # run_cli puts the repository first
+    result = run_cli("inspect", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert "paddlepaddle" in line and f"paddlepaddle-gpu {TESTED}" in line
