@@ -16,6 +16,7 @@ import click
 from offline_ssld import __version__
 from offline_ssld.cache.codecs import CODEC_NAMES
 from offline_ssld.errors import OfflineSSLDError
+from offline_ssld.prerequisites import check_paddle, is_paddle_module, missing_paddle
 
 CONFIG = click.option(
     "-c",
@@ -37,12 +38,19 @@ OVERRIDE = click.option(
 
 
 def friendly_errors(func):
-    """Print our own errors as one line; let real bugs keep their traceback."""
+    """Print our own errors, and a missing or unsupported paddle, as one line; let real bugs
+    keep their traceback."""
 
     @wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            check_paddle()
+            try:
+                return func(*args, **kwargs)
+            except ModuleNotFoundError as exc:
+                if is_paddle_module(exc.name):
+                    raise missing_paddle() from exc
+                raise
         except OfflineSSLDError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -1,7 +1,7 @@
 """`export`: the trained student as a Paddle Inference model, as PaddleClas's
 tools/export_model.py writes it (`<Global.save_inference_dir>/inference.*`, input
-[None] + Global.image_shape, softmax appended unless Arch.infer_add_softmax is False, and
-re-parameterisable blocks folded first)."""
+[None] + Global.image_shape, sigmoid appended for Global.use_multilabel, else softmax unless
+Arch.infer_add_softmax is falsy, and re-parameterisable blocks folded first)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,28 @@ from offline_ssld.models import build_model, load_weights, select_device
 
 
 class _Inference(paddle.nn.Layer):
-    """The student with PaddleClas's output activation."""
+    """The student with PaddleClas's output activation (ExportModel's out_act, or none)."""
 
-    def __init__(self, model: paddle.nn.Layer, softmax: bool):
+    def __init__(self, model: paddle.nn.Layer, activation: paddle.nn.Layer | None):
         super().__init__()
         self.model = model
-        self.softmax = softmax
+        self.activation = activation
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         out = self.model(x)
-        return paddle.nn.functional.softmax(out, axis=-1) if self.softmax else out
+        return out if self.activation is None else self.activation(out)
+
+
+def _activation(cfg: dict) -> paddle.nn.Layer | None:
+    """As PaddleClas's ExportModel: sigmoid for Global.use_multilabel, else softmax unless
+    Arch.infer_add_softmax is falsy."""
+    if specs.is_multilabel(cfg):
+        return paddle.nn.Sigmoid()
+    return (
+        paddle.nn.Softmax(axis=-1)
+        if (cfg.get("Arch") or {}).get("infer_add_softmax", True)
+        else None
+    )
 
 
 def export_student(cfg: dict) -> Path:
@@ -45,8 +57,7 @@ def export_student(cfg: dict) -> Path:
     for layer in model.sublayers():  # as PaddleClas: fold re-parameterisable blocks
         if hasattr(layer, "re_parameterize") and not getattr(layer, "is_repped", False):
             layer.re_parameterize()
-    softmax = (cfg.get("Arch") or {}).get("infer_add_softmax", True) is not False
-    wrapped = _Inference(model, softmax)
+    wrapped = _Inference(model, _activation(cfg))
     wrapped.eval()
     # full_graph: Paddle 3 applies input_spec only then (the batch dimension stays free).
     static = paddle.jit.to_static(

@@ -68,6 +68,7 @@ _ARCH_DISTILL_KEYS = (
     "models",
     "pretrained_list",
     "freeze_params_list",
+    "infer_add_softmax",  # read by `export`, as PaddleClas's ExportModel
     *ARCH_LEVEL_KEYS,
 )
 # Distillation Arch level; PaddleClas's DistillationModel takes use_ssld in **kargs, unread.
