@@ -204,7 +204,8 @@ def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:
         if off.startswith("offline")
     ]
     for off in (x for x in modes if x.startswith("offline")):
-        for ref in [x for x in modes if x.startswith("online")] + ["student_only"]:
+        refs = [x for x in modes if x.startswith("online")]
+        for ref in refs + [x for x in modes if x == "student_only"]:
             diffs = [
                 round(a - b, 5)
                 for a, b in zip(per_seed(off, "last_top1"), per_seed(ref, "last_top1"), strict=True)
