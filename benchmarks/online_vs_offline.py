@@ -464,17 +464,11 @@ def _label(results: dict, mode: str) -> str:
     return recorded["label"] if recorded else MODES[mode].label if mode in MODES else mode
 
 
-def _interval(v: dict) -> str:
-    if v["ci95"] is None:
-        return f"{100 * v['mean']:+.2f} (one seed, no interval)"
-    lo, hi = 100 * (v["mean"] - v["ci95"]), 100 * (v["mean"] + v["ci95"])
-    reading = "contains 0" if lo <= 0 <= hi else ("above 0" if lo > 0 else "below 0")
-    return f"{100 * v['mean']:+.2f} ± {100 * v['ci95']:.2f} ({lo:+.2f} to {hi:+.2f}: {reading})"
-
-
 def render_accuracy(results: dict) -> str:
     """Markdown of a results file: settings, per-mode top-1 and timings, paired online -
     offline differences, the order each seed ran in; every number from `results`."""
+    from benchmarks.report import interval_reading
+
     s, summary, machine = results["settings"], results["summary"], results["machine"]
     load = results["load_average"]
     teacher = results["teacher"]
@@ -509,14 +503,16 @@ def render_accuracy(results: dict) -> str:
     if paired:
         lines += [
             "",
-            "| online | minus offline | paired difference, points: mean ± 95% CI (interval) |",
-            "|---|---|---|",
+            "| online | minus offline | paired difference, mean ± 95% CI (points) | 95% interval |",
+            "|---|---|---|---|",
         ]
-        lines += [
-            f"| {_label(results, p['online'])} | {_label(results, p['offline'])} | "
-            f"{_interval(p['difference'])} |"
-            for p in paired
-        ]
+        for p in paired:
+            d = p["difference"]
+            ci = f" ± {100 * d['ci95']:.2f}" if d["ci95"] is not None else ""
+            lines.append(
+                f"| {_label(results, p['online'])} | {_label(results, p['offline'])} | "
+                f"{100 * d['mean']:+.2f}{ci} | {interval_reading(d, first='online')} |"
+            )
     lines += [
         "",
         "Order per seed (rotated): "
