@@ -357,6 +357,7 @@ def main(
             "offline_views": sorted(MODES[n].views for n in names if n.startswith("offline")),
             "online_bn": [n[len("online_bn_") :] for n in names if n.startswith("online_bn_")],
             "seeds": seed_list,
+            "student_eval": "after the last epoch only",
         },
     }
 
@@ -426,7 +427,10 @@ def main(
                 [student_file],
                 [
                     *common,
+                    # the metric is the last epoch: no eval (nor its BN recalibration) before
                     f"Global.epochs={epochs}",
+                    f"Global.eval_interval={epochs}",
+                    f"Global.save_interval={epochs}",
                     f"Global.seed={seed}",
                     f"Global.output_dir={workdir / f's{seed}_{name}'}",
                     f"Arch.models.0.Teacher.pretrained={teacher_w}",
