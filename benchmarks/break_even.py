@@ -302,6 +302,8 @@ def main(
             [
                 *common,
                 f"Global.epochs={epochs}",
+                f"Global.eval_interval={epochs}",  # eval is not timed: once, at the end
+                f"Global.save_interval={epochs}",
                 f"Global.output_dir={workdir / kind}",
                 f"Arch.models.0.Teacher.pretrained={teacher_w}",
                 *extra,
