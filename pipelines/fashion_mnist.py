@@ -266,6 +266,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, seed: int 
         timings[name] = time.perf_counter() - tick
 
     stage("eval")
+    tick = time.perf_counter()
     teacher_top1 = evaluate_config(
         load_config(
             [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
@@ -280,6 +281,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, seed: int 
         for name in ("student", "student_only")
     )
     difference = student_top1 - only_top1
+    timings["eval"] = time.perf_counter() - tick
 
     stage("report")
     report: dict[str, Any] = {

@@ -340,6 +340,8 @@ def test_pipeline_final_only_preset_evaluates_and_keeps_the_last_epoch_only(tmp_
     work = tmp_path / "work"
     report = fashion_mnist.run("tiny-final", work, tmp_path / "data", progress=False, seed=3)
     assert report["seed"] == 3 and "seed 3;" in (work / "report.md").read_text()
+    stages = {"prepare", "teacher", "dump", "student", "student_only", "eval"}
+    assert set(report["stage_seconds"]) == stages  # every stage the quick start times
     for stage in ("teacher", "student", "student_only"):
         lines = [json.loads(x) for x in (work / stage / "metrics.jsonl").read_text().splitlines()]
         assert [("top1" in x) for x in lines] == [False, True], stage
