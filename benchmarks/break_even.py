@@ -281,6 +281,7 @@ def main(
     if min(steps, batch_size, epochs, repeats) < 1:
         raise click.BadParameter("--steps, --batch-size, --epochs and --repeats must be >= 1")
     parsed = [parse_scenario(x) for x in scenarios]
+    commit = git_commit()  # of the code that runs, before anything else can change
     load_before = os.getloadavg()
     workdir = (workdir or ROOT / "output" / "bench" / "break_even").resolve()
     data_dir = workdir / "data"
@@ -333,7 +334,7 @@ def main(
     results: dict = {
         "benchmark": "break_even",
         "command": reproduce_command(),
-        "commit": git_commit(),
+        "commit": commit,
         "machine": machine_info(),
         "settings": {
             "teacher": teacher_spec(teacher_cfg).name,
