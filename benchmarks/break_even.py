@@ -208,12 +208,14 @@ def render_break_even(results: dict) -> str:
         )
     first = [r for r in rows if r["first_winning_students"] is not None]
     lines.append("")
+    groups: dict[int, list[str]] = {}
+    for r in first:
+        groups.setdefault(r["first_winning_students"], []).append(f"({r['epochs']}, {r['views']})")
     if first:
         lines.append(
             "Offline is ahead from "
-            + "; ".join(
-                f"{_students(r['first_winning_students'])} at E={r['epochs']}, V={r['views']}"
-                for r in first
+            + "; from ".join(
+                f"{_students(n)} at (E, V) = {', '.join(where)}" for n, where in groups.items()
             )
             + ". The break-even N is the dump over one student's saving, so it grows with V "
             "and shrinks as E grows."

@@ -216,7 +216,10 @@ def test_break_even_table_from_costs():
     assert long["first_winning_students"] == 1 and long["students"]["1"]["speedup"] > 1
     text = module.render_break_even(r)
     assert "| 1.20 | 0.88x | 1.36x |" in text  # break-even N, then speedups at 1 and 2
-    assert "Offline is ahead from 2 students at E=2, V=4; 1 student at E=8, V=1." in text
+    assert (
+        "Offline is ahead from 2 students at (E, V) = (2, 4); from 1 student at (E, V) = (8, 1)."
+        in text
+    )
     assert "2.0 during (median)" in text and "`0123456789`" in text
 
 
