@@ -61,7 +61,7 @@ PRESETS = {
     "quick": Preset(
         2000,
         1000,
-        4,
+        6,
         8,
         2,
         None,
