@@ -2,21 +2,23 @@
 
 The teacher is trained (or drawn at random with --teacher-epochs 0) and dumped ONCE per run;
 the seeds vary the student only: its init, data order, augmentation and, offline, the view
-schedule. Then, seed round by seed round, every mode runs once: student-only (no KD: the
-speed limit of any distillation), online SSLD (teacher in the loop, one run per BatchNorm
-mode in --online-bn) and offline SSLD from the cache with the first V views for each V in
---views. The order of the modes is rotated from round to round, so machine load and the
+schedule. Then, seed round by seed round, every mode of --modes runs once. The modes are data
+(MODES: name -> how to train it): student-only (no KD: the speed limit of any distillation),
+online SSLD with the teacher's BatchNorm in train mode (PaddleClas's default) and in eval mode
+(as the cache stores it), offline SSLD from the cache with the first V views, and, where the
+installed offline_ssld has Offline.online_views, online SSLD on the cache's replayed views.
+The order of the modes is rotated from round to round and recorded, so machine load and the
 position in the process hit every mode alike.
 
 Accuracy is each run's last-epoch top-1 (no choice of epoch on the validation set): mean ±
-std and a 95% t interval per mode, and the paired offline - online difference per seed with
-its own 95% interval. Speed ratios are ratios of medians over the interleaved runs of each
-run's median epoch seconds (eval excluded).
+std and a 95% t interval per mode, and paired per-seed differences with their own 95%
+interval: offline - reference (`comparisons`) and online - offline (`paired`). Speed ratios
+are ratios of medians over the interleaved runs of each run's median epoch seconds (eval
+excluded). `render_accuracy(results)` turns a results file into Markdown.
 
-Writes a results JSON and a PNG chart; `benchmarks/report.py` turns results into README
-tables. Example:
+Writes a results JSON and a PNG chart. Example:
 
-    python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2
+    python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2,3,4
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +45,102 @@ PAIRS = {
     "accuracy": ("resnet18_teacher.yaml", "mnv3_x0_35_student.yaml"),
     "speed": ("resnet50_vd_teacher.yaml", "mnv3_small_student.yaml"),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    """How one mode trains: `train(cfg, kind)` with these config overrides. `views` is how
+    many stored views it reads from the run's dump (0: it needs no cache); `needs` names an
+    Offline key the installed offline_ssld must know for the mode to exist."""
+
+    kind: str
+    overrides: tuple[str, ...] = ()
+    views: int = 0
+    label: str = ""
+    needs: str | None = None
+
+
+def offline(views: int) -> Mode:
+    return Mode("offline", (f"Offline.views={views}",), views, f"offline SSLD, {views} view(s)")
+
+
+def online(bn: str) -> Mode:
+    label = "teacher BN train, as PaddleClas" if bn == "train" else "teacher BN eval"
+    return Mode("online", (f"Offline.online_teacher_bn={bn}",), 0, f"online SSLD ({label})")
+
+
+REPLAY_VIEWS = 4
+MODES: dict[str, Mode] = {
+    "student_only": Mode("supervised", (), 0, "student only (no KD)"),
+    "online_bn_train": online("train"),
+    "online_bn_eval": online("eval"),
+    "offline_v1": offline(1),
+    "offline_v2": offline(2),
+    "offline_v4": offline(4),
+    # the teacher live on exactly the views offline_v4 replays: only live vs stored differs
+    "online_replay_bn_eval": Mode(
+        "online",
+        (
+            "Offline.online_teacher_bn=eval",
+            "Offline.online_views=replay",
+            f"Offline.views={REPLAY_VIEWS}",
+        ),
+        REPLAY_VIEWS,
+        f"online SSLD on the cache's {REPLAY_VIEWS} replayed views (teacher BN eval)",
+        needs="online_views",
+    ),
+}
+
+
+def available_modes() -> list[str]:
+    """The registered modes the installed offline_ssld can run."""
+    from offline_ssld.config.offline import OFFLINE_DEFAULTS
+
+    return [n for n, m in MODES.items() if m.needs is None or m.needs in OFFLINE_DEFAULTS]
+
+
+def mode_list(modes: str | None, views: str | None, online_bn: str | None) -> list[str]:
+    """--modes (names of MODES, or offline_v<V> for any V), else the older --views and
+    --online-bn shorthands (student-only + those online and offline modes), else every
+    available mode."""
+    if modes is None and views is None and online_bn is None:
+        return available_modes()
+    if modes is not None:
+        names = [m.strip() for m in modes.split(",") if m.strip()]
+    else:
+        names = ["student_only"]
+        names += [f"online_bn_{b.strip()}" for b in (online_bn or "train").split(",")]
+        names += [f"offline_v{v.strip()}" for v in (views or "1,2,4").split(",")]
+    for name in names:
+        if name.startswith("offline_v") and name[len("offline_v") :].isdigit():
+            MODES.setdefault(name, offline(int(name[len("offline_v") :])))
+    unknown = [n for n in names if n not in available_modes()]
+    if unknown:
+        raise click.BadParameter(
+            f"{unknown[0]!r}: not a mode here; known: {', '.join(available_modes())}",
+            param_hint="--modes",
+        )
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"{','.join(names)}: modes repeat", param_hint="--modes")
+    return names
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout the benchmark runs from (with `+dirty` if files differ)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return None
+    return f"{head}+dirty" if head and dirty else head or None
+
+
 TEACHER_ONCE = (
     "teacher trained and dumped once per run; the seeds vary the student (init, data order, "
     "augmentation, offline view schedule)"
@@ -85,8 +184,28 @@ def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:
             "median_train_seconds": round(statistics.median(per_seed(mode, "train_seconds")), 2),
         }
     m = summary["modes"]
+    # online - offline, per seed: what storing the teacher's outputs costs (negative: nothing)
+    summary["paired"] = [
+        {
+            "online": on,
+            "offline": off,
+            "difference": mean_ci(
+                [
+                    round(a - b, 5)
+                    for a, b in zip(
+                        per_seed(on, "last_top1"), per_seed(off, "last_top1"), strict=True
+                    )
+                ]
+            ),
+        }
+        for on in modes
+        if on.startswith("online")
+        for off in modes
+        if off.startswith("offline")
+    ]
     for off in (x for x in modes if x.startswith("offline")):
-        for ref in [x for x in modes if x.startswith("online")] + ["student_only"]:
+        refs = [x for x in modes if x.startswith("online")]
+        for ref in refs + [x for x in modes if x == "student_only"]:
             diffs = [
                 round(a - b, 5)
                 for a, b in zip(per_seed(off, "last_top1"), per_seed(ref, "last_top1"), strict=True)
@@ -134,20 +253,25 @@ def aggregate(runs: dict[str, dict[str, dict]], dump_seconds: float) -> dict:
     help="Teacher epochs (default: the preset's); 0 = random teacher (speed only).",
 )
 @click.option(
+    "--modes",
+    default=None,
+    help="Comma list of modes (default: every available one: "
+    + ", ".join(MODES)
+    + "; offline_v<V> for any V).",
+)
+@click.option(
     "--views",
-    default="1,2,4",
-    show_default=True,
-    help="Offline runs with the first V views, for each V; the dump stores max(V).",
+    default=None,
+    help="Shorthand instead of --modes: offline runs with the first V views, for each V.",
 )
 @click.option(
     "--online-bn",
-    default="train",
-    show_default=True,
-    help="Teacher BatchNorm mode(s) for online runs: train, eval or train,eval.",
+    default=None,
+    help="Shorthand instead of --modes: online runs per teacher BN mode (train, eval).",
 )
 @click.option(
     "--seeds",
-    default="0,1,2",
+    default="0,1,2,3,4",
     show_default=True,
     help="Student seeds, one round of every mode each.",
 )
@@ -173,8 +297,9 @@ def main(
     batch_size: int | None,
     epochs: int,
     teacher_epochs: int | None,
-    views: str,
-    online_bn: str,
+    modes: str | None,
+    views: str | None,
+    online_bn: str | None,
     seeds: str,
     workdir: Path | None,
     data_dir: Path | None,
@@ -186,24 +311,24 @@ def main(
 
     \b
     Example:
-      python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2
+      python benchmarks/online_vs_offline.py --pair accuracy --preset bench --seeds 0,1,2,3,4
     """
     from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
     from offline_ssld.train import evaluate_config, train
 
     base = PRESETS[preset]
-    view_list = sorted({int(v) for v in views.split(",")})
-    bn_modes = [b.strip() for b in online_bn.split(",")]
+    names = mode_list(modes, views, online_bn)
     seed_list = [int(s) for s in seeds.split(",")]
     if len(set(seed_list)) != len(seed_list):
         raise click.BadParameter(f"{seeds!r}: seeds repeat", param_hint="--seeds")
+    dump_views = max([MODES[n].views for n in names] + [1])
     preset_obj = dataclasses.replace(
         base,
         train_images=images or base.train_images,
         val_images=val_images or base.val_images,
         batch_size=batch_size or base.batch_size,
-        views=max(view_list),
+        views=dump_views,
         student_epochs=epochs,
         teacher_epochs=base.teacher_epochs if teacher_epochs is None else teacher_epochs,
     )
@@ -224,12 +349,15 @@ def main(
         "pair": pair,
         "preset": preset,
         "command": reproduce_command(),
+        "commit": git_commit(),
         "machine": machine_info(),
         "settings": {
             **dataclasses.asdict(preset_obj),
-            "offline_views": view_list,
-            "online_bn": bn_modes,
+            "modes": {n: dataclasses.asdict(MODES[n]) for n in names},
+            "offline_views": sorted(MODES[n].views for n in names if n.startswith("offline")),
+            "online_bn": [n[len("online_bn_") :] for n in names if n.startswith("online_bn_")],
             "seeds": seed_list,
+            "student_eval": "after the last epoch only",
         },
     }
 
@@ -238,6 +366,7 @@ def main(
         [teacher_file],
         [
             *common,
+            *preset_obj.teacher_overrides,
             f"Global.epochs={max(teacher_epochs, 1)}",
             f"Global.output_dir={workdir / 'teacher'}",
         ],
@@ -245,6 +374,7 @@ def main(
     results["settings"]["teacher_recipe"] = recipe(teacher_cfg)
     results["settings"]["student_recipe"] = recipe(load_config([student_file], common))
     click.echo(f"== teacher ({TEACHER_ONCE})", err=True)
+    tick = time.perf_counter()
     if teacher_epochs == 0:
         from offline_ssld.config.specs import teacher_spec
         from offline_ssld.models import build_model, save_weights
@@ -255,7 +385,8 @@ def main(
         results["teacher"] = {"weights": "random", "top1": None, "note": TEACHER_ONCE}
     else:
         info = workdir / "teacher" / "latest.json"
-        if not (info.exists() and json.loads(info.read_text())["epoch"] == teacher_epochs):
+        trained = info.exists() and json.loads(info.read_text())["epoch"] == teacher_epochs
+        if not trained:
             train(teacher_cfg, "supervised", resume=True, progress=progress)
         top1 = evaluate_config(
             load_config(
@@ -263,11 +394,12 @@ def main(
             )
         )["top1"]
         results["teacher"] = {
-            "weights": "trained",
+            "weights": "trained" if not trained else "trained before this run (found complete)",
             "epochs": teacher_epochs,
             "top1": top1,
             "note": TEACHER_ONCE,
         }
+    results["teacher"]["seconds"] = round(time.perf_counter() - tick, 2)
 
     click.echo("== dump-teacher (once, for every seed)", err=True)
     tick = time.perf_counter()
@@ -283,48 +415,143 @@ def main(
         "codec": m.codec,
     }
 
-    # mode -> (train mode, extra overrides)
-    modes: dict[str, tuple[str, list[str]]] = {"student_only": ("supervised", [])}
-    for bn in bn_modes:
-        modes[f"online_bn_{bn}"] = ("online", [f"Offline.online_teacher_bn={bn}"])
-    for v in view_list:
-        modes[f"offline_v{v}"] = ("offline", [f"Offline.views={v}"])
-
     results["order"], results["runs"] = {}, {}
     for i, seed in enumerate(seed_list):
-        order = rotated(list(modes), i, len(seed_list))
+        order = rotated(names, i, len(seed_list))
         results["order"][str(seed)] = order
         runs: dict[str, dict] = {}
         for name in order:
-            kind, extra = modes[name]
+            mode = MODES[name]
             click.echo(f"== seed {seed}: {name}", err=True)
             cfg = load_config(
                 [student_file],
                 [
                     *common,
+                    # the metric is the last epoch: no eval (nor its BN recalibration) before
                     f"Global.epochs={epochs}",
+                    f"Global.eval_interval={epochs}",
+                    f"Global.save_interval={epochs}",
                     f"Global.seed={seed}",
                     f"Global.output_dir={workdir / f's{seed}_{name}'}",
                     f"Arch.models.0.Teacher.pretrained={teacher_w}",
-                    *extra,
+                    *mode.overrides,
                 ],
             )
             load = os.getloadavg()[0]
             tick = time.perf_counter()
-            res = train(cfg, kind, progress=progress)
+            res = train(cfg, mode.kind, progress=progress)
             runs[name] = {
                 **summarize(res, time.perf_counter() - tick),
                 "load_average_1min": round(load, 2),
             }
-        results["runs"][str(seed)] = {name: runs[name] for name in modes}
+        results["runs"][str(seed)] = {name: runs[name] for name in names}
 
-    results["load_average_before_after"] = [load_before, os.getloadavg()]
+    after = os.getloadavg()
+    results["load_average_before_after"] = [load_before, after]
+    results["load_average"] = {
+        "before": [round(x, 2) for x in load_before],
+        "during": [
+            results["runs"][str(s)][n]["load_average_1min"] for s in seed_list for n in names
+        ],
+        "after": [round(x, 2) for x in after],
+    }
     results["summary"] = aggregate(results["runs"], results["dump"]["seconds"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     chart(results, out.with_suffix(".png"))
-    click.echo(json.dumps(results["summary"]["comparisons"], indent=1))
+    click.echo(render_accuracy(results))
     click.echo(f"results: {out}")
+
+
+def _label(results: dict, mode: str) -> str:
+    recorded = results["settings"].get("modes", {}).get(mode)
+    return recorded["label"] if recorded else MODES[mode].label if mode in MODES else mode
+
+
+def render_accuracy(results: dict) -> str:
+    """Markdown of a results file: settings, per-mode top-1 and timings, paired online -
+    offline differences, the order each seed ran in; every number from `results`."""
+    from benchmarks.report import interval_reading
+
+    s, summary, machine = results["settings"], results["summary"], results["machine"]
+    load = results["load_average"]
+    teacher = results["teacher"]
+    teacher_text = (
+        "random weights (a timing run: top-1 says nothing about distillation)"
+        if teacher["top1"] is None
+        else f"top-1 {100 * teacher['top1']:.2f}% after {teacher['epochs']} epochs"
+    )
+    lines = [
+        f"{s['train_images']} train images, {s['val_images']} val images, "
+        f"{s['student_epochs']} student epochs, batch {s['student_recipe']['batch_size']} at lr "
+        f"{s['student_recipe']['lr']}, {len(s['seeds'])} seeds; teacher {teacher_text}, "
+        f"dumped once ({results['dump']['views']} views per image, "
+        f"{results['dump']['seconds']:.0f} s). Machine: {machine['nproc']} cores, "
+        f"{machine['cpu']}, Paddle {machine['paddle']} on CPU; load average (1 min) "
+        f"{load['before'][0]:.1f} before, {statistics.median(load['during']):.1f} during "
+        f"(median over runs), {load['after'][0]:.1f} after.",
+        "",
+        "| mode | last-epoch top-1, mean ± 95% CI | std | per seed | median s/epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, v in summary["modes"].items():
+        t = v["top1"]
+        ci = f" ± {100 * t['ci95']:.2f}" if t["ci95"] is not None else ""
+        std = f"{100 * t['std']:.2f}" if t["std"] is not None else "-"
+        lines.append(
+            f"| {_label(results, mode)} | {100 * t['mean']:.2f}%{ci} | {std} | "
+            + ", ".join(f"{100 * x:.2f}" for x in t["values"])
+            + f" | {v['median_epoch_seconds']:.1f} |"
+        )
+    paired = summary.get("paired", [])
+    if paired:
+        lines += [
+            "",
+            "| online | minus offline | paired difference, mean ± 95% CI (points) | 95% interval |",
+            "|---|---|---|---|",
+        ]
+        for p in paired:
+            d = p["difference"]
+            ci = f" ± {100 * d['ci95']:.2f}" if d["ci95"] is not None else ""
+            lines.append(
+                f"| {_label(results, p['online'])} | {_label(results, p['offline'])} | "
+                f"{100 * d['mean']:+.2f}{ci} | {interval_reading(d, first='online')} |"
+            )
+    lines += [
+        "",
+        "Order per seed (rotated): "
+        + "; ".join(f"{seed}: {', '.join(o)}" for seed, o in results["order"].items())
+        + ".",
+        "",
+        f"Reproduce: `{results['command']}`"
+        + (f" (commit `{results['commit'][:10]}`)" if results.get("commit") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def estimate(
+    results: dict, images: int, val_images: int, epochs: int, teacher_epochs: int, seeds: int
+) -> dict:
+    """Seconds a run at another size would take, scaled from a (tiny) run: each mode's
+    training per image-epoch plus its per-run rest (eval, start-up) scaled by val images, the
+    teacher per image-epoch, the dump per view at the same number of views."""
+    s = results["settings"]
+    n, v = s["train_images"], s["val_images"]
+    per_mode = {}
+    for mode in results["summary"]["modes"]:
+        runs = [results["runs"][seed][mode] for seed in results["runs"]]
+        train_s = statistics.median(r["train_seconds"] for r in runs) / (n * s["student_epochs"])
+        other = statistics.median(r["wall_seconds"] - r["train_seconds"] for r in runs)
+        per_mode[mode] = round((train_s * images * epochs + other * val_images / v) * seeds, 1)
+    teacher = results["teacher"]["seconds"] / (n * max(s["teacher_epochs"], 1))
+    dump = results["dump"]["seconds"] * images / n
+    students = sum(per_mode.values())
+    return {
+        "modes": per_mode,
+        "teacher": round(teacher * images * teacher_epochs, 1),
+        "dump": round(dump, 1),
+        "total": round(students + teacher * images * teacher_epochs + dump, 1),
+    }
 
 
 def chart(results: dict, path: Path) -> None:

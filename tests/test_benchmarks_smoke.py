@@ -166,3 +166,161 @@ def test_ensemble_labeled_rows_shared_or_disjoint():
     assert labeled_rows(3, 100, 20, "disjoint") == [(0, 20), (20, 40), (40, 60)]
     with pytest.raises(click.BadParameter, match="3 disjoint parts of 40 need 120"):
         labeled_rows(3, 100, 40, "disjoint")
+
+
+def break_even_results(online_step: float) -> dict:
+    """A results dict of made-up costs (seconds) for checking the table's arithmetic."""
+    costs = {
+        "dump_per_view": 0.01,
+        "dump_fixed": 1.0,
+        "offline_step": 0.1,
+        "online_step": online_step,
+        "student_only_step": 0.09,
+    }
+    return {
+        "settings": {
+            "teacher": "T",
+            "student": "S",
+            "batch_size": 10,
+            "steps": 4,
+            "epochs": 2,
+            "repeats": 3,
+        },
+        "assumptions": {
+            "dataset_images": 95,  # 10 steps of 10 (the last one short)
+            "scenarios": [{"epochs": 2, "views": 4}, {"epochs": 8, "views": 1}],
+            "students": [1, 2, 4, 8],
+        },
+        "costs": {k: {"median": v, "min": v, "max": v, "values": [v]} for k, v in costs.items()},
+        "machine": {"nproc": 2, "cpu": "cpu", "paddle": "3"},
+        "load_average": {"before": [1.0], "during": [1.5, 2.5], "after": [2.0]},
+        "command": "python benchmarks/break_even.py",
+        "commit": "0123456789abcdef",
+    }
+
+
+def test_break_even_table_from_costs():
+    from benchmarks import break_even as module
+
+    r = break_even_results(online_step=0.3)
+    short, long = module.table(r)
+    # dump = 1 + 95 images x 4 views x 0.01; one student = 2 epochs x 10 steps x step cost
+    assert short["dump_seconds"] == pytest.approx(4.8)
+    assert short["offline_training_seconds"] == pytest.approx(2.0)
+    assert short["online_training_seconds"] == pytest.approx(6.0)
+    assert short["break_even_students"] == pytest.approx(4.8 / 4.0, abs=1e-3)
+    assert short["first_winning_students"] == 2
+    assert short["students"]["1"]["speedup"] == pytest.approx(6.0 / 6.8, abs=1e-3)
+    assert short["students"]["8"]["speedup"] == pytest.approx(48.0 / 20.8, abs=1e-3)
+    # one view, 8 epochs: the dump is paid back by the first student
+    assert long["first_winning_students"] == 1 and long["students"]["1"]["speedup"] > 1
+    text = module.render_break_even(r)
+    assert "| 1.20 | 0.88x | 1.36x |" in text  # break-even N, then speedups at 1 and 2
+    assert (
+        "Offline is ahead from 2 students at (E, V) = (2, 4); from 1 student at (E, V) = (8, 1)."
+        in text
+    )
+    assert "2.0 during (median)" in text and "`0123456789`" in text
+
+
+def test_break_even_never_when_online_is_not_slower():
+    from benchmarks import break_even as module
+
+    r = break_even_results(online_step=0.1)
+    assert [row["break_even_students"] for row in module.table(r)] == [None, None]
+    assert "| never |" in module.render_break_even(r)
+
+
+def test_break_even_smoke(tmp_path):
+    pytest.importorskip("pipelines.fashion_mnist")
+    from pipelines.fashion_mnist import IDX_DIR
+
+    if not (IDX_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from benchmarks import break_even as module
+
+    out = tmp_path / "break_even.json"
+    args = ["--steps", 2, "--batch-size", 8, "--epochs", 1, "--repeats", 2]
+    result = run(module.main, [*args, "--workdir", tmp_path / "work", "--out", out])
+    r = json.loads(out.read_text())
+    assert r["settings"]["images"] == 16 and r["settings"]["teacher"] == "ResNet50_vd"
+    assert len(r["runs"]) == 2 and all(sorted(o) == sorted(module.COSTS) for o in r["order"])
+    assert r["order"][0] != r["order"][1]  # rotated
+    for run_ in r["runs"]:
+        assert run_["dump"]["rows"] == 16
+        check_positive([run_[k]["step_seconds"] for k in module.COSTS if k != "dump"])
+    check_positive({k: v["median"] for k, v in r["costs"].items() if k != "dump_fixed"})
+    assert r["table"] == module.table(r)  # the stored table is the one the costs give
+    assert len(r["load_average"]["during"]) == 2 * len(module.COSTS)
+    assert r["commit"] and r["command"].startswith("python ")
+    assert module.render_break_even(r) in result.output
+
+
+def test_online_vs_offline_mode_registry():
+    import click
+
+    from benchmarks import online_vs_offline as module
+
+    everything = module.available_modes()
+    assert everything[:6] == [
+        "student_only",
+        "online_bn_train",
+        "online_bn_eval",
+        "offline_v1",
+        "offline_v2",
+        "offline_v4",
+    ]
+    assert module.mode_list(None, None, None) == everything
+    assert module.mode_list("offline_v8,student_only", None, None) == ["offline_v8", "student_only"]
+    assert module.MODES["offline_v8"].overrides == ("Offline.views=8",)
+    # the older shorthands still name the same modes
+    assert module.mode_list(None, "1,2", "eval") == [
+        "student_only",
+        "online_bn_eval",
+        "offline_v1",
+        "offline_v2",
+    ]
+    with pytest.raises(click.BadParameter, match="'online_bn_maybe': not a mode here"):
+        module.mode_list("online_bn_maybe", None, None)
+    with pytest.raises(click.BadParameter, match="modes repeat"):
+        module.mode_list("offline_v1,offline_v1", None, None)
+
+
+def test_online_vs_offline_smoke_paired_and_rendered(tmp_path):
+    from pipelines.fashion_mnist import IDX_DIR
+
+    if not (IDX_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from benchmarks import online_vs_offline as module
+
+    out = tmp_path / "results.json"
+    args = [
+        *("--preset", "smoke", "--images", 48, "--val-images", 16, "--batch-size", 16),
+        *("--epochs", 1, "--teacher-epochs", 1, "--seeds", "3,4"),
+        *("--modes", "online_bn_eval,offline_v1,offline_v2", "--workdir", tmp_path / "work"),
+        *("--data-dir", tmp_path / "data", "--out", out, "--quiet"),
+    ]
+    result = run(module.main, args)
+    r = json.loads(out.read_text())
+    modes = ["online_bn_eval", "offline_v1", "offline_v2"]
+    assert r["order"] == {"3": modes, "4": modes[1:] + modes[:1]}
+    assert r["dump"]["views"] == 2 and r["teacher"]["seconds"] > 0
+    assert r["commit"] and len(r["load_average"]["during"]) == 6
+    assert r["settings"]["modes"]["offline_v2"]["overrides"] == ["Offline.views=2"]
+    paired = {p["offline"]: p for p in r["summary"]["paired"]}
+    assert set(paired) == {"offline_v1", "offline_v2"}
+    for off, p in paired.items():
+        assert p["online"] == "online_bn_eval"
+        diffs = [
+            r["runs"][s]["online_bn_eval"]["last_top1"] - r["runs"][s][off]["last_top1"]
+            for s in ("3", "4")
+        ]
+        assert p["difference"]["values"] == pytest.approx(diffs, abs=1e-5)
+    text = module.render_accuracy(r)
+    assert text in result.output
+    t = r["summary"]["modes"]["offline_v2"]["top1"]
+    assert f"| offline SSLD, 2 view(s) | {100 * t['mean']:.2f}% ± {100 * t['ci95']:.2f} |" in text
+    assert "3: online_bn_eval, offline_v1, offline_v2; 4: offline_v1" in text
+    estimate = module.estimate(r, images=96, val_images=16, epochs=2, teacher_epochs=1, seeds=2)
+    assert set(estimate["modes"]) == set(modes)
+    assert estimate["total"] > sum(estimate["modes"].values()) > 0

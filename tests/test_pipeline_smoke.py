@@ -315,3 +315,39 @@ def test_codec_accuracy_benchmark_pairs_task_runs_100_classes(tmp_path):
     assert 0.0 < r["accuracy"]["topk k=5"]["dropped_mass"] <= 0.95
     manifest = json.loads((tmp_path / "work" / "cache" / "manifest.json").read_text())
     assert manifest["num_classes"] == 100
+
+
+def test_pipeline_final_only_preset_evaluates_and_keeps_the_last_epoch_only(tmp_path, monkeypatch):
+    """The quick start's schedule: eval (with its BatchNorm recalibration) and epoch_N
+    checkpoints after the last epoch only, the teacher's own recipe, the seed recorded."""
+    quick = fashion_mnist.PRESETS["quick"]
+    assert quick.final_only and quick.teacher_overrides
+    tiny = fashion_mnist.Preset(64, 32, 2, 2, 1, None, quick.teacher_overrides, final_only=True)
+    monkeypatch.setitem(fashion_mnist.PRESETS, "tiny-final", tiny)
+    from offline_ssld import train
+
+    teachers: list[dict] = []  # the configs of supervised runs of the Arch model
+    real_train = train.train
+
+    def spy(cfg, mode, **kwargs):
+        if cfg["Arch"]["name"] != "DistillationModel":
+            teachers.append(cfg)
+        return real_train(cfg, mode, **kwargs)
+
+    monkeypatch.setattr(train, "train", spy)
+    work = tmp_path / "work"
+    report = fashion_mnist.run("tiny-final", work, tmp_path / "data", progress=False, seed=3)
+    assert report["seed"] == 3 and "seed 3;" in (work / "report.md").read_text()
+    stages = {"prepare", "teacher", "dump", "student", "student_only", "eval"}
+    assert set(report["stage_seconds"]) == stages  # every stage the quick start times
+    for stage in ("teacher", "student", "student_only"):
+        lines = [json.loads(x) for x in (work / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [("top1" in x) for x in lines] == [False, True], stage
+        assert not (work / stage / "epoch_1.json").exists()
+        assert (work / stage / "epoch_2.json").exists()
+    latest = json.loads((work / "teacher" / "latest.json").read_text())
+    assert latest["epoch"] == 2
+    # the teacher trains with the preset's recipe, not the shipped config's batch 128 at lr 0.1
+    (teacher_cfg,) = teachers
+    assert teacher_cfg["DataLoader"]["Train"]["sampler"]["batch_size"] == 32
+    assert teacher_cfg["Optimizer"]["lr"]["learning_rate"] == 0.05
