@@ -26,6 +26,8 @@ import click
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.break_even import render_break_even  # noqa: E402
+from benchmarks.online_vs_offline import render_accuracy  # noqa: E402
 from benchmarks.render import reference  # noqa: E402
 from benchmarks.render.cache import (  # noqa: E402
     cache_formats,
@@ -103,6 +105,22 @@ STUDIES: tuple[Study, ...] = (
         "python benchmarks/online_vs_offline.py --pair accuracy --preset small --images 4000 "
         "--val-images 1000 --teacher-epochs 8 --epochs 4 --views 4 --online-bn eval "
         "--seeds 0,1,2,3,4",
+    ),
+    Study(
+        "like_for_like",
+        OVO,
+        render_accuracy,
+        ("online_vs_offline_like_for_like.json",),
+        "python benchmarks/online_vs_offline.py --pair accuracy --preset small --images 4000 "
+        "--val-images 1000 --teacher-epochs 8 --epochs 3 --seeds 0,1,2,3,4 "
+        "--out benchmarks/results/online_vs_offline_like_for_like.json --quiet",
+    ),
+    Study(
+        "break_even",
+        OVO,
+        render_break_even,
+        ("break_even.json",),
+        "python benchmarks/break_even.py --steps 16 --batch-size 32 --epochs 2 --repeats 3",
     ),
     Study(
         "speed",
