@@ -29,7 +29,7 @@ from offline_ssld.config.specs import (
     use_sync_bn,
 )
 from offline_ssld.errors import ConfigError
-from offline_ssld.losses import DistillLoss
+from offline_ssld.losses import LOSSES, NAME_MAP, DistillLoss, build_loss
 
 # --------------------------------------------------------------------------- check_supported
 
@@ -78,10 +78,7 @@ _SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
 _SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 _LOADER_KEYS = ("num_workers",)
 _LOADER_HARMLESS = ("use_shared_memory",)
-_EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss", "MultiLabelLoss")
-# Losses that read one class per image; a multi-label batch has attribute vectors instead.
-_CLASS_LABEL_LOSSES = ("gt_ce", "dkd", "skd", "wsl")
-_DML_NAMES = ("DistillationDMLLoss", "DMLLoss")
+_EVAL_LOSSES = tuple(name for entry in LOSSES.values() for name in entry.eval_names)
 
 
 def as_mapping(node: Any, key: str) -> dict:
@@ -223,8 +220,6 @@ def _check_loss(cfg: dict) -> None:
     loss = as_mapping(cfg.get("Loss"), "Loss")
     only_keys(loss, "Loss", ("Train", "Eval"))
     if "Train" in loss:
-        from offline_ssld.losses import build_loss
-
         built = build_loss(loss["Train"])  # names, arguments, feature losses: errors name the key
         _check_loss_labels(cfg, built, loss["Train"])
         if is_distillation(cfg):
@@ -257,10 +252,10 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
         )
     label_ratio = data_spec(cfg, "Train").label_ratio
     if get(cfg, "DataLoader.Train.dataset.batch_transform_ops", None) is not None:
-        _refuse_labels_of_mixes(entries)
+        _refuse_labels_of_mixes(loss, entries)
     for i, ((kind, _, kwargs), name) in enumerate(zip(loss.terms, names, strict=True)):
         key = f"Loss.Train.{_entry_index(entries, i)}.{name}"
-        if multilabel and kind in _CLASS_LABEL_LOSSES:
+        if multilabel and LOSSES[kind].reads_class_labels:
             raise ConfigError(
                 f"{key}: reads one class per image, and Global.use_multilabel gives attribute "
                 "vectors; use DistillationDMLLoss and DistillationMultiLabelLoss"
@@ -274,21 +269,25 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
             )
 
 
-def _refuse_labels_of_mixes(entries: list) -> None:
+def _refuse_labels_of_mixes(loss: DistillLoss, entries: list) -> None:
     """Batch ops: the cached teacher output is the teacher's on the mixed view, but a loss on
     the ground-truth label would need PaddleClas's mixed one-hot targets (lam * y_a + (1 -
     lam) * y_b), which offline training does not build; such losses are refused."""
-    from offline_ssld.losses import _NAME_MAP, LOSSES
-
-    for i, entry in enumerate(entries):
-        name = next(iter(entry))
-        if name == "GTFusion" or LOSSES[_NAME_MAP[name]].needs_labels:
-            raise ConfigError(
-                f"Loss.Train.{i}.{name}: reads ground-truth labels, and with "
-                "DataLoader.Train.dataset.batch_transform_ops a view mixes two images' labels "
-                "(not supported offline; the cached teacher output already reflects the mix): "
-                "remove one of them"
-            )
+    reading = [
+        _entry_index(entries, i)
+        for i, (kind, _, kwargs) in enumerate(loss.terms)
+        if LOSSES[kind].needs_labels(kwargs)
+    ]
+    if loss.gt_alpha is not None:
+        reading.append(next(i for i, e in enumerate(entries) if next(iter(e)) == "GTFusion"))
+    if reading:
+        i = min(reading)
+        raise ConfigError(
+            f"Loss.Train.{i}.{next(iter(entries[i]))}: reads ground-truth labels, and with "
+            "DataLoader.Train.dataset.batch_transform_ops a view mixes two images' labels "
+            "(not supported offline; the cached teacher output already reflects the mix): "
+            "remove one of them"
+        )
 
 
 def _entry_index(entries: list, term: int) -> int:
@@ -301,7 +300,8 @@ def _check_loss_models(name: str, args: dict, key: str) -> None:
     pairs = args.get("model_name_pairs")
     if pairs is not None:
         ok = [["Student", "Teacher"]]
-        if pairs != ok and not (name in _DML_NAMES and pairs == [["Teacher", "Student"]]):
+        swapped = pairs == [["Teacher", "Student"]] and LOSSES[NAME_MAP[name]].symmetric
+        if pairs != ok and not swapped:
             raise ConfigError(
                 f"{key}.model_name_pairs: {pairs!r} is not supported; offline the only pair is "
                 "[[Student, Teacher]] (the Teacher is the cached output)"
@@ -370,7 +370,6 @@ def _caches_text(offline: OfflineSpec) -> str:
 
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
-    from offline_ssld.losses import build_loss
     from offline_ssld.models import available_device
     from offline_ssld.optim import describe_optimizer
 
