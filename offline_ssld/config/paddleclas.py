@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from offline_ssld.cache.backends import BACKENDS
-from offline_ssld.config.loading import get
-from offline_ssld.config.offline import OfflineSpec, offline_spec
+from offline_ssld.config.loading import as_mapping, get, only_keys
+from offline_ssld.config.offline import BACKEND_NAMES, OfflineSpec, offline_spec
 from offline_ssld.config.specs import (
     AMP_KEYS,
     ARCH_LEVEL_KEYS,
@@ -30,6 +29,7 @@ from offline_ssld.config.specs import (
 )
 from offline_ssld.errors import ConfigError
 from offline_ssld.losses import LOSSES, NAME_MAP, DistillLoss, build_loss
+from offline_ssld.optim import check_optimizer, describe_optimizer
 
 # --------------------------------------------------------------------------- check_supported
 
@@ -79,24 +79,6 @@ _SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 _LOADER_KEYS = ("num_workers",)
 _LOADER_HARMLESS = ("use_shared_memory",)
 _EVAL_LOSSES = tuple(name for entry in LOSSES.values() for name in entry.eval_names)
-
-
-def as_mapping(node: Any, key: str) -> dict:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
-    return node
-
-
-def only_keys(
-    node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()
-) -> None:
-    """Every key of `node` is supported or harmless; the error names the first other one."""
-    for name in node:
-        if name not in supported and name not in harmless:
-            listed = ", ".join([*supported, *harmless])
-            raise ConfigError(f"{key}.{name}: not supported offline; supported keys: {listed}")
 
 
 def _check_global(cfg: dict) -> None:
@@ -340,8 +322,6 @@ def check_supported(cfg: dict) -> OfflineSpec:
     PaddleClas's predict settings and is not read. Returns the parsed Offline section, so a
     stage checks its config and reads Offline in one call.
     """
-    from offline_ssld.optim import check_optimizer  # optim imports this module
-
     _check_global(cfg)
     _check_arch(cfg)
     _check_data(cfg)
@@ -371,7 +351,6 @@ def _caches_text(offline: OfflineSpec) -> str:
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
     from offline_ssld.models import available_device
-    from offline_ssld.optim import describe_optimizer
 
     teacher = teacher_spec(cfg)
     weights, source = teacher_weights_source(cfg)
@@ -416,7 +395,7 @@ def overlay_summary(cfg: dict) -> list[str]:
     lines.append(
         f"cache: {_caches_text(off)}, views {off.views}, codec {off.codec}"
         + "".join(f" ({setting} {value})" for setting, value in off.codec_settings)
-        + f", format {off.backend} (of {', '.join(BACKENDS)}), shard_size {off.shard_size}, "
+        + f", format {off.backend} (of {', '.join(BACKEND_NAMES)}), shard_size {off.shard_size}, "
         f"seed {off.seed}, "
         f"teacher batch {off.batch_size}"
     )
