@@ -234,7 +234,7 @@ def main(
     from offline_ssld.config.loading import load_config
     from offline_ssld.config.offline import CacheMember
     from offline_ssld.dump import run_dump
-    from offline_ssld.merge import merge_caches
+    from offline_ssld.tools.merge import merge_caches
     from offline_ssld.train import train
 
     names = [n.strip() for n in only.split(",")]

@@ -164,7 +164,7 @@ def synthesize_cmd(configs, overrides, quiet) -> None:
           -o DataLoader.Train.dataset.cls_label_path=synth/fmnist/list.txt \\
           -o Offline.cache_dir=cache/fmnist_datafree
     """
-    from offline_ssld.datafree import synthesize
+    from offline_ssld.tools.datafree import synthesize
 
     result = synthesize(_load(configs, overrides), progress=not quiet)
     click.echo(
@@ -186,7 +186,7 @@ def inspect_cmd(cache_dir, as_json) -> None:
     Example:
       offline-ssld inspect cache/fmnist_r50
     """
-    from offline_ssld.audit import inspect_cache
+    from offline_ssld.tools.audit import inspect_cache
 
     info = inspect_cache(cache_dir)
     if as_json:
@@ -251,7 +251,7 @@ def verify_cmd(cache_dir, teacher_check, seed, configs, overrides) -> None:
       offline-ssld verify cache/fmnist_r50 --teacher-check 64 \\
           -c configs/fashion_mnist/resnet50_teacher.yaml
     """
-    from offline_ssld.audit import verify_cache
+    from offline_ssld.tools.audit import verify_cache
 
     cfg = _load(configs, overrides) if configs else None
     report = verify_cache(cache_dir, teacher_check, seed, cfg)
@@ -520,7 +520,7 @@ def merge_cmd(
     """
     from offline_ssld.config.offline import CacheMember, offline_spec
     from offline_ssld.config.specs import data_spec
-    from offline_ssld.merge import merge_caches
+    from offline_ssld.tools.merge import merge_caches
 
     image_root = list_path = None
     if configs:
@@ -597,7 +597,7 @@ def report_cmd(configs, overrides, student, out) -> None:
           -o Offline.cache_dir=cache/fmnist_r18 --student output/fmnist/student/best \\
           --out output/report_r18
     """
-    from offline_ssld.report import write_report
+    from offline_ssld.tools.report import write_report
 
     cfg = _load(configs, overrides)
     path = write_report(cfg, out, student)
@@ -658,7 +658,7 @@ def select_cmd(configs, overrides, per_class, exclude, exclude_root, out, labels
       offline-ssld select -c cfg.yaml -c overlay.yaml -o Offline.cache_dir=pool_cache \\
           --per-class 1000 --exclude val_list.txt --out selected.txt
     """
-    from offline_ssld.select import select
+    from offline_ssld.tools.select import select
 
     result = select(
         _load(configs, overrides),

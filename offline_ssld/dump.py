@@ -67,19 +67,13 @@ from offline_ssld.cache.reader import CacheReader, path_hash
 from offline_ssld.cache.writer import BackgroundWriter, adopt_shards, fingerprint_keys, open_cache
 from offline_ssld.config import loading, paddleclas, specs
 from offline_ssld.config.offline import OfflineSpec
-from offline_ssld.data.lists import (
-    Sample,
-    content_key,
-    probe_images,
-    probe_key,
-    read_image_bytes,
-    read_list,
-)
+from offline_ssld.data.lists import Sample, probe_images, probe_key, read_image_bytes, read_list
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import ShardBatches
 from offline_ssld.data.transforms import DecodeImage, Pipeline, build_ops
 from offline_ssld.data.views import DumpDataset, ImageSource
 from offline_ssld.errors import CacheError, ConfigError, DataError
+from offline_ssld.io import content_key
 from offline_ssld.models import build_model, load_teacher, load_weights, select_device
 
 

@@ -21,8 +21,7 @@ from paddle.optimizer.lr import (
     PiecewiseDecay,
 )
 
-from offline_ssld.config.loading import get
-from offline_ssld.config.paddleclas import as_mapping, only_keys
+from offline_ssld.config.loading import as_mapping, get, only_keys
 from offline_ssld.errors import ConfigError
 
 OPTIMIZERS = ("Momentum",)

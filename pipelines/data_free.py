@@ -77,8 +77,8 @@ def write_noise(folder: Path, count: int, seed: int) -> Path:
 def run(preset_name: str, work: Path, data_dir: Path, progress: bool, command: str) -> dict:
     from benchmarks.common import machine_info
     from offline_ssld.config.loading import load_config
-    from offline_ssld.datafree import synthesize
     from offline_ssld.dump import run_dump
+    from offline_ssld.tools.datafree import synthesize
     from offline_ssld.train import evaluate_config, train
 
     p = PRESETS[preset_name]

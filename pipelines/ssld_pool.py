@@ -161,7 +161,7 @@ def main(
     """
     from offline_ssld.config.loading import load_config
     from offline_ssld.dump import run_dump
-    from offline_ssld.select import select
+    from offline_ssld.tools.select import select
     from offline_ssld.train import train
 
     tag = f"{labeled}-{pool}-{duplicates}"

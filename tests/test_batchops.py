@@ -272,6 +272,11 @@ def test_a_partner_missing_under_image_root_is_named(mixed):
             [{"DistillationDMLLoss": {"weight": 1.0}}, {"GTFusion": {"alpha": 0.5}}],
             "Loss.Train.1.GTFusion",
         ),
+        (  # SKD reads the class label where a row has one (the registry says so)
+            {"MixupOperator": {"alpha": 0.2}},
+            [{"DistillationDMLLoss": {"weight": 1.0}}, {"DistillationSKDLoss": {}}],
+            "Loss.Train.1.DistillationSKDLoss",
+        ),
     ],
 )
 def test_refusals_name_their_key(project, batch_ops, loss, key):

@@ -53,9 +53,10 @@ def test_registry_is_the_one_list_of_backends():
     """Names, suffixes, the Offline.format check and shard names all come from BACKENDS."""
     from offline_ssld.cache.backends import BACKENDS
     from offline_ssld.cache.format import shard_name
-    from offline_ssld.config.offline import offline_spec
+    from offline_ssld.config.offline import BACKEND_NAMES, offline_spec
     from offline_ssld.errors import ConfigError
 
+    assert tuple(BACKENDS) == BACKEND_NAMES  # config's plain list of names, exactly these
     assert len({b.suffix for b in BACKENDS.values()}) == len(BACKENDS)
     for name, entry in BACKENDS.items():
         assert entry.name == name and entry.description

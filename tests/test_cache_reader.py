@@ -63,8 +63,8 @@ def test_swapped_shard_is_refused(project):
 def test_teacher_check_needs_the_users_config(project):
     """verify --teacher-check runs the config's teacher on images under the config's
     image_root; without a config it refuses rather than use paths the manifest records."""
-    from offline_ssld.audit import verify_cache
     from offline_ssld.errors import ConfigError
+    from offline_ssld.tools.audit import verify_cache
 
     config, tmp = project
     write_cache(plan_cache(config), tmp / "cache")

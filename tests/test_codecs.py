@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from offline_ssld.cache.codecs import (
+    CODEC_NAMES,
     Codec,
     Column,
     FP16Codec,
@@ -376,3 +377,16 @@ def test_compare_sampled_rejects_malformed_payload():
     bad = {k: v.copy() for k, v in good.items()}
     bad["sample_ids"][0, 0] = 4  # out of range
     assert codec.compare(bad, x) == np.inf
+
+
+def test_codec_registry_is_exactly_the_configs_list():
+    """config/offline.py names the codecs and their Offline keys as plain data (config is
+    the bottom layer); the registry here is built over exactly those."""
+    from offline_ssld.config.offline import CODEC_OFFLINE_KEYS, OFFLINE_DEFAULTS
+
+    assert tuple(CODEC_OFFLINE_KEYS) == CODEC_NAMES
+    for name in CODEC_NAMES:
+        codec = build_codec(name, 10)  # every setting at its default
+        assert codec.name == name and codec.offline_keys == CODEC_OFFLINE_KEYS[name]
+        for setting, key in codec.offline_keys.items():
+            assert codec.settings()[setting] == OFFLINE_DEFAULTS[key]

@@ -1,4 +1,4 @@
-"""Data-free distillation (offline_ssld.datafree, `offline-ssld synthesize`): the DAFL loss
+"""Data-free distillation (offline_ssld.tools.datafree, `offline-ssld synthesize`): the DAFL loss
 terms against numpy, the pixel mapping against dump-teacher's own decoding, the feature tap,
 determinism, resume, and synthesize -> dump-teacher -> train-student end to end."""
 
@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file
 
-from offline_ssld import datafree as df
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.errors import ConfigError
+from offline_ssld.tools import datafree as df
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pipelines/ for the smoke test
 

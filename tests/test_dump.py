@@ -28,10 +28,10 @@ from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
 from offline_ssld.config.specs import ModelSpec
-from offline_ssld.data.lists import content_key
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import view_rng
 from offline_ssld.errors import DataError
+from offline_ssld.io import content_key
 from offline_ssld.models import build_model, load_weights, save_weights
 from tests.helpers import CLASSES, TEACHER, make_images, save_random_weights, write_list
 

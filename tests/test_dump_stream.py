@@ -12,7 +12,8 @@ from offline_ssld import dump as dump_module
 from offline_ssld.cache.format import load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.data import lists
-from offline_ssld.data.lists import PROBE_HEAD, PROBE_TAIL, content_key
+from offline_ssld.data.lists import PROBE_HEAD, PROBE_TAIL
+from offline_ssld.io import content_key
 from tests.helpers import plan_cache
 from tests.test_dump import dump
 from tests.test_subset_extend import _lines, _list, _listed

@@ -13,7 +13,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.cli import main
@@ -23,7 +22,8 @@ from offline_ssld.config.specs import data_spec
 from offline_ssld.dump import run_dump, shard_columns
 from offline_ssld.ensemble import Ensemble, combine
 from offline_ssld.errors import CacheError, ConfigError
-from offline_ssld.merge import merge_caches
+from offline_ssld.tools.audit import verify_cache
+from offline_ssld.tools.merge import merge_caches
 from offline_ssld.train import train
 from tests.helpers import (
     TEACHER,

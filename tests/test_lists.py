@@ -7,16 +7,15 @@ import os
 import pytest
 
 from offline_ssld.data.lists import (
-    KEY_BYTES,
     UNLABELED,
     Sample,
-    content_key,
     hash_images,
     read_image_bytes,
     read_list,
     resolve,
 )
 from offline_ssld.errors import DataError
+from offline_ssld.io import KEY_BYTES, content_key
 
 
 def test_labeled_unlabeled_and_blank_lines(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from offline_ssld.errors import ConfigError
 from offline_ssld.losses import (
+    LOSSES,
     DistillLoss,
     build_loss,
     ce_soft_loss,
@@ -618,3 +619,43 @@ def test_topk_target_spread_for_losses_that_need_every_class():
     bucketed, _ = loss(z, paddle.to_tensor(codec.decode_target(payload)), labels)
     dense, _ = loss(z, paddle.to_tensor(codec.decode(payload)), labels)
     assert float(bucketed) == pytest.approx(float(dense), rel=1e-5)
+
+
+def _label_variants(entry):
+    """The entry's default arguments, and each boolean argument flipped."""
+    yield dict(entry.params)
+    for arg, default in entry.params.items():
+        if isinstance(default, bool):
+            yield {**entry.params, arg: not default}
+
+
+def _depends_on(entry, args, labels_a, labels_b):
+    """True if the rows differ between two label tensors, None if this label form is not one
+    the loss takes (it raises)."""
+    s = T(LOGITS)
+    t = T(TEACHER)
+    try:
+        rows_a, _ = entry.rows(s, t, labels_a, args)
+        rows_b, _ = entry.rows(s, t, labels_b, args)
+    except (ValueError, RuntimeError, IndexError):
+        return None
+    return not np.allclose(rows_a.numpy(), rows_b.numpy())
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_registry_label_flags_match_what_each_loss_reads(kind):
+    """needs_labels and reads_class_labels are derived here from the row functions: a loss
+    whose value moves when the labels move reads them, and must say so (SKD and WSL read the
+    class label where a row has one, and once said they did not)."""
+    entry = LOSSES[kind]
+    unlabeled = T([-1, -1], "int64")
+    classes = T([0, 2], "int64")  # not the teacher's argmax, which SKD and WSL fall back to
+    attrs_a = T(np.stack([[[1, 0, 1], [0.3, 0.5, 0.2]], [[0, 1, 0], [0.3, 0.5, 0.2]]]))
+    attrs_b = T(np.stack([[[0, 1, 0], [0.3, 0.5, 0.2]], [[1, 0, 1], [0.3, 0.5, 0.2]]]))
+    read_classes = False
+    for args in _label_variants(entry):
+        by_class = _depends_on(entry, args, unlabeled, classes)
+        by_attrs = _depends_on(entry, args, attrs_a, attrs_b)
+        read_classes = read_classes or bool(by_class)
+        assert entry.needs_labels(args) == bool(by_class or by_attrs), args
+    assert entry.reads_class_labels == read_classes

@@ -351,7 +351,7 @@ def test_strong_augmentation_dumps_replays_and_trains(tmp_path, images):
     """TimmAutoAugment, ColorJitter, RandomErasing and backend pil are accepted; the dump stores
     their params, verify's teacher check replays them and gets the stored logits back, and the
     student trains from the cache."""
-    from offline_ssld.audit import verify_cache
+    from offline_ssld.tools.audit import verify_cache
 
     path = ppcls_config(tmp_path, images)
     strong = tmp_path / "strong.yaml"

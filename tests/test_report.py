@@ -14,7 +14,7 @@ from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.cli import main
 from offline_ssld.config.loading import load_config
 from offline_ssld.dump import run_dump, shard_columns
-from offline_ssld.report import write_report
+from offline_ssld.tools.report import write_report
 from tests.helpers import (
     CLASSES,
     STUDENT,

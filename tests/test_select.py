@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.cache.writer import BackgroundWriter, open_cache
 from offline_ssld.cli import main
-from offline_ssld.data.lists import Sample, content_key
+from offline_ssld.data.lists import Sample
 from offline_ssld.dump import shard_columns
+from offline_ssld.io import content_key
 from offline_ssld.near_duplicates import crop_variants, decode_gray, fingerprint
-from offline_ssld.select import Excluded, find_duplicates, with_resampled_variants
+from offline_ssld.tools.select import Excluded, find_duplicates, with_resampled_variants
 from pipelines import fashion_mnist
 from tests.helpers import (
     CLASSES,

@@ -18,11 +18,12 @@ from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config.loading import load_config
 from offline_ssld.data import transforms
 from offline_ssld.data.listed import ListedImages
-from offline_ssld.data.lists import content_key, read_list
+from offline_ssld.data.lists import read_list
 from offline_ssld.data.transforms import DecodeImage
 from offline_ssld.data.views import ImageSource
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError, DataError
+from offline_ssld.io import content_key
 from offline_ssld.train import train
 from tests.helpers import CLASSES, make_images, signed_manifest, write_list
 from tests.test_dump import checksums, cli, dump, error_line

@@ -13,12 +13,13 @@ import yaml
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config.loading import load_config
 from offline_ssld.data.listed import ListedImages
-from offline_ssld.data.lists import content_key, read_list
+from offline_ssld.data.lists import read_list
 from offline_ssld.data.samplers import EpochBatches, epoch_views
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.data.views import ImageSource, ReplayDataset, view_rng
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import CacheError, ConfigError
+from offline_ssld.io import content_key
 from offline_ssld.models import load_weights
 from offline_ssld.train import train
 from tests.helpers import CLASSES, TEACHER, save_random_weights, write_list

@@ -31,7 +31,8 @@ OFFLINE_MEANINGS = {
     "skip_bad": "record unreadable images in the manifest instead of stopping",
     "allow_pickle_weights": "load `.pdparams` (a pickle) teacher weights you trust",
     "online_teacher_bn": "teacher BatchNorm mode in `--online` runs (PaddleClas: train)",
-    "online_views": "`--online` views: `fresh` draws new ones (PaddleClas), `replay` runs the teacher on the cache's stored views",
+    "online_views": "`--online` views: `fresh` draws new ones (PaddleClas), `replay` runs the "
+    "teacher on the cache's stored views",
     "view_policy": "one view per image per epoch, without replacement, reshuffled each cycle",
     "precise_bn_batches": "before each eval, BatchNorm statistics recomputed over this many "
     "training batches; 0 keeps PaddleClas's running averages",
@@ -85,13 +86,13 @@ def codec_bytes() -> str:
 def losses() -> str:
     """The losses registry: PaddleClas names, arguments and defaults, labels, what it is."""
     lines = [
-        "| PaddleClas names | arguments (defaults) | reads labels | loss |",
+        "| PaddleClas names | arguments (defaults) | reads labels (at the defaults) | loss |",
         "|---|---|---|---|",
     ]
     for e in LOSSES.values():
         args = ", ".join(f"{k}={v}" for k, v in e.params.items()) or "-"
         lines.append(
-            f"| {', '.join(e.paddleclas_names)} | {args} | {'yes' if e.needs_labels else 'no'} "
+            f"| {', '.join(e.paddleclas_names)} | {args} | {'yes' if e.needs_labels(e.params) else 'no'} "
             f"| {e.summary.replace('|', '/')} |"
         )
     return "\n".join(lines)

@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 
 from offline_ssld.cache.format import DUMP_ID_KEY, STRING_COLUMNS
-from offline_ssld.data.lists import open_regular
 from offline_ssld.errors import CacheError
+from offline_ssld.io import open_regular
 
 DICTIONARY_COLUMNS = ("path_dir",)  # Arrow stores each distinct value once per shard
 _NUMERIC_KINDS = "iuf"

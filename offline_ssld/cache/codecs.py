@@ -27,13 +27,13 @@ checker recomputes teacher logits for some stored rows and accepts the cache whe
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from offline_ssld.config.offline import CODEC_OFFLINE_KEYS, OFFLINE_DEFAULTS
 from offline_ssld.errors import ConfigError
 
 __all__ = [
@@ -46,8 +46,6 @@ __all__ = [
     "TopKCodec",
     "build_codec",
     "codec_from_settings",
-    "codec_offline_keys",
-    "offline_defaults",
 ]
 
 
@@ -277,9 +275,9 @@ class TopKCodec(Codec):
 
     name = "topk"
     target = "topk"
-    offline_keys = {"k": "topk"}
+    offline_keys = CODEC_OFFLINE_KEYS["topk"]
 
-    def __init__(self, num_classes: int, k: int = 5):
+    def __init__(self, num_classes: int, k: int = OFFLINE_DEFAULTS["topk"]):
         super().__init__(num_classes)
         self.k = min(_check_int(k, "k", 1), self.num_classes)
 
@@ -382,9 +380,9 @@ class SampledCodec(Codec):
 
     name = "sampled"
     target = "sampled"
-    offline_keys = {"samples": "samples"}
+    offline_keys = CODEC_OFFLINE_KEYS["sampled"]
 
-    def __init__(self, num_classes: int, samples: int = 12):
+    def __init__(self, num_classes: int, samples: int = OFFLINE_DEFAULTS["samples"]):
         super().__init__(num_classes)
         self.samples = _check_int(samples, "samples", 1, 255)
 
@@ -489,23 +487,6 @@ def build_codec(name: str, num_classes: int, **settings) -> Codec:
                 f"unknown setting {key!r} for codec {name!r} (settings it takes: {known})"
             )
     return cls(num_classes, **settings)
-
-
-def codec_offline_keys(name: Any) -> dict[str, str]:
-    """Codec `name`'s settings, each with the Offline key that sets it."""
-    if not isinstance(name, str) or name not in _CODECS:
-        raise CodecError(f"unknown codec {name!r}; expected one of {', '.join(CODEC_NAMES)}")
-    return dict(_CODECS[name].offline_keys)
-
-
-def offline_defaults() -> dict[str, Any]:
-    """Every codec's Offline keys with their defaults: the defaults of its constructor, so
-    each is written once."""
-    return {
-        key: inspect.signature(cls).parameters[setting].default
-        for cls in _CODECS.values()
-        for setting, key in cls.offline_keys.items()
-    }
 
 
 def codec_from_settings(settings: dict) -> Codec:

@@ -111,11 +111,10 @@ import numpy as np
 from offline_ssld.atomic import atomic_write
 from offline_ssld.cache.codecs import Codec, codec_from_settings
 from offline_ssld.cache.fingerprint import canonical_hash, teacher_fingerprint
-from offline_ssld.data.lists import inside, open_regular, read_regular
 from offline_ssld.errors import CacheError
+from offline_ssld.io import KEY_BYTES, inside, open_regular, read_regular
 
 FORMAT_VERSION = 3
-KEY_BYTES = 16
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 INTEGRITY = "integrity"

@@ -25,7 +25,6 @@ from offline_ssld.cache.backends import MappedShard, map_shard
 from offline_ssld.cache.codecs import Codec, codec_from_settings
 from offline_ssld.cache.fingerprint import transforms_fingerprint
 from offline_ssld.cache.format import (
-    KEY_BYTES,
     MANIFEST,
     STRING_COLUMNS,
     VERIFIED,
@@ -38,8 +37,8 @@ from offline_ssld.cache.format import (
     param_column,
     write_json_atomic,
 )
-from offline_ssld.data.lists import read_regular
 from offline_ssld.errors import CacheError, OfflineSSLDError
+from offline_ssld.io import KEY_BYTES, read_regular
 
 MAX_VERIFIED_BYTES = 16 << 20  # verified.json: about 150 bytes per shard
 

@@ -184,3 +184,22 @@ def get(cfg: dict, path: str, default: Any = ConfigError) -> Any:
 
 def dump_yaml(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+
+
+def as_mapping(node: Any, key: str) -> dict:
+    """A section that may be absent (None) as a mapping; anything else names its key."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
+    return node
+
+
+def only_keys(
+    node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()
+) -> None:
+    """Every key of `node` is supported or harmless; the error names the first other one."""
+    for name in node:
+        if name not in supported and name not in harmless:
+            listed = ", ".join([*supported, *harmless])
+            raise ConfigError(f"{key}.{name}: not supported offline; supported keys: {listed}")

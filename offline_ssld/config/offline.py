@@ -1,9 +1,10 @@
 """The `Offline` section: its keys and defaults, parsed and checked once into an OfflineSpec.
 
 Every stage reads its Offline settings from the OfflineSpec its entry point parses, never from
-the raw mapping, so each key is checked here, in one place, with an error naming it. Codec
-settings (`topk`, `samples`, ...) and the names `format` accepts are not listed here: codecs
-declare their Offline keys (cache/codecs.py), backends their names (cache/backends.py).
+the raw mapping, so each key is checked here, in one place, with an error naming it. The
+names of the cache's codecs and backends, and each codec's Offline keys, are plain data here
+(config is the bottom layer: parsing a config imports no storage code); cache/codecs.py and
+cache/backends.py build their registries over exactly these names.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offline_ssld.cache.backends import BACKENDS
-from offline_ssld.cache.codecs import CodecError, codec_offline_keys
-from offline_ssld.cache.codecs import offline_defaults as codec_offline_defaults
 from offline_ssld.errors import ConfigError
+
+# Shard formats `Offline.format` accepts: the entries of cache/backends.py BACKENDS.
+BACKEND_NAMES = ("arrow", "hdf5")
+# Codecs `Offline.codec` accepts (cache/codecs.py), each with its settings and the Offline key
+# that sets each; the key's default in OFFLINE_DEFAULTS is the codec constructor's default.
+CODEC_OFFLINE_KEYS: dict[str, dict[str, str]] = {
+    "fp16": {},
+    "topk": {"k": "topk"},
+    "sampled": {"samples": "samples"},
+}
 
 # One place for every Offline key, its default and why it exists.
 OFFLINE_DEFAULTS: dict[str, Any] = {
@@ -26,10 +34,10 @@ OFFLINE_DEFAULTS: dict[str, Any] = {
     "ensemble_temperature": 1.0,  # temperature of mean_logits (ignored by mean_probs)
     "teacher_weights": None,  # .safetensors of the teacher (Arch Teacher `pretrained` also works)
     "views": 4,  # dump: views stored per image; train: use the first `views` of the cache
-    "format": "arrow",  # shard backend, an entry of cache/backends.py BACKENDS
-    "codec": "fp16",  # how logits are stored: a codec of cache/codecs.py (CODEC_NAMES)
-    # each codec's own keys (topk: its k, samples: sampled's draws per view), as it declares them
-    **codec_offline_defaults(),
+    "format": "arrow",  # shard backend, one of BACKEND_NAMES
+    "codec": "fp16",  # how logits are stored: one of CODEC_OFFLINE_KEYS
+    "topk": 5,  # topk codec: classes kept per view (the rest is one bucket)
+    "samples": 12,  # sampled codec: class ids drawn per view from the teacher's softmax
     "shard_size": 4096,  # rows per shard, rounded down to whole images (all views of an image)
     "seed": 0,  # seeds view parameters; with the content hash it fixes every view
     "batch_size": 128,  # teacher inference batch in dump-teacher
@@ -155,10 +163,13 @@ def offline_section(given: Any) -> dict:
 def offline_spec(cfg: dict) -> OfflineSpec:
     """Parse and check cfg's Offline section: the one reader of it for every stage."""
     section = offline_section(cfg.get("Offline"))
-    try:
-        codec_keys = codec_offline_keys(section["codec"])
-    except CodecError as exc:
-        raise ConfigError(f"Offline.codec: {exc}") from None
+    codec = section["codec"]
+    if not isinstance(codec, str) or codec not in CODEC_OFFLINE_KEYS:
+        raise ConfigError(
+            f"Offline.codec: unknown codec {codec!r}; expected one of "
+            f"{', '.join(CODEC_OFFLINE_KEYS)}"
+        )
+    codec_keys = CODEC_OFFLINE_KEYS[codec]
     temperature = section["ensemble_temperature"]
     if (
         isinstance(temperature, bool)
@@ -187,8 +198,8 @@ def offline_spec(cfg: dict) -> OfflineSpec:
         ensemble_temperature=float(temperature),
         teacher_weights=weights or None,
         views=_int(section, "views", 1, "a positive integer"),
-        backend=_choice(section, "format", tuple(BACKENDS)),
-        codec=section["codec"],
+        backend=_choice(section, "format", BACKEND_NAMES),
+        codec=codec,
         codec_settings=tuple((setting, section[key]) for setting, key in codec_keys.items()),
         shard_size=_int(section, "shard_size", 1, "a positive integer"),
         seed=_int(section, "seed", 0, "a non-negative integer"),

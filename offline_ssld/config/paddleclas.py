@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from offline_ssld.cache.backends import BACKENDS
-from offline_ssld.config.loading import get
-from offline_ssld.config.offline import OfflineSpec, offline_spec
+from offline_ssld.config.loading import as_mapping, get, only_keys
+from offline_ssld.config.offline import BACKEND_NAMES, OfflineSpec, offline_spec
 from offline_ssld.config.specs import (
     AMP_KEYS,
     ARCH_LEVEL_KEYS,
@@ -29,7 +28,8 @@ from offline_ssld.config.specs import (
     use_sync_bn,
 )
 from offline_ssld.errors import ConfigError
-from offline_ssld.losses import DistillLoss
+from offline_ssld.losses import LOSSES, NAME_MAP, DistillLoss, build_loss
+from offline_ssld.optim import check_optimizer, describe_optimizer
 
 # --------------------------------------------------------------------------- check_supported
 
@@ -79,28 +79,7 @@ _SAMPLER_KEYS = ("name", "batch_size", "shuffle", "drop_last")
 _SAMPLERS = ("DistributedBatchSampler", "BatchSampler")
 _LOADER_KEYS = ("num_workers",)
 _LOADER_HARMLESS = ("use_shared_memory",)
-_EVAL_LOSSES = ("CELoss", "DistillationGTCELoss", "DistillationCELoss", "MultiLabelLoss")
-# Losses that read one class per image; a multi-label batch has attribute vectors instead.
-_CLASS_LABEL_LOSSES = ("gt_ce", "dkd", "skd", "wsl")
-_DML_NAMES = ("DistillationDMLLoss", "DMLLoss")
-
-
-def as_mapping(node: Any, key: str) -> dict:
-    if node is None:
-        return {}
-    if not isinstance(node, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {node!r}")
-    return node
-
-
-def only_keys(
-    node: dict, key: str, supported: tuple[str, ...], harmless: tuple[str, ...] = ()
-) -> None:
-    """Every key of `node` is supported or harmless; the error names the first other one."""
-    for name in node:
-        if name not in supported and name not in harmless:
-            listed = ", ".join([*supported, *harmless])
-            raise ConfigError(f"{key}.{name}: not supported offline; supported keys: {listed}")
+_EVAL_LOSSES = tuple(name for entry in LOSSES.values() for name in entry.eval_names)
 
 
 def _check_global(cfg: dict) -> None:
@@ -224,8 +203,6 @@ def _check_loss(cfg: dict) -> None:
     loss = as_mapping(cfg.get("Loss"), "Loss")
     only_keys(loss, "Loss", ("Train", "Eval"))
     if "Train" in loss:
-        from offline_ssld.losses import build_loss
-
         built = build_loss(loss["Train"])  # names, arguments, feature losses: errors name the key
         _check_loss_labels(cfg, built, loss["Train"])
         if is_distillation(cfg):
@@ -258,10 +235,10 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
         )
     label_ratio = data_spec(cfg, "Train").label_ratio
     if get(cfg, "DataLoader.Train.dataset.batch_transform_ops", None) is not None:
-        _refuse_labels_of_mixes(entries)
+        _refuse_labels_of_mixes(loss, entries)
     for i, ((kind, _, kwargs), name) in enumerate(zip(loss.terms, names, strict=True)):
         key = f"Loss.Train.{_entry_index(entries, i)}.{name}"
-        if multilabel and kind in _CLASS_LABEL_LOSSES:
+        if multilabel and LOSSES[kind].reads_class_labels:
             raise ConfigError(
                 f"{key}: reads one class per image, and Global.use_multilabel gives attribute "
                 "vectors; use DistillationDMLLoss and DistillationMultiLabelLoss"
@@ -275,21 +252,25 @@ def _check_loss_labels(cfg: dict, loss: DistillLoss, entries: list) -> None:
             )
 
 
-def _refuse_labels_of_mixes(entries: list) -> None:
+def _refuse_labels_of_mixes(loss: DistillLoss, entries: list) -> None:
     """Batch ops: the cached teacher output is the teacher's on the mixed view, but a loss on
     the ground-truth label would need PaddleClas's mixed one-hot targets (lam * y_a + (1 -
     lam) * y_b), which offline training does not build; such losses are refused."""
-    from offline_ssld.losses import _NAME_MAP, LOSSES
-
-    for i, entry in enumerate(entries):
-        name = next(iter(entry))
-        if name == "GTFusion" or LOSSES[_NAME_MAP[name]].needs_labels:
-            raise ConfigError(
-                f"Loss.Train.{i}.{name}: reads ground-truth labels, and with "
-                "DataLoader.Train.dataset.batch_transform_ops a view mixes two images' labels "
-                "(not supported offline; the cached teacher output already reflects the mix): "
-                "remove one of them"
-            )
+    reading = [
+        _entry_index(entries, i)
+        for i, (kind, _, kwargs) in enumerate(loss.terms)
+        if LOSSES[kind].needs_labels(kwargs)
+    ]
+    if loss.gt_alpha is not None:
+        reading.append(next(i for i, e in enumerate(entries) if next(iter(e)) == "GTFusion"))
+    if reading:
+        i = min(reading)
+        raise ConfigError(
+            f"Loss.Train.{i}.{next(iter(entries[i]))}: reads ground-truth labels, and with "
+            "DataLoader.Train.dataset.batch_transform_ops a view mixes two images' labels "
+            "(not supported offline; the cached teacher output already reflects the mix): "
+            "remove one of them"
+        )
 
 
 def _entry_index(entries: list, term: int) -> int:
@@ -302,7 +283,8 @@ def _check_loss_models(name: str, args: dict, key: str) -> None:
     pairs = args.get("model_name_pairs")
     if pairs is not None:
         ok = [["Student", "Teacher"]]
-        if pairs != ok and not (name in _DML_NAMES and pairs == [["Teacher", "Student"]]):
+        swapped = pairs == [["Teacher", "Student"]] and LOSSES[NAME_MAP[name]].symmetric
+        if pairs != ok and not swapped:
             raise ConfigError(
                 f"{key}.model_name_pairs: {pairs!r} is not supported; offline the only pair is "
                 "[[Student, Teacher]] (the Teacher is the cached output)"
@@ -341,8 +323,6 @@ def check_supported(cfg: dict) -> OfflineSpec:
     PaddleClas's predict settings and is not read. Returns the parsed Offline section, so a
     stage checks its config and reads Offline in one call.
     """
-    from offline_ssld.optim import check_optimizer  # optim imports this module
-
     _check_global(cfg)
     _check_arch(cfg)
     _check_data(cfg)
@@ -371,9 +351,7 @@ def _caches_text(offline: OfflineSpec) -> str:
 
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
-    from offline_ssld.losses import build_loss
     from offline_ssld.models import available_device
-    from offline_ssld.optim import describe_optimizer
 
     teacher = teacher_spec(cfg)
     weights, source = teacher_weights_source(cfg)
@@ -418,7 +396,7 @@ def overlay_summary(cfg: dict) -> list[str]:
     lines.append(
         f"cache: {_caches_text(off)}, views {off.views}, codec {off.codec}"
         + "".join(f" ({setting} {value})" for setting, value in off.codec_settings)
-        + f", format {off.backend} (of {', '.join(BACKENDS)}), shard_size {off.shard_size}, "
+        + f", format {off.backend} (of {', '.join(BACKEND_NAMES)}), shard_size {off.shard_size}, "
         f"seed {off.seed}, "
         f"teacher batch {off.batch_size}"
     )

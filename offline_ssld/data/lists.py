@@ -1,15 +1,9 @@
-"""PaddleClas list files (`relative/path.jpg <label>` per line), path safety and content hashing.
-
-Content hashes key the cache: a row belongs to the bytes of an image, not to its position in a
-list, so renaming or reordering files never makes a cache silently wrong. BLAKE3 is used
-because it is a cryptographic hash (nobody can craft two images that share a key) and still
-hashes at several GB/s; the digest is cut to 128 bits, which keeps collisions out of reach.
-"""
+"""PaddleClas list files (`relative/path.jpg <label>` per line) and the images they name,
+read and hashed through offline_ssld.io (safe opens, content keys)."""
 
 from __future__ import annotations
 
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +11,8 @@ from pathlib import Path
 import blake3
 
 from offline_ssld.errors import DataError
+from offline_ssld.io import KEY_BYTES, content_key, inside, open_regular, read_regular, safe_relpath
 
-KEY_BYTES = 16
 UNLABELED = -1
 
 
@@ -31,22 +25,6 @@ class Sample:
     label: int
     line: int
     attributes: tuple[int, ...] = ()
-
-
-def content_key(data: bytes) -> bytes:
-    """The cache key of an image: the first 128 bits of the BLAKE3 hash of its file bytes."""
-    return blake3.blake3(data).digest(length=KEY_BYTES)
-
-
-def _safe_relpath(raw: str, where: str) -> str:
-    if "\0" in raw:  # the OS cannot open such a path (Python raises ValueError, not OSError)
-        raise DataError(f"{where}: path {raw!r} contains a NUL byte")
-    if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":"):
-        raise DataError(f"{where}: path {raw!r} is absolute; paths must be relative to image_root")
-    norm = os.path.normpath(raw)
-    if norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
-        raise DataError(f"{where}: path {raw!r} leaves image_root")
-    return norm
 
 
 def read_list(
@@ -84,7 +62,7 @@ def read_list(
             continue
         fields = line.split(delimiter) if delimiter not in (None, " ") else line.split()
         if multilabel:
-            path = _safe_relpath(fields[0], where)
+            path = safe_relpath(fields[0], where)
             attributes = _attributes(fields, class_num, where)
             if path in seen:
                 raise DataError(f"{where}: path {path!r} already listed on line {seen[path]}")
@@ -93,7 +71,7 @@ def read_list(
             continue
         if len(fields) > 2:
             raise DataError(f"{where}: expected 'path [label]', got {len(fields)} fields")
-        path = _safe_relpath(fields[0], where)
+        path = safe_relpath(fields[0], where)
         label = UNLABELED
         if len(fields) == 2:
             try:
@@ -129,60 +107,6 @@ def _attributes(fields: list[str], class_num: int | None, where: str) -> tuple[i
 
 MAX_IMAGE_BYTES = 256 << 20
 """Largest image file read (a 64-megapixel BMP, the decoder's pixel limit, is 192 MiB)."""
-
-
-def open_regular(path: Path, where: str, max_bytes: int, error: type[Exception] = DataError):
-    """Open `path` for reading only if it is a regular file of at most `max_bytes` bytes.
-
-    Opened non-blocking, so a FIFO or device is refused by `fstat` instead of hanging the
-    open; the size is checked on the open descriptor, so what is read is what was checked.
-    Every read of a file named by a list, a cache or a manifest goes through here."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise error(f"{where}: cannot read {path} ({exc.strerror})") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise error(f"{where}: cannot read {path}: not a regular file")
-    if st.st_size > max_bytes:
-        os.close(fd)
-        raise error(f"{where}: {path} holds {st.st_size} bytes, above the limit of {max_bytes}")
-    return os.fdopen(fd, "rb")
-
-
-def read_regular(path: Path, where: str, max_bytes: int, error: type[Exception] = DataError):
-    """The bytes of `path` through `open_regular`; a file that grows past the cap while it is
-    read is refused too."""
-    with open_regular(path, where, max_bytes, error) as fh:
-        try:
-            data = fh.read(max_bytes + 1)
-        except OSError as exc:
-            raise error(f"{where}: cannot read {path} ({exc.strerror})") from None
-    if len(data) > max_bytes:
-        raise error(f"{where}: {path} grew above the limit of {max_bytes} bytes")
-    return data
-
-
-def inside(
-    root: str | Path,
-    relpath: str,
-    where: str,
-    error: type[Exception] = DataError,
-    root_name: str = "image_root",
-) -> Path:
-    """`root/relpath` resolved, refused if `relpath` is absolute, holds `..` or a NUL byte, or
-    resolves (through symlinks) outside `root`. The one containment check: list files, the
-    paths a cache stores and the files a cache directory holds all go through it."""
-    try:
-        rel = _safe_relpath(relpath, where)
-    except DataError as exc:
-        raise error(str(exc)) from None
-    base = Path(root).resolve()
-    full = (base / rel).resolve()
-    if full != base and base not in full.parents:
-        raise error(f"{where}: {relpath!r} resolves outside {root_name} ({full})")
-    return full
 
 
 def resolve(image_root: str | Path, sample: Sample, list_path: str | Path) -> Path:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.backends import BACKEND_SUFFIX, read_columns, write_columns
 from offline_ssld.cache.format import load_manifest, shard_name
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.errors import CacheError
+from offline_ssld.tools.audit import verify_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 

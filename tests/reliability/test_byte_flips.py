@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import MANIFEST, VERIFIED, load_manifest
 from offline_ssld.cache.reader import CacheReader
 from offline_ssld.config import loading, specs
 from offline_ssld.data.transforms import Pipeline, build_ops
 from offline_ssld.errors import CacheError
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import open_for_training
 from tests.reliability.common import (
     BIT_FLIPS,

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from offline_ssld.atomic import TMP_MARK
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import MANIFEST
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import make_images, write_list
 from tests.reliability.common import (
     CLI,

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.codecs import FP16Codec
 from offline_ssld.cache.fingerprint import canonical_hash, transforms_fingerprint
 from offline_ssld.cache.format import MANIFEST, Manifest, narrowest_int
 from offline_ssld.cache.writer import write_shard
 from offline_ssld.data.transforms import Pipeline, build_ops
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import CLASSES, transform_ops
 from tests.reliability.common import FUZZ_EXAMPLES, HOSTILE
 from tests.reliability.fuzz_server import isolated

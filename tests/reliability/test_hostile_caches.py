@@ -16,13 +16,13 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache import backends
 from offline_ssld.cache.backends import read_columns
 from offline_ssld.cache.format import MANIFEST, ShardInfo, file_checksum, load_manifest
 from offline_ssld.cache.writer import open_cache
 from offline_ssld.config import loading, specs
 from offline_ssld.errors import OfflineSSLDError
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import open_for_training, plan_cache, write_cache
 from tests.reliability.common import HOSTILE, dump_both_backends
 

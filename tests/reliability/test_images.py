@@ -10,11 +10,11 @@ from collections import Counter
 import cv2
 import numpy as np
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import load_manifest
-from offline_ssld.data.lists import content_key
 from offline_ssld.data.transforms import MAX_IMAGE_PIXELS, DecodeImage
 from offline_ssld.errors import DataError
+from offline_ssld.io import content_key
+from offline_ssld.tools.audit import verify_cache
 from tests.reliability.common import HOSTILE, dump_cli, one_error_line, row_ids
 
 

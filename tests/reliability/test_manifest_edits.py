@@ -8,9 +8,9 @@ import json
 import shutil
 from collections import Counter
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache import format as cache_format
 from offline_ssld.cache.format import MANIFEST
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import signed_manifest
 from tests.reliability.common import CORRUPTION, HOSTILE, cli, dump_cli, train_refusal
 

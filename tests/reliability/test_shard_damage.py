@@ -8,8 +8,8 @@ import random
 import shutil
 from collections import Counter
 
-from offline_ssld.audit import verify_cache
 from offline_ssld.cache.format import MANIFEST, load_manifest
+from offline_ssld.tools.audit import verify_cache
 from tests.helpers import signed_manifest
 from tests.reliability.common import CORRUPTION, TRUNCATIONS, dump_both_backends, train_refusal
 

@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from offline_ssld.atomic import atomic_write, write_text_atomic
-from offline_ssld.data.lists import Sample, content_key, read_image_bytes, read_list
+from offline_ssld.cached import open_cached
+from offline_ssld.data.lists import Sample, read_image_bytes, read_list
 from offline_ssld.errors import DataError
+from offline_ssld.io import content_key
 from offline_ssld.near_duplicates import (
     GATE_MAD,
     MATCH_SCORE,
@@ -48,7 +50,7 @@ from offline_ssld.near_duplicates import (
     resampled_variants,
     verify,
 )
-from offline_ssld.report import histogram_png, open_cached
+from offline_ssld.plots import histogram_png
 
 THREADS = 8  # file reads, BLAKE3 and cv2 decode/resize/DCT release the GIL
 # What the selected list gives as each image's label. PaddleClas's ImageNetDataset needs a

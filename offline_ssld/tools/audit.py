@@ -159,8 +159,9 @@ def _teacher_check(
 
     from offline_ssld.config import specs
     from offline_ssld.config.offline import offline_spec
-    from offline_ssld.data.lists import Sample, content_key, read_image_bytes
+    from offline_ssld.data.lists import Sample, read_image_bytes
     from offline_ssld.data.transforms import Pipeline, build_ops
+    from offline_ssld.io import content_key
     from offline_ssld.models import build_model, load_weights
 
     m = reader.manifest
