@@ -91,8 +91,9 @@ def losses() -> str:
     ]
     for e in LOSSES.values():
         args = ", ".join(f"{k}={v}" for k, v in e.params.items()) or "-"
+        labels = "yes" if e.needs_labels(e.params) else "no"
         lines.append(
-            f"| {', '.join(e.paddleclas_names)} | {args} | {'yes' if e.needs_labels(e.params) else 'no'} "
+            f"| {', '.join(e.paddleclas_names)} | {args} | {labels} "
             f"| {e.summary.replace('|', '/')} |"
         )
     return "\n".join(lines)
