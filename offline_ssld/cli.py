@@ -283,7 +283,7 @@ def convert_weights(source, target, trusted, model) -> None:
     Example:
       offline-ssld convert-weights ResNet50_vd_ssld.pdparams ResNet50_vd_ssld.safetensors \\
           --i-trust-this-file
-      offline-ssld convert-weights output/best.pdparams student.safetensors \\
+      offline-ssld convert-weights output/best_model.pdparams student.safetensors \\
           --model Student --i-trust-this-file
     """
     from offline_ssld.models import convert_pdparams
@@ -308,7 +308,7 @@ def export_cmd(configs, overrides) -> None:
     \b
     Example:
       offline-ssld export -c distill.yaml -c configs/overlays/offline_ssld.yaml \\
-          -o Global.pretrained_model=output/best -o Global.save_inference_dir=inference
+          -o Global.pretrained_model=output/best_model -o Global.save_inference_dir=inference
     """
     from offline_ssld.export import export_student
 
@@ -431,7 +431,7 @@ def eval_cmd(configs, overrides) -> None:
     \b
     Example:
       offline-ssld eval -c configs/fashion_mnist/mnv3_small_student.yaml \\
-          -o Global.pretrained_model=output/student/best
+          -o Global.pretrained_model=output/student/best_model
     """
     from offline_ssld.train import evaluate_config
 

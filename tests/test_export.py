@@ -19,7 +19,7 @@ def test_exported_student_runs_in_paddle_inference(project):
     train(load_config([str(path)], ["Global.epochs=1"]), "supervised", progress=False)
     out = tmp / "inference"
     overrides = [
-        f"Global.pretrained_model={tmp / 'output' / 'best'}",
+        f"Global.pretrained_model={tmp / 'output' / 'best_model'}",
         f"Global.save_inference_dir={out}",
         "Global.image_shape=[3, 16, 16]",
     ]
@@ -40,7 +40,7 @@ def test_exported_student_runs_in_paddle_inference(project):
     got = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
     model = build_model(student_spec(load_config([str(path)])))
-    load_weights(model, tmp / "output" / "best.safetensors", "test")
+    load_weights(model, tmp / "output" / "best_model.safetensors", "test")
     model.eval()
     expected = paddle.nn.functional.softmax(model(paddle.to_tensor(x)), axis=-1).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
