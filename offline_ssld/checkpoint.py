@@ -276,7 +276,7 @@ def save_checkpoint(
     state = {f"{names.prefix}{k}": v for k, v in model.state_dict().items()}
     pdstates = {"metric": float(metric), "epoch": int(info["epoch"])}
 
-    def pickle(obj: Any) -> Callable[[Path], None]:
+    def pickled(obj: Any) -> Callable[[Path], None]:
         return lambda path: atomic_write(path, lambda tmp: paddle.save(obj, str(tmp)))
 
     writers: dict[str, Callable[[Path], None]] = {
@@ -284,15 +284,15 @@ def save_checkpoint(
         f"{tag}.opt.safetensors": lambda path: atomic_write(
             path, lambda tmp: _save_optimizer(optimizer, model, tmp, scaler)
         ),
-        f"{tag}.pdparams": pickle(state),
-        f"{tag}.pdopt": pickle([_paddleclas_optimizer_state(optimizer, model, names)]),
-        f"{tag}.pdstates": pickle(pdstates),
+        f"{tag}.pdparams": pickled(state),
+        f"{tag}.pdopt": pickled([_paddleclas_optimizer_state(optimizer, model, names)]),
+        f"{tag}.pdstates": pickled(pdstates),
     }
     if tag == "best_model":  # what save_model adds for its best_model prefix
         student = {k[len(STUDENT_MARK) :]: v for k, v in state.items() if STUDENT_MARK in k}
         if student:
-            writers[f"{tag}_student.pdparams"] = pickle(student)
-        writers[f"{tag}/model.pdparams"] = pickle(state)
+            writers[f"{tag}_student.pdparams"] = pickled(student)
+        writers[f"{tag}/model.pdparams"] = pickled(state)
     files = {}
     for name, write in writers.items():
         (staging / name).parent.mkdir(exist_ok=True)
