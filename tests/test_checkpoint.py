@@ -62,6 +62,17 @@ def _trained(seed: int, steps: int):
     return model, optimizer, sched, x
 
 
+def _continue_alike(a: tuple, b: tuple, x: paddle.Tensor) -> None:
+    """One more step of both runs ends on the same weights: momentum and schedule came back."""
+    for net, opt, sch in (a, b):
+        net(x).square().mean().backward()
+        opt.step()
+        opt.clear_grad()
+        sch.step()
+    for key, value in a[0].state_dict().items():
+        assert np.allclose(value.numpy(), b[0].state_dict()[key].numpy(), atol=1e-6), key
+
+
 def test_round_trip_restores_weights_optimizer_and_schedule(tmp_path):
     model, optimizer, sched, x = _trained(seed=1, steps=4)
     _save(tmp_path, "latest", model, optimizer, {"epoch": 2, "best_top1": 0.5}, metric=0.25)
@@ -80,14 +91,7 @@ def test_round_trip_restores_weights_optimizer_and_schedule(tmp_path):
         assert np.array_equal(value.numpy(), fresh.state_dict()[key].numpy()), key
     assert float(fresh_opt.get_lr()) == pytest.approx(float(optimizer.get_lr()))
 
-    # Both continue identically: momentum buffers and schedule position came back.
-    for net, opt, sch in ((model, optimizer, sched), (fresh, fresh_opt, fresh_sched)):
-        net(x).square().mean().backward()
-        opt.step()
-        opt.clear_grad()
-        sch.step()
-    for key, value in model.state_dict().items():
-        assert np.allclose(value.numpy(), fresh.state_dict()[key].numpy(), atol=1e-6), key
+    _continue_alike((model, optimizer, sched), (fresh, fresh_opt, fresh_sched), x)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -275,10 +279,4 @@ def test_global_checkpoints_reads_paddleclas_files_on_trust_only(tmp_path):
         resume_checkpoint(tmp_path / "latest", fresh, fresh_opt, names)
     info = resume_checkpoint(tmp_path / "latest", fresh, fresh_opt, names, allow_pickle=True)
     assert info == {"epoch": 3}
-    for net, opt, sch in ((model, optimizer, sched), (fresh, fresh_opt, fresh_sched)):
-        net(x).square().mean().backward()
-        opt.step()
-        opt.clear_grad()
-        sch.step()
-    for key, value in model.state_dict().items():
-        assert np.allclose(value.numpy(), fresh.state_dict()[key].numpy(), atol=1e-6), key
+    _continue_alike((model, optimizer, sched), (fresh, fresh_opt, fresh_sched), x)

@@ -28,14 +28,8 @@ from offline_ssld.optim import build_optimizer
 from offline_ssld.train import train
 from tests.reliability.common import FAULTS, read_json
 from tests.reliability.log import FULL
+from tests.test_checkpoint import CFG  # Momentum, Cosine with warmup, L2
 
-CFG = {
-    "Optimizer": {
-        "name": "Momentum",
-        "momentum": 0.9,
-        "lr": {"name": "Cosine", "learning_rate": 0.1, "warmup_epoch": 0},
-    }
-}
 EPOCHS, STEPS = 3, 2
 OPS = ("replace", "fsync", "unlink", "rmdir", "mkdir")  # every durable step of a write
 

@@ -85,20 +85,14 @@ def test_no_code_runs_from_file_contents(rlog):
             allowed["checkpoint.py"] = ("read_paddleclas_pickle",)  # Global.checkpoints
             if func not in allowed.get(path.name, ()):
                 findings.append(f"paddle.load outside the allowed places: {path.name}:{line}")
-    models = (PACKAGE / "models.py").read_text()
-    load_weights = models[models.index("def load_weights") :]
-    load_weights = load_weights[: load_weights.index("\ndef ")]
-    if "allow_pickle: bool = False" not in load_weights or not _in_order(
-        load_weights, "if not allow_pickle:", "raise ConfigError", "paddle.load("
-    ):
-        findings.append("models.load_weights: paddle.load is not behind allow_pickle (default off)")
-    ckpt = (PACKAGE / "checkpoint.py").read_text()
-    reader = ckpt[ckpt.index("def read_paddleclas_pickle") :]
-    reader = reader[: reader.index("\ndef ")]
-    if "allow_pickle: bool = False" not in reader or not _in_order(
-        reader, "if not allow_pickle:", "raise ConfigError", "paddle.load("
-    ):
-        findings.append("checkpoint.read_paddleclas_pickle: paddle.load not behind allow_pickle")
+    for file, func in (("models.py", "load_weights"), ("checkpoint.py", "read_paddleclas_pickle")):
+        text = (PACKAGE / file).read_text()
+        body = text[text.index(f"def {func}") :]
+        body = body[: body.index("\ndef ")]
+        if "allow_pickle: bool = False" not in body or not _in_order(
+            body, "if not allow_pickle:", "raise ConfigError", "paddle.load("
+        ):
+            findings.append(f"{file} {func}: paddle.load is not behind allow_pickle (default off)")
     cli_source = (PACKAGE / "cli.py").read_text()
     command = cli_source[cli_source.index("def convert_weights") :]
     if not _in_order(command, "if not trusted:", "raise", "convert_pdparams("):
