@@ -57,13 +57,17 @@ class KillAt:
         return op
 
 
-def _run(out: Path, start: int, kill: KillAt | None = None) -> tuple[int, dict]:
+def _run(out: Path, start: int) -> tuple[int, dict]:
     """Epochs start+1..EPOCHS of a tiny model, checkpointing best_model, epoch_N and latest
     each epoch as train does; resumes from `out`/latest when start > 0. Returns the epoch
     resumed from and the final weights."""
+    with paddle.utils.unique_name.guard():  # names as in a fresh process, run after run
+        return _epochs(out, start)
+
+
+def _epochs(out: Path, start: int) -> tuple[int, dict]:
     paddle.seed(0)
-    with paddle.utils.unique_name.guard():
-        model = paddle.nn.Sequential(paddle.nn.Linear(4, 8), paddle.nn.BatchNorm1D(8))
+    model = paddle.nn.Sequential(paddle.nn.Linear(4, 8), paddle.nn.BatchNorm1D(8))
     names = PaddleClasNames("Student.", {k: p.name for k, p in model.state_dict().items()})
     optimizer, sched = build_optimizer(CFG, model.parameters(), STEPS, EPOCHS)
     if start:
