@@ -295,7 +295,7 @@ def main(
     teacher_cfg = load_config(
         [teacher_file], [*common, "Global.epochs=1", f"Global.output_dir={workdir / 'teacher'}"]
     )
-    teacher_w = workdir / "teacher" / "best.safetensors"
+    teacher_w = workdir / "teacher" / "best_model.safetensors"
     teacher_w.parent.mkdir(parents=True, exist_ok=True)
     save_weights(build_model(teacher_spec(teacher_cfg)), teacher_w)
 

@@ -299,7 +299,8 @@ def main(
                     f"Global.epochs={epochs}",
                     f"Global.seed={seed}",
                     f"Global.output_dir={run_dir}",
-                    f"Arch.models.0.Teacher.pretrained={workdir / 'teacher' / 'best.safetensors'}",
+                    "Arch.models.0.Teacher.pretrained="
+                    f"{workdir / 'teacher' / 'best_model.safetensors'}",
                 ],
             )
             tick = time.perf_counter()

@@ -252,7 +252,7 @@ def main(
             f"Global.epochs={teacher_epochs}",
             f"Global.seed={seed}",
             f"Global.output_dir={tdir}",
-            f"Offline.teacher_weights={tdir / 'best.safetensors'}",
+            f"Offline.teacher_weights={tdir / 'best_model.safetensors'}",
             f"Offline.cache_dir={cache_dir}",
             "Offline.seed=0",  # the view seed: the same for every member, so views line up
         ]
@@ -268,7 +268,7 @@ def main(
             )
         eval_cfg = load_config(
             [str(config_dir / cfg_file)],
-            [*common, f"Global.pretrained_model={tdir / 'best'}", f"Offline.ensemble={rule}"],
+            [*common, f"Global.pretrained_model={tdir / 'best_model'}", f"Offline.ensemble={rule}"],
         )
         eval_cfgs.append(eval_cfg)
         top1 = evaluate_config(eval_cfg)["top1"]
@@ -283,7 +283,7 @@ def main(
             "top1": round(top1, 5),
             "dump_seconds": round(time.perf_counter() - tick, 2),
         }
-        caches[tag] = (cache_dir, tdir / "best.safetensors")
+        caches[tag] = (cache_dir, tdir / "best_model.safetensors")
     results["ensemble_teacher_top1"] = round(mixture_top1(eval_cfgs, rule), 5)
 
     def student(out_dir: Path, seed: int, cache_dir: str, teacher_w: Path) -> dict:

@@ -343,7 +343,7 @@ def main(
     load_before = os.getloadavg()
     prepare(data_dir, preset_obj)
     common = overrides(data_dir, workdir, preset_obj)
-    teacher_w = workdir / "teacher" / "best.safetensors"
+    teacher_w = workdir / "teacher" / "best_model.safetensors"
     results: dict = {
         "benchmark": "online_vs_offline",
         "pair": pair,
@@ -390,7 +390,8 @@ def main(
             train(teacher_cfg, "supervised", resume=True, progress=progress)
         top1 = evaluate_config(
             load_config(
-                [teacher_file], [*common, f"Global.pretrained_model={workdir / 'teacher' / 'best'}"]
+                [teacher_file],
+                [*common, f"Global.pretrained_model={workdir / 'teacher' / 'best_model'}"],
             )
         )["top1"]
         results["teacher"] = {

@@ -291,7 +291,7 @@ def convert_weights(source, target, trusted, model) -> None:
     Example:
       offline-ssld convert-weights ResNet50_vd_ssld.pdparams ResNet50_vd_ssld.safetensors \\
           --i-trust-this-file
-      offline-ssld convert-weights output/best.pdparams student.safetensors \\
+      offline-ssld convert-weights output/best_model.pdparams student.safetensors \\
           --model Student --i-trust-this-file
     """
     from offline_ssld.models import convert_pdparams
@@ -316,7 +316,7 @@ def export_cmd(configs, overrides) -> None:
     \b
     Example:
       offline-ssld export -c distill.yaml -c configs/overlays/offline_ssld.yaml \\
-          -o Global.pretrained_model=output/best -o Global.save_inference_dir=inference
+          -o Global.pretrained_model=output/best_model -o Global.save_inference_dir=inference
     """
     from offline_ssld.export import export_student
 
@@ -441,7 +441,7 @@ def eval_cmd(configs, overrides) -> None:
     \b
     Example:
       offline-ssld eval -c configs/fashion_mnist/mnv3_small_student.yaml \\
-          -o Global.pretrained_model=output/student/best
+          -o Global.pretrained_model=output/student/best_model
     """
     from offline_ssld.train import evaluate_config
 
@@ -594,7 +594,7 @@ def report_cmd(configs, overrides, student, out) -> None:
     \b
     Example:
       offline-ssld report -c configs/fashion_mnist/mnv3_x0_35_student.yaml \\
-          -o Offline.cache_dir=cache/fmnist_r18 --student output/fmnist/student/best \\
+          -o Offline.cache_dir=cache/fmnist_r18 --student output/fmnist/student/best_model \\
           --out output/report_r18
     """
     from offline_ssld.tools.report import write_report

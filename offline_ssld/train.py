@@ -33,7 +33,9 @@ from offline_ssld import distributed as dist
 from offline_ssld.checkpoint import (
     has_checkpoint,
     keep_metrics_through,
-    load_checkpoint,
+    paddleclas_names,
+    recover_all,
+    resume_checkpoint,
     save_checkpoint,
 )
 from offline_ssld.config import loading, paddleclas, specs
@@ -344,9 +346,20 @@ def train(
 
     start_epoch, best = 0, -1.0
     metrics_path = out / "metrics.jsonl"
-    if resume and has_checkpoint(out, "latest"):
-        info = load_checkpoint(out, "latest", model, optimizer, scaler)
-        start_epoch, best = int(info["epoch"]), float(info[best_key])
+    # .pdparams keys and optimizer state as PaddleClas names them for this config's Arch.
+    prefix = f"{student_spec.key.rsplit('.', 1)[-1]}." if specs.is_distillation(cfg) else ""
+    names = paddleclas_names(cfg, prefix)
+    if main:
+        recover_all(out)  # a checkpoint write a kill cut short: finished or discarded
+    dist.barrier()
+    # Global.checkpoints (PaddleClas's resume: ours or its files), else --resume: latest.
+    checkpoints = glob.get("checkpoints") or (
+        out / "latest" if resume and has_checkpoint(out, "latest") else None
+    )
+    if checkpoints:
+        allow = offline.allow_pickle_weights
+        info = resume_checkpoint(checkpoints, model, optimizer, names, scaler, allow)
+        start_epoch, best = int(info["epoch"]), float(info.get(best_key, -1.0))
         if main:
             keep_metrics_through(metrics_path, start_epoch)
     elif main and metrics_path.exists():
@@ -358,8 +371,6 @@ def train(
     eval_interval = int(glob.get("eval_interval", 1))
     save_interval = int(glob.get("save_interval", 1))
     start_eval_epoch = int(glob.get("start_eval_epoch", 0))  # PaddleClas: eval after it
-    # .pdparams keys as PaddleClas names them in this config's Arch: "Student.<param>".
-    prefix = f"{student_spec.key.rsplit('.', 1)[-1]}." if specs.is_distillation(cfg) else ""
     last, seconds, speeds = float("nan"), [], []
     for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         paddle.seed(seed + epoch)  # dropout etc.: each epoch reproducible after --resume
@@ -408,16 +419,17 @@ def train(
             **provenance,
         }
         due = (epoch + 1) % eval_interval == 0 and epoch + 1 > start_eval_epoch
+        metric = 0.0  # this epoch's eval value for .pdstates, 0.0 when none (as PaddleClas)
         if due or epoch + 1 == epochs:
             recalibrate_batch_norm(model, loader, offline.precise_bn_batches)
             values = evaluate(model, eval_loader, metrics, fp16_eval)
             record.update({name: round(value, 5) for name, value in values.items()})
-            last = values[metrics[0].main]
+            last = metric = values[metrics[0].main]
             if last > best:
                 best = last
                 if main:
                     info = {"epoch": epoch + 1, **values, **provenance}
-                    save_checkpoint(out, "best", model, optimizer, info, prefix, scaler)
+                    save_checkpoint(out, "best_model", model, optimizer, info, names, scaler, last)
         record[best_key] = round(best, 5)
         if not main:
             continue
@@ -427,8 +439,9 @@ def train(
         # As PaddleClas: `latest` after every epoch, `epoch_N` every save_interval epochs.
         state = {"epoch": epoch + 1, best_key: best, "mode": mode, **provenance}
         if save_interval > 0 and (epoch + 1) % save_interval == 0:
-            save_checkpoint(out, f"epoch_{epoch + 1}", model, optimizer, state, prefix, scaler)
-        save_checkpoint(out, "latest", model, optimizer, state, prefix, scaler)
+            tag = f"epoch_{epoch + 1}"
+            save_checkpoint(out, tag, model, optimizer, state, names, scaler, metric)
+        save_checkpoint(out, "latest", model, optimizer, state, names, scaler, metric)
         if vdl is not None:
             for key in ("loss", "lr", *values, "images_per_second"):
                 if key in record:

@@ -83,7 +83,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, command: s
 
     p = PRESETS[preset_name]
     work.mkdir(parents=True, exist_ok=True)
-    teacher_w = work / "teacher" / "best.safetensors"
+    teacher_w = work / "teacher" / "best_model.safetensors"
     common = overrides(data_dir, work, p.data)
     seconds: dict[str, float] = {}
 
@@ -166,7 +166,8 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, command: s
         }
     teacher_top1 = evaluate_config(
         load_config(
-            [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
+            [str(TEACHER_CFG)],
+            [*common, f"Global.pretrained_model={work / 'teacher' / 'best_model'}"],
         )
     )["top1"]
     return {

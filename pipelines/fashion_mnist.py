@@ -198,7 +198,7 @@ def overrides(data_dir: Path, work: Path, preset: Preset) -> list[str]:
         *batch,
         f"Offline.cache_dir={work / 'cache'}",
         f"Offline.views={preset.views}",
-        f"Offline.teacher_weights={work / 'teacher' / 'best.safetensors'}",
+        f"Offline.teacher_weights={work / 'teacher' / 'best_model.safetensors'}",
         "Global.device=cpu",
     ]
 
@@ -254,7 +254,7 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, seed: int 
                 *common,
                 *schedule(preset, preset.student_epochs),
                 f"Global.output_dir={work / out_dir}",
-                f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best.safetensors'}",
+                f"Arch.models.0.Teacher.pretrained={work / 'teacher' / 'best_model.safetensors'}",
             ],
         )
 
@@ -271,13 +271,15 @@ def run(preset_name: str, work: Path, data_dir: Path, progress: bool, seed: int 
     tick = time.perf_counter()
     teacher_top1 = evaluate_config(
         load_config(
-            [str(TEACHER_CFG)], [*common, f"Global.pretrained_model={work / 'teacher' / 'best'}"]
+            [str(TEACHER_CFG)],
+            [*common, f"Global.pretrained_model={work / 'teacher' / 'best_model'}"],
         )
     )["top1"]
     student_top1, only_top1 = (
         evaluate_config(
             load_config(
-                [str(STUDENT_CFG)], [*common, f"Global.pretrained_model={work / name / 'best'}"]
+                [str(STUDENT_CFG)],
+                [*common, f"Global.pretrained_model={work / name / 'best_model'}"],
             )
         )["top1"]
         for name in ("student", "student_only")

@@ -181,7 +181,7 @@ def main(
     ]
     cache = workdir / "cache"
     teacher_dir = workdir / "teacher"
-    weights = teacher_dir / "best.safetensors"
+    weights = teacher_dir / "best_model.safetensors"
 
     # 1. the teacher learns the labeled set only
     teacher_cfg = load_config(

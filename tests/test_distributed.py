@@ -287,7 +287,7 @@ def test_two_rank_train_student(project):
     loader = make_eval_loader(cfg, class_num)
     top1 = evaluate(model, loader, eval_metrics(cfg, class_num))["top1"]
     assert 0.0 <= top1 <= 1.0
-    best = json.loads((out / "best.json").read_text())["top1"]
+    best = json.loads((out / "best_model.json").read_text())["top1"]
     assert max(r["top1"] for r in records) == pytest.approx(best, abs=1e-5)
 
 

@@ -46,13 +46,13 @@ def test_exported_student_predicts_what_eval_computes(project):
     path, tmp = project
     train(load_config([str(path)], ["Global.epochs=1"]), "supervised", progress=False)
     overrides = [
-        f"Global.pretrained_model={tmp / 'output' / 'best'}",
+        f"Global.pretrained_model={tmp / 'output' / 'best_model'}",
         "Global.image_shape=[3,16,16]",
     ]
     cfg = load_config([str(path)], overrides)
     spec = student_spec(cfg)
     model = build_model(spec)
-    load_weights(model, tmp / "output" / "best.safetensors", "test")
+    load_weights(model, tmp / "output" / "best_model.safetensors", "test")
     model.eval()
     batches = [(x, label.numpy()) for x, label in make_eval_loader(cfg, spec.class_num)]
     with paddle.no_grad():

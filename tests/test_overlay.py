@@ -306,7 +306,7 @@ def test_variant_dumps_and_trains_with_overlay(tmp_path, images, loss, extra, ex
     result = train(cfg, "offline", progress=False)
     assert result.epochs == 1 and len(result.train_seconds) == 1
     assert math.isfinite(result.last_top1)
-    assert (tmp_path / "output" / "best.safetensors").is_file()
+    assert (tmp_path / "output" / "best_model.safetensors").is_file()
 
     out = CliRunner().invoke(
         main, ["overlay", "-c", str(path), "-c", str(OVERLAY), *sum((["-o", o] for o in extra), [])]
@@ -462,7 +462,6 @@ FEATURE_LOSS = (
     "overrides, key",
     [
         (["Global.use_dali=True"], "Global.use_dali"),
-        (["Global.checkpoints=./output/latest"], "Global.checkpoints"),
         (["Global.eval_mode=retrieval"], "Global.eval_mode"),
         (["Global.update_freq=2"], "Global.update_freq"),
         (["Global.hello=1"], "Global.hello"),

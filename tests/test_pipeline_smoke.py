@@ -53,9 +53,9 @@ def test_pipeline_smoke_preset_runs_every_stage_and_resumes(tmp_path):
     assert all(_finite(v) and v >= 0 for v in report["stage_seconds"].values())
     assert len((data / "train_list.txt").read_text().splitlines()) == 256
     for path in (
-        "teacher/best.safetensors",
-        "student/best.safetensors",
-        "student_only/best.safetensors",
+        "teacher/best_model.safetensors",
+        "student/best_model.safetensors",
+        "student_only/best_model.safetensors",
         "cache/manifest.json",
         "report.md",
     ):

@@ -184,9 +184,9 @@ def test_checkpoint_loads_without_pickle(project):
     from offline_ssld.models import build_model
 
     model = build_model(student_spec(_cfg(path)))
-    load_weights(model, tmp / "output" / "best.safetensors", "test")
+    load_weights(model, tmp / "output" / "best_model.safetensors", "test")
     with pytest.raises(ConfigError, match="pickle"):
-        load_weights(model, tmp / "output" / "best.pdparams", "test")
+        load_weights(model, tmp / "output" / "best_model.pdparams", "test")
 
 
 @pytest.mark.slow
@@ -255,7 +255,7 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
         "Offline": {
             "cache_dir": str(tmp_path / "cache"),
             "views": 2,
-            "teacher_weights": str(tmp_path / "teacher" / "best.safetensors"),
+            "teacher_weights": str(tmp_path / "teacher" / "best_model.safetensors"),
         },
     }
     student_cfg = {
@@ -293,7 +293,7 @@ def test_convert_weights_needs_trust_and_round_trips(project):
 
     path, tmp = project
     train(_cfg(path, "Global.epochs=1"), "supervised", progress=False)
-    src, dst = tmp / "output" / "best.pdparams", tmp / "converted.safetensors"
+    src, dst = tmp / "output" / "best_model.pdparams", tmp / "converted.safetensors"
     refused = CliRunner().invoke(main, ["convert-weights", str(src), str(dst)])
     assert refused.exit_code == 2 and not dst.exists()
     args = ["convert-weights", str(src), str(dst), "--i-trust-this-file", "--model", "Student"]
@@ -301,7 +301,7 @@ def test_convert_weights_needs_trust_and_round_trips(project):
     assert done.exit_code == 0, done.output
     from safetensors.numpy import load_file
 
-    a, b = load_file(str(dst)), load_file(str(tmp / "output" / "best.safetensors"))
+    a, b = load_file(str(dst)), load_file(str(tmp / "output" / "best_model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -325,9 +325,9 @@ def test_pdparams_load_into_paddleclas_distillation_model(project):
     for item in arch["models"]:  # no downloads or our safetensors paths inside PaddleClas
         next(iter(item.values())).pop("pretrained", None)
     theirs = ppcls_build_model({"Arch": arch, "Global": {"device": "cpu"}})
-    load_dygraph_pretrain(theirs, str(tmp / "output" / "best"))
+    load_dygraph_pretrain(theirs, str(tmp / "output" / "best_model"))
     ours = build_model(student_spec(cfg))
-    load_weights(ours, tmp / "output" / "best.safetensors", "test")
+    load_weights(ours, tmp / "output" / "best_model.safetensors", "test")
     theirs.eval(), ours.eval()
     x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype("float32"))
     np.testing.assert_allclose(theirs(x)["Student"].numpy(), ours(x).numpy(), rtol=1e-5, atol=1e-6)

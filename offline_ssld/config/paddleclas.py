@@ -46,6 +46,7 @@ _GLOBAL_HONOURED = (
     "use_visualdl",
     "start_eval_epoch",
     "use_multilabel",
+    "checkpoints",  # resume from ours (no pickle) or PaddleClas's files (on trust)
 )
 _GLOBAL_HARMLESS = (
     "print_batch_step",  # logging cadence; the progress bar and metrics.jsonl replace it
@@ -59,7 +60,6 @@ _GLOBAL_HARMLESS = (
 # key -> (allowed value, hint); any other value is an error
 _GLOBAL_FIXED: dict[str, tuple[Any, str]] = {
     "use_dali": (False, "DALI loaders are not supported; set Global.use_dali: False"),
-    "checkpoints": (None, "resume with `train-student --resume` (output_dir/latest)"),
     "eval_mode": ("classification", "only classification is supported"),
     "update_freq": (1, "gradient accumulation is not supported"),
 }

@@ -81,15 +81,18 @@ def test_no_code_runs_from_file_contents(rlog):
     for path in sources:
         for func, line in _paddle_loads(path):
             guarded.append(f"{path.name}:{line} ({func})")
-            if path.name != "models.py" or func not in ("load_weights", "convert_pdparams"):
+            allowed = {"models.py": ("load_weights", "convert_pdparams")}
+            allowed["checkpoint.py"] = ("read_paddleclas_pickle",)  # Global.checkpoints
+            if func not in allowed.get(path.name, ()):
                 findings.append(f"paddle.load outside the allowed places: {path.name}:{line}")
-    models = (PACKAGE / "models.py").read_text()
-    load_weights = models[models.index("def load_weights") :]
-    load_weights = load_weights[: load_weights.index("\ndef ")]
-    if "allow_pickle: bool = False" not in load_weights or not _in_order(
-        load_weights, "if not allow_pickle:", "raise ConfigError", "paddle.load("
-    ):
-        findings.append("models.load_weights: paddle.load is not behind allow_pickle (default off)")
+    for file, func in (("models.py", "load_weights"), ("checkpoint.py", "read_paddleclas_pickle")):
+        text = (PACKAGE / file).read_text()
+        body = text[text.index(f"def {func}") :]
+        body = body[: body.index("\ndef ")]
+        if "allow_pickle: bool = False" not in body or not _in_order(
+            body, "if not allow_pickle:", "raise ConfigError", "paddle.load("
+        ):
+            findings.append(f"{file} {func}: paddle.load is not behind allow_pickle (default off)")
     cli_source = (PACKAGE / "cli.py").read_text()
     command = cli_source[cli_source.index("def convert_weights") :]
     if not _in_order(command, "if not trusted:", "raise", "convert_pdparams("):
@@ -106,7 +109,8 @@ def test_no_code_runs_from_file_contents(rlog):
         {"clean file" if not findings else "FINDINGS": len(sources)},
         ok=not findings,
         goal="none in the package (comments and strings excluded); paddle.load only in "
-        "models.load_weights behind Offline.allow_pickle_weights (default false) and "
+        "models.load_weights and checkpoint.read_paddleclas_pickle (Global.checkpoints naming "
+        "PaddleClas's files) behind Offline.allow_pickle_weights (default false) and "
         "models.convert_pdparams behind convert-weights --i-trust-this-file",
         notes=f"{len(sources)} files scanned; paddle.load calls: {', '.join(guarded)}; "
         f"files passing an allow_pickle value through: {', '.join(flags) or 'none'}."

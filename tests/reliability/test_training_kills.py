@@ -118,8 +118,8 @@ def test_train_interrupted_at_checkpoint_boundaries(project, monkeypatch, rlog):
             [str(config)], [f"Global.output_dir={out}", f"Global.epochs={epochs}", *extra]
         )
 
-        def save_then_die(where, tag, model, optimizer, info, *rest, trial=trial):
-            real_save(where, tag, model, optimizer, info, *rest)
+        def save_then_die(where, tag, model, optimizer, info, *rest, trial=trial, **kw):
+            real_save(where, tag, model, optimizer, info, *rest, **kw)
             if trial == 0 and tag == "latest" and info["epoch"] == 2:
                 raise _Killed
 
