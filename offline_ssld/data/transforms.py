@@ -30,13 +30,15 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
 
 import cv2  # noqa: E402  (must follow the environment default above)
 
+from offline_ssld.data import decode  # noqa: E402
 from offline_ssld.errors import CacheError, ConfigError, DataError  # noqa: E402
 
 if TYPE_CHECKING:  # batchops imports this module
     from offline_ssld.data.batchops import MixOp
 
-TRANSFORMS_VERSION = 1
-"""Bumped whenever the output of an op changes for the same spec, so stale caches are refused."""
+TRANSFORMS_VERSION = 2
+"""Bumped whenever the output of an op changes for the same spec, so stale caches are refused.
+2: JPEGs decode with libjpeg-turbo (Pillow), at a reduced DCT scale before a large crop."""
 
 MAX_IMAGE_PIXELS = 2**26
 """Images above this many pixels are refused: a small file must not be able to exhaust memory."""
@@ -348,11 +350,32 @@ class DecodeImage(Op):
         if not isinstance(img, (bytes, bytearray, memoryview)):
             raise TypeError(f"DecodeImage expects encoded bytes, got {type(img).__name__}")
         data = bytes(img)
+        self.check_header(data)
+        im = decode.open_jpeg(data)
+        out = None
+        if im is not None:  # libjpeg-turbo through Pillow: RGB
+            try:
+                out = decode.decode_rgb(im, 1)
+            except (OSError, ValueError):
+                out = None  # damaged: OpenCV decodes what it can, as before
+            if out is not None and not self.to_rgb:
+                out = np.ascontiguousarray(out[..., ::-1])
+        if out is None:
+            out = self._cv2_decode(data)
+        if self.channel_first:
+            out = out.transpose((2, 0, 1))
+        return out
+
+    def check_header(self, data: bytes) -> None:
+        """Refuse an image whose header declares too many pixels, before decoding it."""
         if not data:
             raise DataError("cannot decode image (0 bytes)")
         size = _header_size(data)
         if size is not None:
             _check_pixels(*size)
+
+    def _cv2_decode(self, data: bytes) -> np.ndarray:
+        """OpenCV's decode (any format it reads; EXIF rotation applied), RGB if asked."""
         try:
             out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error:
@@ -360,11 +383,7 @@ class DecodeImage(Op):
         if out is None or out.ndim != 3 or out.shape[2] != 3 or out.size == 0:
             raise DataError(f"cannot decode image ({len(data)} bytes)")
         _check_pixels(out.shape[1], out.shape[0])
-        if self.to_rgb:
-            out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-        if self.channel_first:
-            out = out.transpose((2, 0, 1))
-        return out
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if self.to_rgb else out
 
     def precheck(self, data: bytes) -> None:
         """dump-teacher's check before the teacher runs. A PNG/JPEG/BMP/WebP file with a
@@ -473,6 +492,10 @@ class RandCropImage(Op):
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         img_h, img_w = img.shape[:2]
+        return self.draw_box(img_w, img_h, rng)
+
+    def draw_box(self, img_w: int, img_h: int, rng: np.random.Generator) -> tuple[int, ...]:
+        """`draw` from the image size alone, so a JPEG's view is drawn before decoding it."""
         if max(img_w, img_h) > MAX_IMAGE_SIDE:  # e.g. enlarged by a ResizeImage before
             raise DataError(f"{self.name} input is {img_w}x{img_h}, above {MAX_IMAGE_SIDE}")
         # Same arithmetic as PaddleClas: aspect from `ratio`, area from `scale` capped so the
@@ -492,13 +515,31 @@ class RandCropImage(Op):
         return x, y, w, h
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
-        x, y, w, h = (int(p) for p in params[:4])
-        img_h, img_w = img.shape[:2]
-        if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
-            raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
+        x, y, w, h = self._box(params, img.shape[1], img.shape[0])
         crop = img[y : y + h, x : x + w]
         interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
         return _resize(crop, self.size, self.backend, interpolation)
+
+    def _box(self, params: tuple[int, ...], img_w: int, img_h: int) -> tuple[int, int, int, int]:
+        x, y, w, h = (int(p) for p in params[:4])
+        if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
+            raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
+        return x, y, w, h
+
+    def apply_jpeg(
+        self, data: bytes, im: Image.Image, params: tuple[int, ...], memo: dict
+    ) -> np.ndarray:
+        """`apply` on the decoded JPEG `im` (decode.open_jpeg of `data`), fused: decoded at
+        the DCT scale the box allows (`memo` keeps each scale's pixels for further views of
+        the same image), crop and resize in one pass. RGB."""
+        box = self._box(params, *im.size)
+        interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
+        scale = decode.reduction(box[2], box[3], *self.size, interpolation, self.backend)
+        if scale not in memo:
+            fresh = decode.open_jpeg(data) if memo else im  # one decode per opened image
+            assert fresh is not None
+            memo[scale] = decode.decode_rgb(fresh, scale)
+        return decode.crop_resize(memo[scale], scale, box, self.size, interpolation, self.backend)
 
     def spec(self) -> dict:
         return {
@@ -754,6 +795,13 @@ class Pipeline:
             self._param_names += [f"{prefix}.{p}" for p in op.param_names]
             self._param_ranges += list(op.param_ranges())
         self._image_params = len(self._param_names) - (len(self.mix.param_names) if self.mix else 0)
+        # DecodeImage then RandCropImage: decoded and cropped in one step (decode.py)
+        self._fused = (
+            len(self._image_ops) > 1
+            and isinstance(self.ops[0], DecodeImage)
+            and not self.ops[0].channel_first
+            and isinstance(self._image_ops[1], RandCropImage)
+        )
         if len(self._param_ranges) != len(self._param_names):
             raise TypeError("every transform op must declare the range of each param it draws")
 
@@ -772,9 +820,47 @@ class Pipeline:
         """True when some op draws params, i.e. views differ and must be stored to replay."""
         return bool(self._param_names)
 
-    def draw(self, data: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Run all ops drawing fresh params; return (output, params as int32)."""
-        return self.draw_decoded(self.decode(data), rng)
+    def draw(
+        self, data: bytes, rng: np.random.Generator, memo: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run all ops drawing fresh params; return (output, params as int32). `memo` (an
+        empty dict per image) lets further views of the same bytes reuse their decoding."""
+        memo = {} if memo is None else memo
+        if not self._fused:
+            if "pixels" not in memo:
+                memo["pixels"] = self.decode(data)
+            return self.draw_decoded(memo["pixels"], rng)
+        decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
+        decoder.check_header(data)
+        im = decode.open_jpeg(data)
+        if im is not None:
+            size = im.size
+        else:
+            if "pixels" not in memo:
+                memo["pixels"] = self.decode(data)
+            size = memo["pixels"].shape[1], memo["pixels"].shape[0]
+        params = crop.draw_box(*size, rng)
+        img = self._decode_crop(data, params, memo, im)
+        return self._draw_from(img, rng, 2, list(params))
+
+    def _decode_crop(
+        self, data: bytes, params: tuple[int, ...], memo: dict, im: Image.Image | None = None
+    ) -> np.ndarray:
+        """DecodeImage then RandCropImage with `params`, fused for a JPEG Pillow decodes;
+        any other file (or a JPEG Pillow fails on) takes the ops one by one."""
+        decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
+        if "pixels" not in memo:
+            im = decode.open_jpeg(data) if im is None else im
+            if im is not None:
+                try:
+                    out = crop.apply_jpeg(data, im, params, memo)
+                except (OSError, ValueError) as exc:
+                    if isinstance(exc, _BadParams):
+                        raise
+                else:
+                    return out if decoder.to_rgb else np.ascontiguousarray(out[..., ::-1])
+            memo["pixels"] = decoder.apply(data, ())
+        return crop.apply(memo["pixels"], params)
 
     def decode(self, data: bytes) -> np.ndarray:
         """The first op, DecodeImage (it draws nothing): views of one image can share it."""
@@ -785,8 +871,13 @@ class Pipeline:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`draw` after `decode`; `img` is only read (every op returns a new array). With a
         batch op, this is the unmixed view and its params (the dataset draws the mix)."""
-        params: list[int] = []
-        for op in self._image_ops[1:]:
+        return self._draw_from(img, rng, 1, [])
+
+    def _draw_from(
+        self, img: np.ndarray, rng: np.random.Generator, start: int, params: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw and apply the image ops from `start` on, after `params` drawn before."""
+        for op in self._image_ops[start:]:
             p = op.draw(img, rng)
             img = op.apply(img, p)
             params += p
@@ -819,8 +910,16 @@ class Pipeline:
             )
         values = [int(v) for v in flat]
         img: Any = data
-        pos = 0
-        for op in self._image_ops:
+        pos, ops = 0, self._image_ops
+        if self._fused:
+            pos, ops = len(ops[1].param_names), ops[2:]
+            try:
+                img = self._decode_crop(data, tuple(values[:pos]), {})
+            except _BadParams as e:
+                raise CacheError(
+                    f"{self.key}: stored {self.ops[1].name} params do not fit: {e}"
+                ) from None
+        for op in ops:
             n = len(op.param_names)
             try:
                 img = op.apply(img, tuple(values[pos : pos + n]))

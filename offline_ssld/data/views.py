@@ -113,7 +113,7 @@ class DumpDataset(paddle.io.Dataset):
         read with another probe have changed since, and are refused, naming the file."""
         self.source, self.probes, self.pipeline = source, probes, pipeline
         self.seed, self.views, self.items, self.base = seed, views, items, base
-        self._decoded: tuple[int, np.ndarray, bytes] | None = None  # (image, pixels, key)
+        self._decoded: tuple[int, bytes, bytes, dict] | None = None  # (image, data, key, memo)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,16 +123,13 @@ class DumpDataset(paddle.io.Dataset):
         image, view = divmod(item, self.views)
         if self._decoded is None or self._decoded[0] != image:
             # Items are image-major, so a worker's batch holds consecutive views of an image:
-            # it is read, hashed and decoded once for all of them.
+            # it is read and hashed once for all of them, and decoded once per DCT scale.
             line = image - self.base
             data = self._read(line)
-            try:
-                self._decoded = (image, self.pipeline.decode(data), content_key(data))
-            except DataError as exc:
-                raise DataError(f"{self.source.where(line)}: {exc}") from None
-        _, pixels, key = self._decoded
+            self._decoded = (image, data, content_key(data), {})
+        _, data, key, memo = self._decoded
         try:
-            x, params = self.pipeline.draw_decoded(pixels, view_rng(self.seed, key, view))
+            x, params = self.pipeline.draw(data, view_rng(self.seed, key, view), memo)
         except DataError as exc:
             raise DataError(f"{self.source.where(image - self.base)}: {exc}") from None
         mix = self.pipeline.mix

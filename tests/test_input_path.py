@@ -1,0 +1,166 @@
+"""The fast input path: libjpeg-turbo decoding at a reduced DCT scale fused with the crop,
+batches handed over in shared memory, and caches of the old pixel path refused."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from offline_ssld.data import decode, transforms
+from offline_ssld.data.loader import BatchLoader
+from offline_ssld.data.shm import Arena, Placed
+from offline_ssld.data.transforms import DecodeImage, Pipeline, RandCropImage, build_ops
+from offline_ssld.errors import CacheError
+from tests.helpers import scene
+
+
+def _jpeg(w: int, h: int, seed: int = 0, quality: int = 85) -> bytes:
+    img = cv2.resize(scene(np.random.default_rng(seed)), (w, h), interpolation=cv2.INTER_CUBIC)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def _ops(backend: str = "cv2", interpolation: str = "bilinear", size: int = 32) -> list:
+    return [
+        {"DecodeImage": {"to_rgb": True, "channel_first": False}},
+        {"RandCropImage": {"size": size, "interpolation": interpolation, "backend": backend}},
+        {"RandFlipImage": {"flip_code": 1}},
+        {"NormalizeImage": {"order": ""}},
+    ]
+
+
+def test_jpeg_decodes_with_libjpeg_turbo_and_png_as_before():
+    data = _jpeg(120, 90)
+    got = DecodeImage("d").apply(data, ())
+    assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    bgr = DecodeImage("d", to_rgb=False).apply(data, ())
+    assert np.array_equal(bgr, got[..., ::-1])
+    ok, png = cv2.imencode(".png", scene(np.random.default_rng(1)))
+    cv2_rgb = cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(DecodeImage("d").apply(png.tobytes(), ()), cv2_rgb)
+
+
+def test_exif_rotated_jpeg_keeps_opencvs_rotation():
+    """OpenCV applies an EXIF orientation; Pillow does not, so such a JPEG stays on OpenCV."""
+    im = Image.fromarray(scene(np.random.default_rng(2), 40, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif)
+    data = buf.getvalue()
+    assert decode.open_jpeg(data) is None
+    assert DecodeImage("d").apply(data, ()).shape == (60, 40, 3)  # rotated, as OpenCV gives
+
+
+@pytest.mark.parametrize(
+    ("backend", "interpolation"),
+    [("cv2", "bilinear"), ("cv2", "random"), ("cv2", "area"), ("pil", "bicubic")],
+)
+def test_fused_views_replay_bit_for_bit_at_every_scale(backend, interpolation, monkeypatch):
+    """draw (dump-teacher) and replay (train-student) give the same pixels, and large crops
+    of a large image are decoded at a reduced scale (never for 'area', which cv2.warpAffine
+    lacks)."""
+    scales: list[int] = []
+    real = decode.decode_rgb
+    monkeypatch.setattr(
+        decode, "decode_rgb", lambda im, s: scales.append(s) or real(im, s)
+    )  # fmt: skip
+    pipeline = Pipeline(build_ops(_ops(backend, interpolation), "ops"))
+    data = _jpeg(640, 480)
+    for view in range(12):
+        x, params = pipeline.draw(data, np.random.default_rng(view))
+        assert np.array_equal(pipeline.replay(data, params), x)
+    if interpolation == "area":
+        assert set(scales) == {1}
+    else:
+        assert max(scales) >= 4
+
+
+def test_views_of_one_image_share_each_scales_decode(monkeypatch):
+    """dump-teacher draws several views of an image: one decode per DCT scale, not per view."""
+    calls: list[int] = []
+    real = decode.decode_rgb
+    monkeypatch.setattr(decode, "decode_rgb", lambda im, s: calls.append(s) or real(im, s))
+    pipeline = Pipeline(build_ops(_ops(), "ops"))
+    data, memo = _jpeg(640, 480), {}
+    drawn = [pipeline.draw(data, np.random.default_rng(view), memo) for view in range(16)]
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == len(memo) > 1
+    for x, params in drawn:
+        assert np.array_equal(pipeline.replay(data, params), x)
+
+
+@pytest.mark.parametrize(("backend", "interpolation"), [("cv2", "bilinear"), ("pil", "bicubic")])
+def test_reduced_scale_crop_is_the_same_picture(backend, interpolation):
+    """A crop decoded at 1/4 matches the full-resolution crop resized (geometry exact to a
+    fraction of a pixel): a box off by a reduced pixel would differ far more."""
+    data = _jpeg(1024, 768, seed=3, quality=95)
+    crop = RandCropImage("c", size=64, interpolation=interpolation, backend=backend)
+    full = DecodeImage("d").apply(data, ())
+    for box in [(100, 80, 512, 400), (7, 13, 333, 290), (400, 300, 600, 460)]:
+        im = decode.open_jpeg(data)
+        assert im is not None
+        fused = crop.apply_jpeg(data, im, box, {})
+        assert decode.reduction(box[2], box[3], 64, 64, interpolation, backend) >= 4
+        x, y, w, h = box
+        reference = np.asarray(
+            Image.fromarray(full).resize((64, 64), Image.Resampling.BOX, box=(x, y, x + w, y + h))
+        )
+        diff = np.abs(fused.astype(int) - reference.astype(int)).mean()
+        assert diff < 4, (box, diff)
+
+
+def test_fused_crop_refuses_a_box_outside_the_image():
+    pipeline = Pipeline(build_ops(_ops(), "ops"))
+    with pytest.raises(CacheError, match="RandCropImage params do not fit"):
+        pipeline.replay(_jpeg(100, 80), np.array([90, 0, 20, 20, 0], np.int32))
+
+
+class _Varying:
+    """Items whose second batch is larger than the first sample promised."""
+
+    def __getitem__(self, i: int):
+        side = 2 if i < 3 else 40
+        return np.full((side, side), i, np.float32), np.int64(i)
+
+
+def test_shared_memory_batches_equal_the_thread_path_and_oversize_falls_back():
+    batches = [[0, 1, 2], [3, 4], [5]]
+    via_thread = [[t.numpy() for t in b] for b in BatchLoader(_Varying(), batches[:1], 0)]
+    via_workers = [[t.numpy() for t in b] for b in BatchLoader(_Varying(), batches, 2, 2)]
+    assert np.array_equal(via_workers[0][0], via_thread[0][0])
+    assert via_workers[1][0].shape == (2, 40, 40)  # did not fit its slot: pickled instead
+    assert [b[1].tolist() for b in via_workers] == batches
+
+
+def test_arena_places_what_fits_and_views_read_it_back():
+    arena = Arena(2, Arena.slot_size((np.zeros((1, 4, 4), np.uint8),), 3))
+    fields = (np.arange(48, dtype=np.uint8).reshape(3, 4, 4), np.arange(3), np.zeros(1000))
+    placed = arena.put(1, fields)
+    assert isinstance(placed[0], Placed) and placed[0].offset == arena.slot_bytes
+    assert isinstance(placed[2], np.ndarray)  # too large for the slot
+    back = arena.get(placed)
+    for a, b in zip(back, fields, strict=True):
+        assert np.array_equal(a, b)
+    arena.close()
+
+
+def test_cache_of_the_old_pixel_path_is_refused(project, monkeypatch):
+    """A cache dumped before JPEGs decoded through libjpeg-turbo at reduced scale (transforms
+    version 1) replays other pixels: opening it for training must fail, naming the ops."""
+    from offline_ssld.config.loading import load_config
+    from offline_ssld.errors import CacheError
+    from tests.helpers import open_for_training, plan_cache, write_cache
+
+    config, tmp = project
+    cache = tmp / "old-cache"
+    overrides = [f"Offline.cache_dir={cache}"]
+    with monkeypatch.context() as old:
+        old.setattr(transforms, "TRANSFORMS_VERSION", 1)
+        write_cache(plan_cache(config, *overrides), cache)
+    with pytest.raises(CacheError, match="transform"):
+        open_for_training(load_config([str(config)], overrides))
