@@ -53,7 +53,7 @@ def test_exif_rotated_jpeg_keeps_opencvs_rotation():
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif)
     data = buf.getvalue()
-    assert decode.open_jpeg(data) is None
+    assert decode.exif_orientation(data) == 6 and decode.jpeg_size(data) is None
     assert DecodeImage("d").apply(data, ()).shape == (60, 40, 3)  # rotated, as OpenCV gives
 
 
@@ -68,7 +68,7 @@ def test_fused_views_replay_bit_for_bit_at_every_scale(backend, interpolation, m
     scales: list[int] = []
     real = decode.decode_rgb
     monkeypatch.setattr(
-        decode, "decode_rgb", lambda im, s: scales.append(s) or real(im, s)
+        decode, "decode_rgb", lambda data, size, s: scales.append(s) or real(data, size, s)
     )  # fmt: skip
     pipeline = Pipeline(build_ops(_ops(backend, interpolation), "ops"))
     data = _jpeg(640, 480)
@@ -85,7 +85,9 @@ def test_views_of_one_image_share_each_scales_decode(monkeypatch):
     """dump-teacher draws several views of an image: one decode per DCT scale, not per view."""
     calls: list[int] = []
     real = decode.decode_rgb
-    monkeypatch.setattr(decode, "decode_rgb", lambda im, s: calls.append(s) or real(im, s))
+    monkeypatch.setattr(
+        decode, "decode_rgb", lambda data, size, s: calls.append(s) or real(data, size, s)
+    )  # fmt: skip
     pipeline = Pipeline(build_ops(_ops(), "ops"))
     data, memo = _jpeg(640, 480), {}
     drawn = [pipeline.draw(data, np.random.default_rng(view), memo) for view in range(16)]
@@ -102,9 +104,7 @@ def test_reduced_scale_crop_is_the_same_picture(backend, interpolation):
     crop = RandCropImage("c", size=64, interpolation=interpolation, backend=backend)
     full = DecodeImage("d").apply(data, ())
     for box in [(100, 80, 512, 400), (7, 13, 333, 290), (400, 300, 600, 460)]:
-        im = decode.open_jpeg(data)
-        assert im is not None
-        fused = crop.apply_jpeg(data, im, box, {})
+        fused = crop.apply_jpeg(data, (1024, 768), box, {})
         assert decode.reduction(box[2], box[3], 64, 64, interpolation, backend) >= 4
         x, y, w, h = box
         reference = np.asarray(
@@ -164,3 +164,43 @@ def test_cache_of_the_old_pixel_path_is_refused(project, monkeypatch):
         write_cache(plan_cache(config, *overrides), cache)
     with pytest.raises(CacheError, match="transform"):
         open_for_training(load_config([str(config)], overrides))
+
+
+@pytest.mark.skipif(decode.simplejpeg is None, reason="simplejpeg is not installed")
+def test_simplejpeg_and_pillow_decode_the_same_pixels_at_every_scale(monkeypatch):
+    """Either decoder may be installed where a cache is dumped or replayed: they must agree."""
+    gray = cv2.imencode(".jpg", scene(np.random.default_rng(4), 203, 301)[..., 0])[1].tobytes()
+    for data in (_jpeg(517, 389, seed=5), _jpeg(1201, 803, seed=6, quality=75), gray):
+        size = decode.jpeg_size(data)
+        assert size is not None
+        for scale in decode.SCALES:
+            fast = decode.decode_rgb(data, size, scale)
+            with monkeypatch.context() as without:
+                without.setattr(decode, "simplejpeg", None)
+                assert decode.jpeg_size(data) == size
+                assert np.array_equal(decode.decode_rgb(data, size, scale), fast), scale
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {},
+        {"scale": "1.0/255.0", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        {"scale": 0.00392157, "mean": [0.48, 0.46, 0.41], "std": [0.23, 0.22, 0.23]},
+        {"output_fp16": True},
+    ],
+)
+def test_normalize_lookup_gives_the_arithmetics_bits(args):
+    """NormalizeImage looks 8-bit pixels up in a table built with its float32 arithmetic; the
+    result, and the fused NormalizeImage + ToCHWImage step, equal that arithmetic bit for bit."""
+    norm = transforms.NormalizeImage("n", order="", **args)
+    img = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    arithmetic = (img.astype(np.float32) * norm._scale - norm._mean) / norm._std
+    expected = arithmetic.astype(np.float16 if norm.output_fp16 else np.float32)
+    assert np.array_equal(norm.apply(img, ()), expected)
+    assert np.array_equal(norm.apply_chw(img), expected.transpose(2, 0, 1))
+    pipeline = Pipeline(build_ops([*_ops()[:3], {"NormalizeImage": {"order": "", **args}},
+                                   {"ToCHWImage": None}], "ops"))  # fmt: skip
+    x, params = pipeline.draw(_jpeg(90, 70), np.random.default_rng(1))
+    assert x.shape == (3, 32, 32) and x.flags.c_contiguous

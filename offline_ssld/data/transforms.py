@@ -351,11 +351,11 @@ class DecodeImage(Op):
             raise TypeError(f"DecodeImage expects encoded bytes, got {type(img).__name__}")
         data = bytes(img)
         self.check_header(data)
-        im = decode.open_jpeg(data)
+        size = decode.jpeg_size(data)
         out = None
-        if im is not None:  # libjpeg-turbo through Pillow: RGB
+        if size is not None:  # libjpeg-turbo: RGB
             try:
-                out = decode.decode_rgb(im, 1)
+                out = decode.decode_rgb(data, size, 1)
             except (OSError, ValueError):
                 out = None  # damaged: OpenCV decodes what it can, as before
             if out is not None and not self.to_rgb:
@@ -527,18 +527,16 @@ class RandCropImage(Op):
         return x, y, w, h
 
     def apply_jpeg(
-        self, data: bytes, im: Image.Image, params: tuple[int, ...], memo: dict
+        self, data: bytes, size: tuple[int, int], params: tuple[int, ...], memo: dict
     ) -> np.ndarray:
-        """`apply` on the decoded JPEG `im` (decode.open_jpeg of `data`), fused: decoded at
-        the DCT scale the box allows (`memo` keeps each scale's pixels for further views of
-        the same image), crop and resize in one pass. RGB."""
-        box = self._box(params, *im.size)
+        """`apply` on the JPEG `data` of `size` (decode.jpeg_size), fused: decoded at the DCT
+        scale the box allows (`memo` keeps each scale's pixels for further views of the same
+        image), crop and resize in one pass. RGB."""
+        box = self._box(params, *size)
         interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
         scale = decode.reduction(box[2], box[3], *self.size, interpolation, self.backend)
         if scale not in memo:
-            fresh = decode.open_jpeg(data) if memo else im  # one decode per opened image
-            assert fresh is not None
-            memo[scale] = decode.decode_rgb(fresh, scale)
+            memo[scale] = decode.decode_rgb(data, size, scale)
         return decode.crop_resize(memo[scale], scale, box, self.size, interpolation, self.backend)
 
     def spec(self) -> dict:
@@ -637,12 +635,41 @@ class NormalizeImage(Op):
         self._scale = np.float32(self.scale)
         self._mean = np.array(self.mean, dtype=np.float32).reshape(shape)
         self._std = np.array(self.std, dtype=np.float32).reshape(shape)
+        # Every 8-bit value of each channel through the same float32 arithmetic as `apply`:
+        # looking pixels up (cv2.LUT) gives the same bits several times faster.
+        levels = np.arange(256, dtype=np.float32).reshape(256, 1, 1)
+        self._table = (
+            (levels * self._scale - self._mean.reshape(1, 1, 3)) / self._std.reshape(1, 1, 3)
+        ).reshape(1, 256, 3)
+        self._planes = [np.ascontiguousarray(self._table[..., c]) for c in range(3)]
 
     @property
     def needs(self) -> str:  # type: ignore[override]
         return self.order
 
+    def _looks_up(self, img: Any) -> bool:
+        return (
+            self.order == HWC
+            and self.channel_num == 3
+            and isinstance(img, np.ndarray)
+            and img.dtype == np.uint8
+            and img.ndim == 3
+            and img.shape[2] == 3
+        )
+
+    def apply_chw(self, img: Any) -> np.ndarray:
+        """`apply` then ToCHWImage (contiguous), the two in one pass over 8-bit pixels."""
+        if not self._looks_up(img):
+            return np.ascontiguousarray(self.apply(img, ()).transpose((2, 0, 1)))
+        out = np.empty((3, *img.shape[:2]), np.float32)
+        for c, plane in enumerate(cv2.split(np.ascontiguousarray(img))):
+            cv2.LUT(plane, self._planes[c], dst=out[c])
+        return out.astype(np.float16) if self.output_fp16 else out
+
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        if self._looks_up(img):
+            out = cv2.LUT(np.ascontiguousarray(img), self._table)
+            return out.astype(np.float16) if self.output_fp16 else out
         out = (img.astype(np.float32) * self._scale - self._mean) / self._std
         if self.channel_num == 4:
             axis = 0 if self.order == CHW else 2
@@ -673,6 +700,31 @@ class ToCHWImage(Op):
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
         return img.transpose((2, 0, 1))
+
+
+class _NormalizeToCHW(Op):
+    """An HWC NormalizeImage and the ToCHWImage after it, run as one step by Pipeline."""
+
+    def __init__(self, normalize: NormalizeImage) -> None:
+        super().__init__(normalize.name)
+        self.normalize = normalize
+        self.name = normalize.name
+        self.needs = HWC
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        return self.normalize.apply_chw(img)
+
+
+def _fuse_steps(ops: list[Op]) -> list[Op]:
+    """`ops` with each HWC NormalizeImage + ToCHWImage pair as one step (same output)."""
+    steps: list[Op] = []
+    for op in ops:
+        prev = steps[-1] if steps else None
+        if isinstance(op, ToCHWImage) and isinstance(prev, NormalizeImage) and prev.order == HWC:
+            steps[-1] = _NormalizeToCHW(prev)
+        else:
+            steps.append(op)
+    return steps
 
 
 OPS: dict[str, type[Op]] = {
@@ -786,7 +838,7 @@ class Pipeline:
         self.ops = list(ops)
         self.key = key
         self.mix = cast("MixOp", ops[-1]) if ops[-1].mixes else None
-        self._image_ops = self.ops[:-1] if self.mix else self.ops
+        self._image_ops = _fuse_steps(self.ops[:-1] if self.mix else self.ops)
         names = [op.name for op in self.ops]
         self._param_names: list[str] = []
         self._param_ranges: list[tuple[int, int]] = []
@@ -832,28 +884,24 @@ class Pipeline:
             return self.draw_decoded(memo["pixels"], rng)
         decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
         decoder.check_header(data)
-        im = decode.open_jpeg(data)
-        if im is not None:
-            size = im.size
-        else:
+        size = decode.jpeg_size(data)
+        if size is None:
             if "pixels" not in memo:
                 memo["pixels"] = self.decode(data)
             size = memo["pixels"].shape[1], memo["pixels"].shape[0]
         params = crop.draw_box(*size, rng)
-        img = self._decode_crop(data, params, memo, im)
+        img = self._decode_crop(data, params, memo)
         return self._draw_from(img, rng, 2, list(params))
 
-    def _decode_crop(
-        self, data: bytes, params: tuple[int, ...], memo: dict, im: Image.Image | None = None
-    ) -> np.ndarray:
-        """DecodeImage then RandCropImage with `params`, fused for a JPEG Pillow decodes;
-        any other file (or a JPEG Pillow fails on) takes the ops one by one."""
+    def _decode_crop(self, data: bytes, params: tuple[int, ...], memo: dict) -> np.ndarray:
+        """DecodeImage then RandCropImage with `params`, fused for a JPEG libjpeg-turbo
+        decodes; any other file (or a JPEG it fails on) takes the ops one by one."""
         decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
         if "pixels" not in memo:
-            im = decode.open_jpeg(data) if im is None else im
-            if im is not None:
+            size = decode.jpeg_size(data)
+            if size is not None:
                 try:
-                    out = crop.apply_jpeg(data, im, params, memo)
+                    out = crop.apply_jpeg(data, size, params, memo)
                 except (OSError, ValueError) as exc:
                     if isinstance(exc, _BadParams):
                         raise
