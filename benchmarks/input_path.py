@@ -43,6 +43,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_info, reproduce_command, rotated  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks/results/input_path.json"
+ASSUMED_GPU_IMAGES_PER_S = {
+    "ResNet50_vd": 2500,
+    "MobileNetV3_large_x1_0": 6000,
+    "PPLCNet_x1_0": 8000,
+    "MobileNetV3_small_x1_0": 10000,
+}
+"""Training img/s of one A100 with AMP at 224 px, per student: ASSUMPTIONS (no GPU here),
+the order of magnitude NVIDIA's and PaddleClas's published training speeds give. Only the
+cores-per-GPU table uses them."""
 CONFIG = ROOT / "configs/fashion_mnist/mnv3_x0_35_student.yaml"
 CLASSES = 1000
 BATCH = 64
@@ -237,6 +246,9 @@ def run_paddleclas(src: Path, root: Path, listing: Path, ops: list, workers: int
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
     from ppcls.data import build_dataloader
+    from ppcls.utils import logger
+
+    logger.init_logger()  # PaddleClas's own tools call this first; its ops log through it
 
     config = {
         "Train": {
@@ -264,9 +276,15 @@ def run_paddleclas(src: Path, root: Path, listing: Path, ops: list, workers: int
 
 
 def run_floor(root: Path, listing: Path, boxes: list[tuple[int, int, int, int]]) -> dict:
-    """Bare decode (libjpeg-turbo through Pillow) + crop-resize to 224 of each stored box."""
+    """Bare decode (libjpeg-turbo through Pillow) + crop-resize to 224 of each stored box, and
+    each decoder's time for a whole JPEG, in one process."""
     import cv2
     from PIL import Image
+
+    try:
+        from offline_ssld.data.decode import simplejpeg
+    except ImportError:  # a baseline run of the code before data/decode.py
+        simplejpeg = None
 
     paths = [root / line.split()[0] for line in listing.read_text().splitlines()]
     datas = [p.read_bytes() for p in paths]
@@ -275,7 +293,25 @@ def run_floor(root: Path, listing: Path, boxes: list[tuple[int, int, int, int]])
         with Image.open(io.BytesIO(data)) as im:
             img = np.asarray(im.convert("RGB"))
         cv2.resize(img[y : y + h, x : x + w], (224, 224), interpolation=cv2.INTER_LINEAR)
-    return {"images_per_s": len(datas) / (time.perf_counter() - start)}
+    result = {"images_per_s": len(datas) / (time.perf_counter() - start)}
+
+    def pillow(data: bytes) -> None:
+        with Image.open(io.BytesIO(data)) as im:
+            np.asarray(im.convert("RGB"))
+
+    decoders = {
+        "opencv": lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR),
+        "pillow": pillow,
+    }
+    if simplejpeg is not None:
+        decoders["simplejpeg"] = lambda d: simplejpeg.decode_jpeg(d, "RGB")
+    result["decode_us_per_image"] = {}
+    for name, fn in decoders.items():
+        start = time.perf_counter()
+        for data in datas:
+            fn(data)
+        result["decode_us_per_image"][name] = (time.perf_counter() - start) / len(datas) * 1e6
+    return result
 
 
 def stored_boxes(cache: Path, count: int) -> list[tuple[int, int, int, int]]:
@@ -311,15 +347,22 @@ def stored_boxes(cache: Path, count: int) -> list[tuple[int, int, int, int]]:
     help="comma-separated subset of ours,dump,paddleclas,floor",
 )
 @click.option(
+    "--baseline",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="an earlier input_path.json (e.g. of the code before a change) shown beside this run",
+)
+@click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True
 )
-def main(images, views, rounds, image_dir, modes, out) -> None:
+def main(images, views, rounds, image_dir, modes, baseline, out) -> None:
     """Time the input path at ImageNet shape: ours, PaddleClas's DataLoader, the floor.
 
     \b
     Example:
       python benchmarks/input_path.py --images 1000 --rounds 2
     """
+    from offline_ssld.config.specs import data_spec
     from tests.paddleclas_source import SourceMissing, find_source
 
     wanted = modes.split(",")
@@ -335,10 +378,13 @@ def main(images, views, rounds, image_dir, modes, out) -> None:
     loads = [os.getloadavg()]
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="input_path-") as tmp:
-        caches = {}
+        caches, resolved = {}, {}
         for name, ops in OPS.items():
             caches[name] = Path(tmp) / name / "cache"
-            build_cache(image_dir, listing, caches[name], ops, views)
+            # the ops as train-student resolves them (a ToCHWImage after an HWC NormalizeImage)
+            cfg = _our_config(image_dir, listing, caches[name], ops, 1, views)
+            resolved[name] = data_spec(cfg, "Train").transform_ops
+            build_cache(image_dir, listing, caches[name], resolved[name], views)
         boxes = stored_boxes(caches["standard"], images)
         jobs = []
         for name, ops in OPS.items():
@@ -359,7 +405,9 @@ def main(images, views, rounds, image_dir, modes, out) -> None:
                     jobs.append(
                         (
                             "dump", name, workers,
-                            lambda ops=ops, w=workers: run_dump(image_dir, listing, ops, w, views),
+                            lambda w=workers: run_dump(
+                                image_dir, listing, resolved["standard"], w, views
+                            ),
                         )
                     )  # fmt: skip
         if "floor" in wanted:
@@ -384,9 +432,24 @@ def main(images, views, rounds, image_dir, modes, out) -> None:
         "load_average": loads,
         "runs": runs,
     }
+    if baseline is not None:
+        before = json.loads(baseline.read_text(encoding="utf-8"))
+        report["baseline"] = {k: before[k] for k in ("command", "load_average", "runs")}
+        report["baseline"]["revision"] = before.get("revision")
+    report["revision"] = _revision()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     click.echo(render_input_path(report))
+
+
+def _revision() -> str | None:
+    """The git commit the measured code is at (None outside a checkout)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +514,12 @@ def render_input_path(results: dict) -> str:
             f"The floor, a libjpeg-turbo decode of the whole JPEG and a crop-resize to 224 in "
             f"one process, runs at {floor:.0f} img/s{share}."
         )
+    floors = [r for r in runs if r["mode"] == "floor" and "decode_us_per_image" in r]
+    if floors:
+        names = list(floors[0]["decode_us_per_image"])
+        each = {n: float(np.median([r["decode_us_per_image"][n] for r in floors])) for n in names}
+        listed = ", ".join(f"{n} {v:.0f} µs" for n, v in each.items())
+        text.append(f"Decoding a whole JPEG of the set, per image: {listed}.")
     if scaling is not None:
         text.append(f"With the standard ops, 2 workers give {scaling:.2f}x the img/s of 1.")
     stages = [
@@ -465,6 +534,21 @@ def render_input_path(results: dict) -> str:
             f"Per image with 1 worker (standard ops): {parts}; outside the stages "
             f"(hand-over, batching, normalising in the training process) {outside:.0f} µs."
         )
+    if ours1:
+        text.append(
+            "\nCores per GPU the input path needs (standard ops; measured img/s of one worker "
+            "on one core, GPU speeds ASSUMED, not measured here):\n"
+        )
+        text.append("| student | assumed GPU img/s | cores (ours) | cores (PaddleClas) |")
+        text.append("|---|---|---|---|")
+        theirs1 = _median(runs, "paddleclas", "standard", 1, "images_per_s")
+        for student, need in ASSUMED_GPU_IMAGES_PER_S.items():
+            theirs = f"{need / theirs1:.0f}" if theirs1 else "n/a"
+            text.append(f"| {student} | {need} | {need / ours1:.0f} | {theirs} |")
+        text.append("")
+    base = results.get("baseline")
+    if base:
+        text.extend(_render_baseline(base["runs"], runs, base.get("revision")))
     loads = [load[0] for load in results["load_average"]]
     info = results["images"]
     text.append(
@@ -477,6 +561,45 @@ def render_input_path(results: dict) -> str:
     )
     text.append(f"\nReproduce: `{results['command']}`")
     return "\n".join(text) + "\n"
+
+
+def _render_baseline(before: list[dict], after: list[dict], revision: str | None) -> list[str]:
+    """Before/after: img/s of each (ops, workers) and the 1-worker stage breakdown."""
+    at = f" (revision {revision})" if revision else ""
+    lines = [
+        f"\nBefore and after, ours{at} (baseline: an earlier run of this benchmark):\n",
+        "| ops | workers | before (img/s) | after (img/s) | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for ops in ("standard", "strong"):
+        for workers in (1, 2):
+            b = _median(before, "ours", ops, workers, "images_per_s")
+            a = _median(after, "ours", ops, workers, "images_per_s")
+            if a and b:
+                lines.append(f"| {ops} | {workers} | {b:.0f} | {a:.0f} | {a / b:.2f}x |")
+    lines += ["", "| stage (1 worker, standard ops) | before (µs/image) | after (µs/image) |"]
+    lines.append("|---|---|---|")
+
+    def stages(runs: list[dict]) -> dict[str, float]:
+        picked = [
+            r for r in runs if r["mode"] == "ours" and r["ops"] == "standard" and r["workers"] == 1
+        ]
+        if not picked:
+            return {}
+        out = {
+            k: float(np.median([r["stage_us_per_image"][k] for r in picked]))
+            for k in picked[0]["stage_us_per_image"]
+        }
+        out["outside the stages"] = float(
+            np.median([r["outside_stages_us_per_image"] for r in picked])
+        )
+        return out
+
+    b, a = stages(before), stages(after)
+    for key in a:
+        lines.append(f"| {key} | {b.get(key, float('nan')):.0f} | {a[key]:.0f} |")
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":
