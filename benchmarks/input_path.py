@@ -314,6 +314,36 @@ def run_floor(root: Path, listing: Path, boxes: list[tuple[int, int, int, int]])
     return result
 
 
+def run_handover(repeats: int = 5) -> dict:
+    """What the training process spends per batch to take one over, two ways: a float32
+    batch the workers normalised, copied into a tensor; or a uint8 batch copied in and
+    normalised there (NormalizeImage + ToCHWImage per image, as fast as this code does it)."""
+    import paddle
+
+    from offline_ssld.data.transforms import NormalizeImage
+
+    norm = NormalizeImage("NormalizeImage", order="")
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8)
+    f32 = np.stack([norm.apply_chw(img) for img in u8])
+
+    def uint8_then_normalise() -> None:
+        paddle.to_tensor(np.stack([norm.apply_chw(img) for img in paddle.to_tensor(u8).numpy()]))
+
+    ways = {
+        "float32 from the workers": lambda: paddle.to_tensor(f32),
+        "uint8, normalised in the training process": uint8_then_normalise,
+    }
+    out = {}
+    for name, fn in ways.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = (time.perf_counter() - start) / repeats * 1e3
+    return {"ms_per_batch": out}
+
+
 def stored_boxes(cache: Path, count: int) -> list[tuple[int, int, int, int]]:
     """Each image's view-0 crop box, as the cache stores it."""
     from offline_ssld.cache.reader import CacheReader
@@ -342,9 +372,9 @@ def stored_boxes(cache: Path, count: int) -> list[tuple[int, int, int, int]]:
 )
 @click.option(
     "--modes",
-    default="ours,dump,paddleclas,floor",
+    default="ours,dump,paddleclas,floor,handover",
     show_default=True,
-    help="comma-separated subset of ours,dump,paddleclas,floor",
+    help="comma-separated subset of ours,dump,paddleclas,floor,handover",
 )
 @click.option(
     "--baseline",
@@ -412,6 +442,8 @@ def main(images, views, rounds, image_dir, modes, baseline, out) -> None:
                     )  # fmt: skip
         if "floor" in wanted:
             jobs.append(("floor", "standard", 1, lambda: run_floor(image_dir, listing, boxes)))
+        if "handover" in wanted:
+            jobs.append(("handover", "standard", 1, run_handover))
         for r in range(rounds):
             order = rotated(list(range(len(jobs))), r, rounds)
             for j in order:
@@ -520,6 +552,17 @@ def render_input_path(results: dict) -> str:
         each = {n: float(np.median([r["decode_us_per_image"][n] for r in floors])) for n in names}
         listed = ", ".join(f"{n} {v:.0f} µs" for n, v in each.items())
         text.append(f"Decoding a whole JPEG of the set, per image: {listed}.")
+    handovers = [r for r in runs if r["mode"] == "handover"]
+    if handovers:
+        ways = {
+            n: float(np.median([r["ms_per_batch"][n] for r in handovers]))
+            for n in handovers[0]["ms_per_batch"]
+        }
+        listed = "; ".join(f"{n}: {v:.1f} ms" for n, v in ways.items())
+        text.append(
+            f"The training process's cost of taking over a batch of {results['options']['batch']}"
+            f" on this CPU: {listed}."
+        )
     if scaling is not None:
         text.append(f"With the standard ops, 2 workers give {scaling:.2f}x the img/s of 1.")
     stages = [

@@ -22,12 +22,14 @@ def test_input_path_smoke_and_render(tmp_path):
         for workers in (1, 2):
             assert ("ours", ops, workers) in modes and ("paddleclas", ops, workers) in modes
     assert ("dump", "standard", 2) in modes and ("floor", "standard", 1) in modes
+    assert ("handover", "standard", 1) in modes
     assert report["images"]["mean_kib"] > 0 and report["images"]["count"] == 64
     baseline = tmp_path / "before.json"
     baseline.write_text(out.read_text())
     run(module.main, [*args[:-2], "--modes", "ours", "--baseline", baseline, "--out", out])
     text = module.render_input_path(json.loads(out.read_text()))
+    assert "Before and after" in text
+    first = module.render_input_path(report)
     ours = [r["images_per_s"] for r in report["runs"] if r["mode"] == "ours"]
-    assert "| standard | 1 |" in text and "Before and after" in text
-    assert "Cores per GPU" in text and "ASSUMED" in text
-    assert f"{ours[0]:.0f}" in module.render_input_path(report)
+    assert "| standard | 1 |" in first and f"{ours[0]:.0f}" in first
+    assert "Cores per GPU" in first and "ASSUMED" in first and "taking over a batch" in first
