@@ -14,7 +14,7 @@ from offline_ssld.data import decode, transforms
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.shm import Arena, Placed
 from offline_ssld.data.transforms import DecodeImage, Pipeline, RandCropImage, build_ops
-from offline_ssld.errors import CacheError
+from offline_ssld.errors import CacheError, ConfigError
 from tests.helpers import scene
 
 
@@ -204,3 +204,31 @@ def test_normalize_lookup_gives_the_arithmetics_bits(args):
                                    {"ToCHWImage": None}], "ops"))  # fmt: skip
     x, params = pipeline.draw(_jpeg(90, 70), np.random.default_rng(1))
     assert x.shape == (3, 32, 32) and x.flags.c_contiguous
+
+
+def test_gpu_decoder_asked_for_on_a_cpu_machine_falls_back_with_one_line(monkeypatch, capsys):
+    import paddle
+
+    from offline_ssld.data import gpu_decode
+
+    if gpu_decode.nvjpeg_missing() is None:
+        pytest.skip("nvJPEG can run here: the fallback is for machines without it")
+    monkeypatch.setattr(gpu_decode, "_noticed", False)
+    monkeypatch.setenv(gpu_decode.ENV, "gpu")
+    assert gpu_decode.select_decoder() == "cpu"
+    assert gpu_decode.select_decoder() == "cpu"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decoding JPEGs on the CPU" in err[0]
+    assert "CPU build" in err[0] or not paddle.is_compiled_with_cuda()
+    monkeypatch.setenv(gpu_decode.ENV, "tpu")
+    with pytest.raises(ConfigError, match="OFFLINE_SSLD_DECODER: expected one of cpu, gpu"):
+        gpu_decode.select_decoder()
+
+
+def test_gpu_decoder_where_nvjpeg_could_run_stops_clearly(monkeypatch):
+    from offline_ssld.data import gpu_decode
+
+    monkeypatch.setattr(gpu_decode, "nvjpeg_missing", lambda: None)
+    monkeypatch.setenv(gpu_decode.ENV, "gpu")
+    with pytest.raises(ConfigError, match="not built yet"):
+        gpu_decode.select_decoder()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import paddle
 
+from offline_ssld.data.gpu_decode import select_decoder
 from offline_ssld.data.lists import (
     MAX_IMAGE_BYTES,
     Sample,
@@ -111,6 +112,7 @@ class DumpDataset(paddle.io.Dataset):
         """`source` lists the images from `base` on (an extension dumps only those) and
         `probes[i]` is the `lists.probe_key` its planning found for image base + i: bytes
         read with another probe have changed since, and are refused, naming the file."""
+        select_decoder()  # the CPU path; a one-line notice if the GPU was asked for
         self.source, self.probes, self.pipeline = source, probes, pipeline
         self.seed, self.views, self.items, self.base = seed, views, items, base
         self._decoded: tuple[int, bytes, bytes, dict] | None = None  # (image, data, key, memo)
@@ -186,6 +188,7 @@ class ReplayDataset(paddle.io.Dataset):
         listed: ListedImages,
         timed: bool = False,
     ):
+        select_decoder()
         self.source, self.pipeline, self.reader = source, pipeline, reader
         self.listed = listed
         self.views = np.zeros(len(source.samples), dtype=np.int64)
