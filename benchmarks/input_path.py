@@ -52,7 +52,6 @@ ASSUMED_GPU_IMAGES_PER_S = {
 """Training img/s of one A100 with AMP at 224 px, per student: ASSUMPTIONS (no GPU here),
 the order of magnitude NVIDIA's and PaddleClas's published training speeds give. Only the
 cores-per-GPU table uses them."""
-CONFIG = ROOT / "configs/fashion_mnist/mnv3_x0_35_student.yaml"
 CLASSES = 1000
 BATCH = 64
 _NORMALIZE = {
@@ -179,21 +178,9 @@ def image_stats(root: Path, listing: Path) -> dict:
 
 
 def _our_config(root: Path, listing: Path, cache: Path, ops: list, workers: int, views: int):
-    from offline_ssld.config.loading import load_config
+    from benchmarks.data_only import data_only_config
 
-    overrides = [
-        f"Arch.models.0.Teacher.class_num={CLASSES}",
-        f"Arch.models.1.Student.class_num={CLASSES}",
-        f"Arch.models.0.Teacher.pretrained={root / 'no-teacher-file'}",
-        f"DataLoader.Train.dataset.image_root={root}",
-        f"DataLoader.Train.dataset.cls_label_path={listing}",
-        f"DataLoader.Train.sampler.batch_size={BATCH}",
-        f"DataLoader.Train.loader.num_workers={workers}",
-        f"Offline.cache_dir={cache}",
-        f"Offline.views={views}",
-        f"Global.output_dir={cache.parent / 'output'}",
-    ]
-    cfg = load_config([str(CONFIG)], overrides)
+    cfg = data_only_config(root, listing, cache, BATCH, workers, views)
     cfg["DataLoader"]["Train"]["dataset"]["transform_ops"] = copy.deepcopy(ops)
     return cfg
 

@@ -35,7 +35,7 @@ except ImportError:  # Pillow's libjpeg-turbo then: the same pixels, slower
 SCALES = (8, 4, 2, 1)
 """libjpeg's DCT scalings this path uses, largest first."""
 _COLORSPACES = ("YCbCr", "Gray", "RGB")  # what libjpeg turns into RGB the way OpenCV does
-_PIL_FILTERS = {
+PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -112,7 +112,7 @@ def _tiff_orientation(tiff: bytes) -> int | None:
 def reduction(box_w: int, box_h: int, out_w: int, out_h: int, resample: str, backend: str) -> int:
     """The largest DCT scale s that leaves the crop at least the output size (so the resize
     still only shrinks or keeps), 1 when `resample` cannot map a reduced crop exactly."""
-    if resample not in (_PIL_FILTERS if backend == "pil" else _CV2_WARP):
+    if resample not in (PIL_FILTERS if backend == "pil" else _CV2_WARP):
         return 1
     for s in SCALES:
         if box_w >= out_w * s and box_h >= out_h * s:
@@ -154,9 +154,9 @@ def crop_resize(
     if backend == "pil":
         if scale == 1:
             crop = Image.fromarray(np.ascontiguousarray(pixels[y : y + h, x : x + w]))
-            return np.asarray(crop.resize(size, _PIL_FILTERS[resample]))
+            return np.asarray(crop.resize(size, PIL_FILTERS[resample]))
         edges = (x / scale, y / scale, (x + w) / scale, (y + h) / scale)
-        return np.asarray(Image.fromarray(pixels).resize(size, _PIL_FILTERS[resample], box=edges))
+        return np.asarray(Image.fromarray(pixels).resize(size, PIL_FILTERS[resample], box=edges))
     if scale == 1:
         return cv2.resize(pixels[y : y + h, x : x + w], size, interpolation=_cv2_resize(resample))
     out_w, out_h = size

@@ -54,14 +54,7 @@ _INTERPOLATIONS = {
 }
 _INTERPOLATION_BY_CODE = {code: name for name, code in _INTERPOLATIONS.items()}
 # backend "pil" (PaddleClas's UnifiedResize): PIL's own filters; an integer is a PIL filter code.
-_PIL_INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-    "hamming": Image.Resampling.HAMMING,
-}
+_PIL_INTERPOLATIONS = decode.PIL_FILTERS
 _PIL_INTERPOLATION_BY_CODE = {int(code): name for name, code in _PIL_INTERPOLATIONS.items()}
 RANDOM_INTERPOLATION = "random"
 """PaddleClas's 'random' picks bilinear or bicubic per call; the pick is a stored param."""
