@@ -232,3 +232,16 @@ def test_gpu_decoder_where_nvjpeg_could_run_stops_clearly(monkeypatch):
     monkeypatch.setenv(gpu_decode.ENV, "gpu")
     with pytest.raises(ConfigError, match="not built yet"):
         gpu_decode.select_decoder()
+
+
+def test_damaged_jpeg_replays_like_the_dump_drew_it():
+    """A truncated JPEG libjpeg-turbo refuses falls back to OpenCV's partial decode, the same
+    way for every view in the dump (sharing decodes) and in replay (one view at a time)."""
+    data = _jpeg(640, 480, seed=7)
+    data = data[: len(data) * 2 // 3]
+    pipeline = Pipeline(build_ops(_ops(), "ops"))
+    memo: dict = {}
+    drawn = [pipeline.draw(data, np.random.default_rng(view), memo) for view in range(8)]
+    assert "pixels" in memo  # the OpenCV fallback ran
+    for x, params in drawn:
+        assert np.array_equal(pipeline.replay(data, params), x)

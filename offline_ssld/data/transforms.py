@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # batchops imports this module
 
 TRANSFORMS_VERSION = 2
 """Bumped whenever the output of an op changes for the same spec, so stale caches are refused.
-2: JPEGs decode with libjpeg-turbo (Pillow), at a reduced DCT scale before a large crop."""
+2: JPEGs decode with libjpeg-turbo (data/decode.py), at a reduced DCT scale before a large crop."""
 
 MAX_IMAGE_PIXELS = 2**26
 """Images above this many pixels are refused: a small file must not be able to exhaust memory."""
@@ -890,16 +890,16 @@ class Pipeline:
         """DecodeImage then RandCropImage with `params`, fused for a JPEG libjpeg-turbo
         decodes; any other file (or a JPEG it fails on) takes the ops one by one."""
         decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
+        size = decode.jpeg_size(data)
+        if size is not None:  # every view tries this first, whatever other views did
+            try:
+                out = crop.apply_jpeg(data, size, params, memo)
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, _BadParams):
+                    raise
+            else:
+                return out if decoder.to_rgb else np.ascontiguousarray(out[..., ::-1])
         if "pixels" not in memo:
-            size = decode.jpeg_size(data)
-            if size is not None:
-                try:
-                    out = crop.apply_jpeg(data, size, params, memo)
-                except (OSError, ValueError) as exc:
-                    if isinstance(exc, _BadParams):
-                        raise
-                else:
-                    return out if decoder.to_rgb else np.ascontiguousarray(out[..., ::-1])
             memo["pixels"] = decoder.apply(data, ())
         return crop.apply(memo["pixels"], params)
 
