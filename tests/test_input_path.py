@@ -245,3 +245,14 @@ def test_damaged_jpeg_replays_like_the_dump_drew_it():
     assert "pixels" in memo  # the OpenCV fallback ran
     for x, params in drawn:
         assert np.array_equal(pipeline.replay(data, params), x)
+
+
+def test_tensors_outlive_the_shared_slot_they_came_from():
+    """Batches are read from slots the next batches overwrite: every tensor handed out must
+    still hold its own values after the whole epoch went through the same slots."""
+    items = _Varying()
+    batches = [[i] for i in range(3)] * 6
+    got = list(BatchLoader(items, batches, 2, 1))
+    assert [int(label) for _, label in got] == [b[0] for b in batches]
+    for (x, _label), indices in zip(got, batches, strict=True):
+        assert float(x.numpy().mean()) == indices[0] and x.stop_gradient

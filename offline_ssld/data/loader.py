@@ -54,6 +54,14 @@ def fetch(dataset, indices: list[int]) -> tuple[np.ndarray, ...]:
     return collate([dataset[i] for i in indices])
 
 
+def _cpu_tensor(field: np.ndarray) -> paddle.Tensor:
+    """A CPU tensor of `field`: a copy when it is a view (of a shared slot the next batch
+    reuses), wrapped without a second copy (the tensor keeps the array alive). Measured about
+    a quarter of paddle.to_tensor's time on a float32 batch of 64 at 224 px."""
+    owned = field if field.flags.owndata and field.flags.c_contiguous else np.array(field)
+    return paddle.Tensor(owned, paddle.CPUPlace(), False, True)
+
+
 def _fetch(indices: list[int], slot: int) -> tuple:
     fields = fetch(_DATASET, indices)
     return fields if _ARENA is None else _ARENA.put(slot, fields)
@@ -76,8 +84,11 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple]:
         batches = list(iter(self.batch_sampler))
         source = self._processes(batches) if self.num_workers else self._thread(batches)
+        on_cpu = paddle.get_device() == "cpu"
         for batch in source:
-            yield tuple(paddle.to_tensor(field) for field in batch)
+            yield tuple(
+                _cpu_tensor(field) if on_cpu else paddle.to_tensor(field) for field in batch
+            )
 
     def _thread(self, batches: list[list[int]]) -> Iterator[tuple[np.ndarray, ...]]:
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
