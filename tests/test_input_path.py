@@ -256,3 +256,26 @@ def test_tensors_outlive_the_shared_slot_they_came_from():
     assert [int(label) for _, label in got] == [b[0] for b in batches]
     for (x, _label), indices in zip(got, batches, strict=True):
         assert float(x.numpy().mean()) == indices[0] and x.stop_gradient
+
+
+def test_file_read_asks_for_its_size_yet_reads_growth_up_to_the_cap(tmp_path, monkeypatch):
+    """read_regular asks for the size fstat gave (a read of the cap allocated the cap first);
+    a file longer than that size by the time it is read is still read whole, up to the cap."""
+    import os
+
+    from offline_ssld.data import lists
+    from offline_ssld.errors import DataError
+
+    path = tmp_path / "img.jpg"
+    path.write_bytes(bytes(range(256)) * 40)
+    assert lists.read_regular(path, "w", 1 << 20) == path.read_bytes()
+    real_fstat = os.fstat
+
+    class Shrunk:
+        def __init__(self, st):
+            self.st_mode, self.st_size = st.st_mode, 100  # as if it grew after the fstat
+
+    monkeypatch.setattr(lists.os, "fstat", lambda fd: Shrunk(real_fstat(fd)))
+    assert lists.read_regular(path, "w", 1 << 20) == path.read_bytes()
+    with pytest.raises(DataError, match="grew above the limit of 5000 bytes"):
+        lists.read_regular(path, "w", 5000)
