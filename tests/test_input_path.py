@@ -40,6 +40,8 @@ def test_jpeg_decodes_with_libjpeg_turbo_and_png_as_before():
     assert np.array_equal(got, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
     bgr = DecodeImage("d", to_rgb=False).apply(data, ())
     assert np.array_equal(bgr, got[..., ::-1])
+    # PaddleClas's DecodeImage (cv2.imdecode): the OpenCV wheel's libjpeg-turbo, same pixels
+    assert np.array_equal(bgr, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     ok, png = cv2.imencode(".png", scene(np.random.default_rng(1)))
     cv2_rgb = cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.array_equal(DecodeImage("d").apply(png.tobytes(), ()), cv2_rgb)
