@@ -49,6 +49,28 @@ def write_images(root: Path, count: int, seed: int) -> Path:
     return listing
 
 
+def data_only_config(
+    root: Path, listing: Path, cache: Path, batch_size: int, workers: int, views: int
+) -> dict:
+    """The Fashion-MNIST student config at 1000 classes, training on `listing` under `root`
+    offline from `cache` (no teacher file needed: --data-only never builds it)."""
+    from offline_ssld.config.loading import load_config
+
+    overrides = [
+        f"Arch.models.0.Teacher.class_num={CLASSES}",
+        f"Arch.models.1.Student.class_num={CLASSES}",
+        f"Arch.models.0.Teacher.pretrained={root / 'no-teacher-file'}",
+        f"DataLoader.Train.dataset.image_root={root}",
+        f"DataLoader.Train.dataset.cls_label_path={listing}",
+        f"DataLoader.Train.sampler.batch_size={batch_size}",
+        f"DataLoader.Train.loader.num_workers={workers}",
+        f"Offline.cache_dir={cache}",
+        f"Offline.views={views}",
+        f"Global.output_dir={cache.parent / 'output'}",
+    ]
+    return load_config([str(CONFIG)], overrides)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--images", type=click.IntRange(min=1), default=25600, show_default=True)
 @click.option("--views", type=click.IntRange(min=1), default=32, show_default=True)
@@ -66,9 +88,9 @@ def main(images, views, workers, batch_size, out, tmp_dir) -> None:
       python benchmarks/data_only.py --images 25600 --views 32
     """
     from offline_ssld.cache.format import load_manifest
-    from offline_ssld.config.loading import load_config
-    from offline_ssld.data.lists import content_key, read_list
+    from offline_ssld.data.lists import read_list
     from offline_ssld.data.views import ImageSource
+    from offline_ssld.io import content_key
     from offline_ssld.train import data_only
 
     command = reproduce_command()
@@ -77,19 +99,7 @@ def main(images, views, workers, batch_size, out, tmp_dir) -> None:
         root = Path(tmp)
         listing = write_images(root, images, 0)
         cache = root / "cache"
-        overrides = [
-            f"Arch.models.0.Teacher.class_num={CLASSES}",
-            f"Arch.models.1.Student.class_num={CLASSES}",
-            f"Arch.models.0.Teacher.pretrained={root / 'no-teacher-file'}",
-            f"DataLoader.Train.dataset.image_root={root}",
-            f"DataLoader.Train.dataset.cls_label_path={listing}",
-            f"DataLoader.Train.sampler.batch_size={batch_size}",
-            f"DataLoader.Train.loader.num_workers={workers}",
-            f"Offline.cache_dir={cache}",
-            f"Offline.views={views}",
-            f"Global.output_dir={root / 'output'}",
-        ]
-        cfg = load_config([str(CONFIG)], overrides)
+        cfg = data_only_config(root, listing, cache, batch_size, workers, views)
         source = ImageSource(root, listing, read_list(listing, CLASSES))
         keys = [content_key(source.read(i)) for i in range(len(source.samples))]
         ops = cfg["DataLoader"]["Train"]["dataset"]["transform_ops"]

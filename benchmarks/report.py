@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.break_even import render_break_even  # noqa: E402
+from benchmarks.input_path import render_input_path  # noqa: E402
 from benchmarks.online_vs_offline import render_accuracy  # noqa: E402
 from benchmarks.render import reference  # noqa: E402
 from benchmarks.render.cache import (  # noqa: E402
@@ -240,6 +241,13 @@ STUDIES: tuple[Study, ...] = (
     ),
     Study("cache_scale_runs", CACHE, cache_scale_runs, SCALE_RUNS, "the three runs above"),
     Study("data_only", CACHE, data_only, ("data_only.json",), "python benchmarks/data_only.py"),
+    Study(
+        "input_path",
+        "docs/results/input_path.md",
+        render_input_path,
+        ("input_path.json",),
+        "python benchmarks/input_path.py --images 1000 --rounds 3 --views 2",
+    ),
     Study(
         "data_free",
         "docs/results/data_free.md",

@@ -20,8 +20,6 @@ import types
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 HOW = (
     "PaddleClas source not found: set PADDLECLAS_SRC to a PaddleClas checkout "
     "(git clone https://github.com/PaddlePaddle/PaddleClas)"
@@ -29,13 +27,18 @@ HOW = (
 DEFAULT_GIT = "/work/.mirror/PaddlePaddle+PaddleClas/repo"
 
 
-def paddleclas_source() -> Path:
-    """The root of a PaddleClas source tree holding ppcls/ and tools/ (skips without one)."""
+class SourceMissing(RuntimeError):
+    """PaddleClas's source is not available here (the message says how to get it)."""
+
+
+def find_source() -> Path:
+    """The root of a PaddleClas source tree holding ppcls/ and tools/, or SourceMissing
+    (benchmarks report it; tests skip through paddleclas_source)."""
     given = os.environ.get("PADDLECLAS_SRC")
     if given:
         root = Path(given)
         if not (root / "ppcls" / "loss").is_dir():
-            pytest.skip(f"PADDLECLAS_SRC={given} has no ppcls/loss; {HOW}")
+            raise SourceMissing(f"PADDLECLAS_SRC={given} has no ppcls/loss; {HOW}")
         return root
     git_dir = os.environ.get("PADDLECLAS_GIT", DEFAULT_GIT)
     git = ["git", f"--git-dir={git_dir}"]
@@ -44,7 +47,7 @@ def paddleclas_source() -> Path:
             [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip(HOW)
+        raise SourceMissing(HOW) from None
     root = Path(tempfile.gettempdir()) / f"paddleclas-src-{commit[:12]}"
     if (root / "ppcls").is_dir():
         return root
@@ -54,7 +57,8 @@ def paddleclas_source() -> Path:
     )
     if archive.returncode != 0:
         shutil.rmtree(part)
-        pytest.skip(f"{HOW} ({git_dir}: {archive.stderr.decode(errors='replace').strip()})")
+        detail = archive.stderr.decode(errors="replace").strip()
+        raise SourceMissing(f"{HOW} ({git_dir}: {detail})")
     tar = part / "src.tar"
     tar.write_bytes(archive.stdout)
     with tarfile.open(tar) as fh:
@@ -65,6 +69,16 @@ def paddleclas_source() -> Path:
     except OSError:
         shutil.rmtree(part)
     return root
+
+
+def paddleclas_source() -> Path:
+    """find_source() for a test: without the source the test is skipped, saying how to get it."""
+    import pytest
+
+    try:
+        return find_source()
+    except SourceMissing as exc:
+        pytest.skip(str(exc))
 
 
 def import_ppcls(module: str) -> ModuleType:

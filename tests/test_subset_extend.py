@@ -278,15 +278,24 @@ def test_killed_extension_leaves_the_old_cache_usable_and_resumes(project, monke
 
 
 def test_dump_decodes_each_image_once(project, monkeypatch):
+    """PNGs decode through DecodeImage, JPEGs through the fused libjpeg-turbo path (once per
+    DCT scale; these small crops all need full size): 24 images x 3 views, 24 decodes."""
+    from offline_ssld.data import decode
+
     config, tmp = project
     decoded: list[int] = []
-    real = DecodeImage.apply
+    real, real_jpeg = DecodeImage.apply, decode.decode_rgb
 
     def counting(self, img, params):
         decoded.append(len(img))
         return real(self, img, params)
 
+    def counting_jpeg(data, size, scale):
+        decoded.append(len(data))
+        return real_jpeg(data, size, scale)
+
     monkeypatch.setattr(DecodeImage, "apply", counting)
+    monkeypatch.setattr(decode, "decode_rgb", counting_jpeg)
     assert dump(config).exit_code == 0
     assert len(decoded) == 24  # 24 images x 3 views, one decode each
 

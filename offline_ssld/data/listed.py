@@ -19,9 +19,9 @@ import numpy as np
 
 from offline_ssld.cache.fingerprint import dataset_fingerprint
 from offline_ssld.cache.reader import CacheReader, path_hash
-from offline_ssld.data.lists import KEY_BYTES, content_key
 from offline_ssld.data.views import ImageSource
 from offline_ssld.errors import CacheError
+from offline_ssld.io import KEY_BYTES, content_key
 
 
 class ListedImages:

@@ -30,13 +30,15 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**26))
 
 import cv2  # noqa: E402  (must follow the environment default above)
 
+from offline_ssld.data import decode  # noqa: E402
 from offline_ssld.errors import CacheError, ConfigError, DataError  # noqa: E402
 
 if TYPE_CHECKING:  # batchops imports this module
     from offline_ssld.data.batchops import MixOp
 
-TRANSFORMS_VERSION = 1
-"""Bumped whenever the output of an op changes for the same spec, so stale caches are refused."""
+TRANSFORMS_VERSION = 2
+"""Bumped whenever the output of an op changes for the same spec, so stale caches are refused.
+2: JPEGs decode with libjpeg-turbo (data/decode.py), at a reduced DCT scale before a large crop."""
 
 MAX_IMAGE_PIXELS = 2**26
 """Images above this many pixels are refused: a small file must not be able to exhaust memory."""
@@ -52,14 +54,7 @@ _INTERPOLATIONS = {
 }
 _INTERPOLATION_BY_CODE = {code: name for name, code in _INTERPOLATIONS.items()}
 # backend "pil" (PaddleClas's UnifiedResize): PIL's own filters; an integer is a PIL filter code.
-_PIL_INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-    "hamming": Image.Resampling.HAMMING,
-}
+_PIL_INTERPOLATIONS = decode.PIL_FILTERS
 _PIL_INTERPOLATION_BY_CODE = {int(code): name for name, code in _PIL_INTERPOLATIONS.items()}
 RANDOM_INTERPOLATION = "random"
 """PaddleClas's 'random' picks bilinear or bicubic per call; the pick is a stored param."""
@@ -348,11 +343,32 @@ class DecodeImage(Op):
         if not isinstance(img, (bytes, bytearray, memoryview)):
             raise TypeError(f"DecodeImage expects encoded bytes, got {type(img).__name__}")
         data = bytes(img)
+        self.check_header(data)
+        size = decode.jpeg_size(data)
+        out = None
+        if size is not None:  # libjpeg-turbo: RGB
+            try:
+                out = decode.decode_rgb(data, size, 1)
+            except (OSError, ValueError):
+                out = None  # damaged: OpenCV decodes what it can, as before
+            if out is not None and not self.to_rgb:
+                out = np.ascontiguousarray(out[..., ::-1])
+        if out is None:
+            out = self._cv2_decode(data)
+        if self.channel_first:
+            out = out.transpose((2, 0, 1))
+        return out
+
+    def check_header(self, data: bytes) -> None:
+        """Refuse an image whose header declares too many pixels, before decoding it."""
         if not data:
             raise DataError("cannot decode image (0 bytes)")
         size = _header_size(data)
         if size is not None:
             _check_pixels(*size)
+
+    def _cv2_decode(self, data: bytes) -> np.ndarray:
+        """OpenCV's decode (any format it reads; EXIF rotation applied), RGB if asked."""
         try:
             out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error:
@@ -360,11 +376,7 @@ class DecodeImage(Op):
         if out is None or out.ndim != 3 or out.shape[2] != 3 or out.size == 0:
             raise DataError(f"cannot decode image ({len(data)} bytes)")
         _check_pixels(out.shape[1], out.shape[0])
-        if self.to_rgb:
-            out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
-        if self.channel_first:
-            out = out.transpose((2, 0, 1))
-        return out
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB) if self.to_rgb else out
 
     def precheck(self, data: bytes) -> None:
         """dump-teacher's check before the teacher runs. A PNG/JPEG/BMP/WebP file with a
@@ -473,6 +485,10 @@ class RandCropImage(Op):
 
     def draw(self, img: np.ndarray, rng: np.random.Generator) -> tuple[int, ...]:
         img_h, img_w = img.shape[:2]
+        return self.draw_box(img_w, img_h, rng)
+
+    def draw_box(self, img_w: int, img_h: int, rng: np.random.Generator) -> tuple[int, ...]:
+        """`draw` from the image size alone, so a JPEG's view is drawn before decoding it."""
         if max(img_w, img_h) > MAX_IMAGE_SIDE:  # e.g. enlarged by a ResizeImage before
             raise DataError(f"{self.name} input is {img_w}x{img_h}, above {MAX_IMAGE_SIDE}")
         # Same arithmetic as PaddleClas: aspect from `ratio`, area from `scale` capped so the
@@ -492,13 +508,29 @@ class RandCropImage(Op):
         return x, y, w, h
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
-        x, y, w, h = (int(p) for p in params[:4])
-        img_h, img_w = img.shape[:2]
-        if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
-            raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
+        x, y, w, h = self._box(params, img.shape[1], img.shape[0])
         crop = img[y : y + h, x : x + w]
         interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
         return _resize(crop, self.size, self.backend, interpolation)
+
+    def _box(self, params: tuple[int, ...], img_w: int, img_h: int) -> tuple[int, int, int, int]:
+        x, y, w, h = (int(p) for p in params[:4])
+        if not (w >= 1 and h >= 1 and 0 <= x <= img_w - w and 0 <= y <= img_h - h):
+            raise _BadParams(f"crop box x={x} y={y} w={w} h={h} outside a {img_w}x{img_h} image")
+        return x, y, w, h
+
+    def apply_jpeg(
+        self, data: bytes, size: tuple[int, int], params: tuple[int, ...], memo: dict
+    ) -> np.ndarray:
+        """`apply` on the JPEG `data` of `size` (decode.jpeg_size), fused: decoded at the DCT
+        scale the box allows (`memo` keeps each scale's pixels for further views of the same
+        image), crop and resize in one pass. RGB."""
+        box = self._box(params, *size)
+        interpolation = _chosen_interpolation(self.interpolation, tuple(params[4:]))
+        scale = decode.reduction(box[2], box[3], *self.size, interpolation, self.backend)
+        if scale not in memo:
+            memo[scale] = decode.decode_rgb(data, size, scale)
+        return decode.crop_resize(memo[scale], scale, box, self.size, interpolation, self.backend)
 
     def spec(self) -> dict:
         return {
@@ -596,12 +628,41 @@ class NormalizeImage(Op):
         self._scale = np.float32(self.scale)
         self._mean = np.array(self.mean, dtype=np.float32).reshape(shape)
         self._std = np.array(self.std, dtype=np.float32).reshape(shape)
+        # Every 8-bit value of each channel through the same float32 arithmetic as `apply`:
+        # looking pixels up (cv2.LUT) gives the same bits several times faster.
+        levels = np.arange(256, dtype=np.float32).reshape(256, 1, 1)
+        self._table = (
+            (levels * self._scale - self._mean.reshape(1, 1, 3)) / self._std.reshape(1, 1, 3)
+        ).reshape(1, 256, 3)
+        self._planes = [np.ascontiguousarray(self._table[..., c]) for c in range(3)]
 
     @property
     def needs(self) -> str:  # type: ignore[override]
         return self.order
 
+    def _looks_up(self, img: Any) -> bool:
+        return (
+            self.order == HWC
+            and self.channel_num == 3
+            and isinstance(img, np.ndarray)
+            and img.dtype == np.uint8
+            and img.ndim == 3
+            and img.shape[2] == 3
+        )
+
+    def apply_chw(self, img: Any) -> np.ndarray:
+        """`apply` then ToCHWImage (contiguous), the two in one pass over 8-bit pixels."""
+        if not self._looks_up(img):
+            return np.ascontiguousarray(self.apply(img, ()).transpose((2, 0, 1)))
+        out = np.empty((3, *img.shape[:2]), np.float32)
+        for c, plane in enumerate(cv2.split(np.ascontiguousarray(img))):
+            cv2.LUT(plane, self._planes[c], dst=out[c])
+        return out.astype(np.float16) if self.output_fp16 else out
+
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        if self._looks_up(img):
+            out = cv2.LUT(np.ascontiguousarray(img), self._table)
+            return out.astype(np.float16) if self.output_fp16 else out
         out = (img.astype(np.float32) * self._scale - self._mean) / self._std
         if self.channel_num == 4:
             axis = 0 if self.order == CHW else 2
@@ -632,6 +693,31 @@ class ToCHWImage(Op):
 
     def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
         return img.transpose((2, 0, 1))
+
+
+class _NormalizeToCHW(Op):
+    """An HWC NormalizeImage and the ToCHWImage after it, run as one step by Pipeline."""
+
+    def __init__(self, normalize: NormalizeImage) -> None:
+        super().__init__(normalize.name)
+        self.normalize = normalize
+        self.name = normalize.name
+        self.needs = HWC
+
+    def apply(self, img: Any, params: tuple[int, ...]) -> np.ndarray:
+        return self.normalize.apply_chw(img)
+
+
+def _fuse_steps(ops: list[Op]) -> list[Op]:
+    """`ops` with each HWC NormalizeImage + ToCHWImage pair as one step (same output)."""
+    steps: list[Op] = []
+    for op in ops:
+        prev = steps[-1] if steps else None
+        if isinstance(op, ToCHWImage) and isinstance(prev, NormalizeImage) and prev.order == HWC:
+            steps[-1] = _NormalizeToCHW(prev)
+        else:
+            steps.append(op)
+    return steps
 
 
 OPS: dict[str, type[Op]] = {
@@ -745,7 +831,7 @@ class Pipeline:
         self.ops = list(ops)
         self.key = key
         self.mix = cast("MixOp", ops[-1]) if ops[-1].mixes else None
-        self._image_ops = self.ops[:-1] if self.mix else self.ops
+        self._image_ops = _fuse_steps(self.ops[:-1] if self.mix else self.ops)
         names = [op.name for op in self.ops]
         self._param_names: list[str] = []
         self._param_ranges: list[tuple[int, int]] = []
@@ -754,6 +840,13 @@ class Pipeline:
             self._param_names += [f"{prefix}.{p}" for p in op.param_names]
             self._param_ranges += list(op.param_ranges())
         self._image_params = len(self._param_names) - (len(self.mix.param_names) if self.mix else 0)
+        # DecodeImage then RandCropImage: decoded and cropped in one step (decode.py)
+        self._fused = (
+            len(self._image_ops) > 1
+            and isinstance(self.ops[0], DecodeImage)
+            and not self.ops[0].channel_first
+            and isinstance(self._image_ops[1], RandCropImage)
+        )
         if len(self._param_ranges) != len(self._param_names):
             raise TypeError("every transform op must declare the range of each param it draws")
 
@@ -772,9 +865,43 @@ class Pipeline:
         """True when some op draws params, i.e. views differ and must be stored to replay."""
         return bool(self._param_names)
 
-    def draw(self, data: bytes, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Run all ops drawing fresh params; return (output, params as int32)."""
-        return self.draw_decoded(self.decode(data), rng)
+    def draw(
+        self, data: bytes, rng: np.random.Generator, memo: dict | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run all ops drawing fresh params; return (output, params as int32). `memo` (an
+        empty dict per image) lets further views of the same bytes reuse their decoding."""
+        memo = {} if memo is None else memo
+        if not self._fused:
+            if "pixels" not in memo:
+                memo["pixels"] = self.decode(data)
+            return self.draw_decoded(memo["pixels"], rng)
+        decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
+        decoder.check_header(data)
+        size = decode.jpeg_size(data)
+        if size is None:
+            if "pixels" not in memo:
+                memo["pixels"] = self.decode(data)
+            size = memo["pixels"].shape[1], memo["pixels"].shape[0]
+        params = crop.draw_box(*size, rng)
+        img = self._decode_crop(data, params, memo)
+        return self._draw_from(img, rng, 2, list(params))
+
+    def _decode_crop(self, data: bytes, params: tuple[int, ...], memo: dict) -> np.ndarray:
+        """DecodeImage then RandCropImage with `params`, fused for a JPEG libjpeg-turbo
+        decodes; any other file (or a JPEG it fails on) takes the ops one by one."""
+        decoder, crop = cast(DecodeImage, self.ops[0]), cast(RandCropImage, self.ops[1])
+        size = decode.jpeg_size(data)
+        if size is not None:  # every view tries this first, whatever other views did
+            try:
+                out = crop.apply_jpeg(data, size, params, memo)
+            except (OSError, ValueError) as exc:
+                if isinstance(exc, _BadParams):
+                    raise
+            else:
+                return out if decoder.to_rgb else np.ascontiguousarray(out[..., ::-1])
+        if "pixels" not in memo:
+            memo["pixels"] = decoder.apply(data, ())
+        return crop.apply(memo["pixels"], params)
 
     def decode(self, data: bytes) -> np.ndarray:
         """The first op, DecodeImage (it draws nothing): views of one image can share it."""
@@ -785,8 +912,13 @@ class Pipeline:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`draw` after `decode`; `img` is only read (every op returns a new array). With a
         batch op, this is the unmixed view and its params (the dataset draws the mix)."""
-        params: list[int] = []
-        for op in self._image_ops[1:]:
+        return self._draw_from(img, rng, 1, [])
+
+    def _draw_from(
+        self, img: np.ndarray, rng: np.random.Generator, start: int, params: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw and apply the image ops from `start` on, after `params` drawn before."""
+        for op in self._image_ops[start:]:
             p = op.draw(img, rng)
             img = op.apply(img, p)
             params += p
@@ -819,8 +951,16 @@ class Pipeline:
             )
         values = [int(v) for v in flat]
         img: Any = data
-        pos = 0
-        for op in self._image_ops:
+        pos, ops = 0, self._image_ops
+        if self._fused:
+            pos, ops = len(ops[1].param_names), ops[2:]
+            try:
+                img = self._decode_crop(data, tuple(values[:pos]), {})
+            except _BadParams as e:
+                raise CacheError(
+                    f"{self.key}: stored {self.ops[1].name} params do not fit: {e}"
+                ) from None
+        for op in ops:
             n = len(op.param_names)
             try:
                 img = op.apply(img, tuple(values[pos : pos + n]))

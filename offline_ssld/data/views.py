@@ -20,17 +20,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import paddle
 
-from offline_ssld.data.lists import (
-    MAX_IMAGE_BYTES,
-    Sample,
-    content_key,
-    inside,
-    probe_key,
-    read_image_bytes,
-    read_regular,
-)
+from offline_ssld.data.gpu_decode import select_decoder
+from offline_ssld.data.lists import MAX_IMAGE_BYTES, Sample, probe_key, read_image_bytes
 from offline_ssld.data.transforms import Pipeline, _BadParams
 from offline_ssld.errors import CacheError, ConfigError, DataError
+from offline_ssld.io import content_key, inside, read_regular
 
 if TYPE_CHECKING:  # listed.py imports this module
     from offline_ssld.cache.reader import CacheReader
@@ -111,9 +105,10 @@ class DumpDataset(paddle.io.Dataset):
         """`source` lists the images from `base` on (an extension dumps only those) and
         `probes[i]` is the `lists.probe_key` its planning found for image base + i: bytes
         read with another probe have changed since, and are refused, naming the file."""
+        select_decoder()  # the CPU path; a one-line notice if the GPU was asked for
         self.source, self.probes, self.pipeline = source, probes, pipeline
         self.seed, self.views, self.items, self.base = seed, views, items, base
-        self._decoded: tuple[int, np.ndarray, bytes] | None = None  # (image, pixels, key)
+        self._decoded: tuple[int, bytes, bytes, dict] | None = None  # (image, data, key, memo)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -123,16 +118,13 @@ class DumpDataset(paddle.io.Dataset):
         image, view = divmod(item, self.views)
         if self._decoded is None or self._decoded[0] != image:
             # Items are image-major, so a worker's batch holds consecutive views of an image:
-            # it is read, hashed and decoded once for all of them.
+            # it is read and hashed once for all of them, and decoded once per DCT scale.
             line = image - self.base
             data = self._read(line)
-            try:
-                self._decoded = (image, self.pipeline.decode(data), content_key(data))
-            except DataError as exc:
-                raise DataError(f"{self.source.where(line)}: {exc}") from None
-        _, pixels, key = self._decoded
+            self._decoded = (image, data, content_key(data), {})
+        _, data, key, memo = self._decoded
         try:
-            x, params = self.pipeline.draw_decoded(pixels, view_rng(self.seed, key, view))
+            x, params = self.pipeline.draw(data, view_rng(self.seed, key, view), memo)
         except DataError as exc:
             raise DataError(f"{self.source.where(image - self.base)}: {exc}") from None
         mix = self.pipeline.mix
@@ -189,6 +181,7 @@ class ReplayDataset(paddle.io.Dataset):
         listed: ListedImages,
         timed: bool = False,
     ):
+        select_decoder()
         self.source, self.pipeline, self.reader = source, pipeline, reader
         self.listed = listed
         self.views = np.zeros(len(source.samples), dtype=np.int64)
