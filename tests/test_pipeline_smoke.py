@@ -317,37 +317,69 @@ def test_codec_accuracy_benchmark_pairs_task_runs_100_classes(tmp_path):
     assert manifest["num_classes"] == 100
 
 
-def test_pipeline_final_only_preset_evaluates_and_keeps_the_last_epoch_only(tmp_path, monkeypatch):
-    """The quick start's schedule: eval (with its BatchNorm recalibration) and epoch_N
-    checkpoints after the last epoch only, the teacher's own recipe, the seed recorded."""
+def test_pipeline_quick_shape_unlabeled_images_final_only_schedule(tmp_path, monkeypatch):
+    """The quick start's shape. SSLD's unlabeled images: the teacher and the student-only
+    baseline learn the labeled list, the teacher is dumped over labeled + unlabeled and the
+    distilled student learns all of them, and the report says what each one saw. Its schedule:
+    eval (with its BatchNorm recalibration) and epoch_N checkpoints after the last epoch only,
+    the teacher's own recipe, the seed recorded."""
     quick = fashion_mnist.PRESETS["quick"]
-    assert quick.final_only and quick.teacher_overrides
-    tiny = fashion_mnist.Preset(64, 32, 2, 2, 1, None, quick.teacher_overrides, final_only=True)
+    assert quick.final_only and quick.teacher_overrides and quick.unlabeled_images
+    tiny = fashion_mnist.Preset(
+        64,
+        32,
+        2,
+        2,
+        1,
+        None,
+        quick.teacher_overrides,
+        final_only=True,
+        unlabeled_images=24,
+        distill_epochs=1,
+    )
     monkeypatch.setitem(fashion_mnist.PRESETS, "tiny-final", tiny)
     from offline_ssld import train
 
-    teachers: list[dict] = []  # the configs of supervised runs of the Arch model
+    runs: list[tuple[str, dict]] = []  # (mode, config) of every training
     real_train = train.train
 
     def spy(cfg, mode, **kwargs):
-        if cfg["Arch"]["name"] != "DistillationModel":
-            teachers.append(cfg)
+        runs.append((mode, cfg))
         return real_train(cfg, mode, **kwargs)
 
     monkeypatch.setattr(train, "train", spy)
-    work = tmp_path / "work"
-    report = fashion_mnist.run("tiny-final", work, tmp_path / "data", progress=False, seed=3)
-    assert report["seed"] == 3 and "seed 3;" in (work / "report.md").read_text()
+    work, data = tmp_path / "work", tmp_path / "data"
+    report = fashion_mnist.run("tiny-final", work, data, progress=False, seed=3)
+    text = (work / "report.md").read_text()
+    assert report["seed"] == 3 and "seed 3;" in text
+    lists = {
+        Path(cfg["Global"]["output_dir"]).name: cfg["DataLoader"]["Train"]["dataset"][
+            "cls_label_path"
+        ]
+        for _, cfg in runs
+    }
+    assert lists == {
+        "teacher": str(data / "train_list.txt"),
+        "student": str(data / "distill_list.txt"),
+        "student_only": str(data / "train_list.txt"),
+    }
+    assert len((data / "unlabeled_list.txt").read_text().split()) == 24  # paths, no labels
+    assert report["cache"]["rows"] == 64 + 24  # the teacher's outputs on both, one view
+    labeled, both = {"labeled": 64, "unlabeled": 0}, {"labeled": 64, "unlabeled": 24}
+    assert report["teacher"]["images"] == report["student_only"]["images"] == labeled
+    assert report["student"]["images"] == both
+    assert [report[m]["epochs"] for m in ("teacher", "student", "student_only")] == [2, 1, 2]
+    assert text.count("| 64 | 0 | 2 |") == 2 and text.count("| 64 | 24 | 1 |") == 1
     stages = {"prepare", "teacher", "dump", "student", "student_only", "eval"}
     assert set(report["stage_seconds"]) == stages  # every stage the quick start times
-    for stage in ("teacher", "student", "student_only"):
+    for stage, n in (("teacher", 2), ("student", 1), ("student_only", 2)):
         lines = [json.loads(x) for x in (work / stage / "metrics.jsonl").read_text().splitlines()]
-        assert [("top1" in x) for x in lines] == [False, True], stage
-        assert not (work / stage / "epoch_1.json").exists()
-        assert (work / stage / "epoch_2.json").exists()
+        assert [("top1" in x) for x in lines] == [False] * (n - 1) + [True], stage
+        assert not (work / stage / f"epoch_{n - 1}.json").exists()
+        assert (work / stage / f"epoch_{n}.json").exists()
     latest = json.loads((work / "teacher" / "latest.json").read_text())
     assert latest["epoch"] == 2
     # the teacher trains with the preset's recipe, not the shipped config's batch 128 at lr 0.1
-    (teacher_cfg,) = teachers
+    ((_, teacher_cfg),) = [(m, c) for m, c in runs if c["Arch"]["name"] != "DistillationModel"]
     assert teacher_cfg["DataLoader"]["Train"]["sampler"]["batch_size"] == 32
     assert teacher_cfg["Optimizer"]["lr"]["learning_rate"] == 0.05
