@@ -63,7 +63,7 @@ class CacheRows:
     def __init__(self, reader, keys: np.ndarray, views: np.ndarray):
         self.reader, self.keys = reader, keys
         self.views = views  # (epochs, images): item e * images + i is image i in epoch e
-        self.batches = 0
+        self.pid, self.batches = os.getpid(), 0
 
     def __len__(self) -> int:
         return self.views.size
@@ -78,6 +78,8 @@ class CacheRows:
             _params, payload = self.reader.read_view(*hit, int(self.views[epoch, index]))
             payloads.append(payload)
         target = self.reader.decode(payloads)
+        if self.pid != os.getpid():  # counted per process: the loader probes in the parent
+            self.pid, self.batches = os.getpid(), 0
         self.batches += 1
         anon, mapped = rss() if self.batches % RSS_EVERY == 1 else (-1, -1)
         return target, np.array([[os.getpid(), anon, mapped]], dtype=np.int64)

@@ -472,7 +472,7 @@ def _label(results: dict, mode: str) -> str:
 def render_accuracy(results: dict) -> str:
     """Markdown of a results file: settings, per-mode top-1 and timings, paired online -
     offline differences, the order each seed ran in; every number from `results`."""
-    from benchmarks.report import interval_reading
+    from benchmarks.render.common import interval_reading
 
     s, summary, machine = results["settings"], results["summary"], results["machine"]
     load = results["load_average"]
