@@ -13,8 +13,8 @@ from tests.helpers import (
     CLASSES,
     STUDENT,
     TEACHER,
+    lively_teacher,
     make_images,
-    save_random_weights,
     transform_ops,
     write_list,
 )
@@ -22,16 +22,24 @@ from tests.helpers import (
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+PROJECT_IMAGES = 24  # the `project` fixture's images: make_images(root, 24), seed 0
+
+
 @pytest.fixture(scope="session")
 def teacher_weights(tmp_path_factory) -> Path:
-    return save_random_weights(TEACHER, tmp_path_factory.mktemp("weights") / "teacher.safetensors")
+    """The `project` teacher: random, made informative on the project's own images (their
+    content depends only on make_images' seed), so cached targets tell views apart."""
+    tmp = tmp_path_factory.mktemp("weights")
+    entries = make_images(tmp / "images", PROJECT_IMAGES)
+    train_list = write_list(tmp / "train_list.txt", entries)
+    return lively_teacher(tmp / "teacher.safetensors", tmp / "images", train_list)
 
 
 @pytest.fixture
 def project(tmp_path, teacher_weights):
     """A config file for a 24-image project; returns (config path, tmp dir)."""
     root = tmp_path / "images"
-    entries = make_images(root, 24)
+    entries = make_images(root, PROJECT_IMAGES)
     train_list = write_list(tmp_path / "train_list.txt", entries)
     val_list = write_list(tmp_path / "val_list.txt", entries[:8])
     cfg = {

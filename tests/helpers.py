@@ -1,5 +1,5 @@
 """Shared test helpers: a tiny image project generated on the fly (images, list files,
-transform ops, random teacher weights), so unit tests need no downloads and no real data.
+transform ops, random and lively teacher weights), so unit tests need no downloads and no real data.
 Imported by test modules and by conftest.py; pytest fixtures live in conftest.py."""
 
 from __future__ import annotations
@@ -71,6 +71,42 @@ def save_random_weights(name: str, path: Path, seed: int = 0) -> Path:
 
     paddle.seed(seed)
     save_weights(build_model(ModelSpec(name, CLASSES, None, "Arch")), path)
+    return path
+
+
+def lively_teacher(path: Path, image_root: Path, train_list: Path, seed: int = 0) -> Path:
+    """A random TEACHER that tells the images of `train_list` apart in eval mode, saved to
+    `path`. Untouched, its BatchNorm running statistics (mean 0, variance 1) shrink every
+    eval-mode logit to ~1e-10: uniform outputs that any view, image or teacher would match,
+    so a test comparing teacher targets could not fail. Its BatchNorm statistics are
+    recalibrated on the training views (transform_ops(True)) and the classifier scaled to
+    logits of standard deviation 3."""
+    import paddle
+
+    from offline_ssld.config.specs import ModelSpec
+    from offline_ssld.data.loader import BatchLoader
+    from offline_ssld.data.samplers import EpochBatches
+    from offline_ssld.data.views import AugmentDataset
+    from offline_ssld.models import build_model, save_weights
+    from offline_ssld.train import _source, recalibrate_batch_norm
+
+    paddle.seed(seed)
+    teacher = build_model(ModelSpec(TEACHER, CLASSES, None, "Arch"))
+    dataset = {
+        "image_root": str(image_root),
+        "cls_label_path": str(train_list),
+        "transform_ops": transform_ops(True),
+    }
+    source, pipeline, _ = _source({"DataLoader": {"Train": {"dataset": dataset}}}, "Train", CLASSES)
+    sampler = EpochBatches(len(source.samples), 8, False, False, seed)
+    loader = BatchLoader(AugmentDataset(source, pipeline, seed), sampler)
+    recalibrate_batch_norm(teacher, loader, len(sampler))
+    teacher.eval()
+    with paddle.no_grad():
+        scale = 3.0 / float(paddle.concat([teacher(x) for x, _ in loader]).std())
+    for param in (teacher.fc.weight, teacher.fc.bias):
+        param.set_value(param * scale)
+    save_weights(teacher, path)
     return path
 
 

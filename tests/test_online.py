@@ -4,8 +4,6 @@ step does, and precise BN computes the statistics it claims."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -17,10 +15,9 @@ from offline_ssld.config.offline import offline_spec
 from offline_ssld.config.specs import ModelSpec
 from offline_ssld.data.loader import BatchLoader
 from offline_ssld.data.samplers import EpochBatches
-from offline_ssld.data.views import AugmentDataset
 from offline_ssld.dump import run_dump
 from offline_ssld.errors import ConfigError
-from offline_ssld.models import build_model, load_teacher, save_weights
+from offline_ssld.models import build_model
 from offline_ssld.targets import TARGET_SOURCES
 from offline_ssld.train import _batch_norms, _source, recalibrate_batch_norm
 from tests.helpers import CLASSES, STUDENT
@@ -29,36 +26,10 @@ from tests.test_like_for_like import run_captured
 FP16_RELATIVE = 2.0**-11  # half an fp16 ulp, relative: the fp16 codec's rounding of a logit
 
 
-def _lively_teacher(cfg: dict, path: Path) -> Path:
-    """The project's random teacher made to tell images apart, saved to `path`: in eval mode
-    its untouched BatchNorm statistics shrink every logit to ~1e-10 (uniform outputs, which
-    any view or teacher would match), so they are recalibrated on the training images, and
-    the classifier scaled to logits of standard deviation 3."""
-    teacher = load_teacher(cfg)
-    source, pipeline, _ = _source(cfg, "Train", CLASSES)
-    sampler = EpochBatches(len(source.samples), 8, False, False, 0)
-    loader = BatchLoader(AugmentDataset(source, pipeline, 0), sampler)
-    recalibrate_batch_norm(teacher, loader, len(sampler))
-    teacher.eval()
-    with paddle.no_grad():
-        scale = 3.0 / float(paddle.concat([teacher(x) for x, _ in loader]).std())
-    for param in (teacher.fc.weight, teacher.fc.bias):
-        param.set_value(param * scale)
-    save_weights(teacher, path)
-    return path
-
-
-def _lively(project, *overrides: str) -> list[str]:
-    """`overrides` with the project's teacher replaced by its lively version."""
-    path, tmp = project
-    weights = _lively_teacher(load_config([str(path)], list(overrides)), tmp / "lively.safetensors")
-    return [*overrides, f"Arch.models.0.Teacher.pretrained={weights}"]
-
-
 def _replay_online(project, *extra: str):
     """A dumped project and its online target source on replayed views, teacher BN eval."""
     path, _ = project
-    overrides = _lively(project, "Offline.online_views=replay", "Offline.online_teacher_bn=eval")
+    overrides = ["Offline.online_views=replay", "Offline.online_teacher_bn=eval"]
     cfg = load_config([str(path)], [*overrides, *extra])
     run_dump(cfg, progress=False)
     student = specs.student_spec(cfg)
@@ -95,8 +66,7 @@ def test_live_teacher_on_replayed_views_gives_the_cached_targets(project):
 def test_one_online_step_updates_the_student_as_one_offline_step(project, monkeypatch):
     path, tmp = project
     one_step = ["Global.epochs=1", "DataLoader.Train.sampler.batch_size=24"]  # 24 images
-    one_step = _lively(project, *one_step, "Offline.precise_bn_batches=0")
-    one_step.append("Offline.online_teacher_bn=eval")
+    one_step += ["Offline.precise_bn_batches=0", "Offline.online_teacher_bn=eval"]
     run_dump(load_config([str(path)], one_step), progress=False)
     updates = {}
     for name, extra in (("offline", []), ("online", ["Offline.online_views=replay"])):

@@ -189,11 +189,12 @@ def test_checkpoint_loads_without_pickle(project):
         load_weights(model, tmp / "output" / "best_model.pdparams", "test")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
-    """Supervised teacher -> dump -> offline student, on 4 separable classes, for 5 data and
-    model seeds: the margin must not depend on one lucky draw or on the CPU."""
+EPOCHS = 12  # teacher and student each: at 6, teachers reached only 0.47-0.91 over 5 seeds
+
+
+def tiny_end_to_end(tmp_path: Path, seed: int, epochs: int) -> tuple[float, float]:
+    """Supervised teacher -> dump -> offline student on 4 separable classes; returns the
+    teacher's and the student's best top-1 (evaluated every 4 epochs and at the end)."""
     from tests.helpers import make_images, transform_ops
 
     def ops(random: bool) -> list:
@@ -245,9 +246,11 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
     teacher_cfg = {
         "Global": {
             "device": "cpu",
-            "epochs": 12,
+            "epochs": epochs,
             "seed": seed,
             "output_dir": str(tmp_path / "teacher"),
+            "eval_interval": 4,  # and the last epoch; each eval first recomputes BN statistics
+            "save_interval": 0,  # `best` and `latest` only: no epoch_N checkpoints
         },
         "Arch": {"name": TEACHER, "class_num": CLASSES},
         "Optimizer": opt,
@@ -273,10 +276,19 @@ def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(teacher_cfg))
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(student_cfg))
     teacher = train(load_config([str(tmp_path / "t.yaml")]), "supervised", progress=False)
-    assert teacher.best_top1 >= 0.9
     run_dump(load_config([str(tmp_path / "t.yaml")]), progress=False)
     student = train(load_config([str(tmp_path / "s.yaml")]), "offline", progress=False)
-    assert student.best_top1 >= 0.75  # chance is 0.25
+    return teacher.best_top1, student.best_top1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tiny_end_to_end_student_beats_chance(tmp_path, seed):
+    """For 3 data and model seeds: the margin must not depend on one lucky draw or on the
+    CPU."""
+    teacher, student = tiny_end_to_end(tmp_path, seed, EPOCHS)
+    assert teacher >= 0.9, teacher
+    assert student >= 0.75, student  # chance is 0.25
 
 
 def test_visualdl_logging_writes_event_files(project):
