@@ -1,7 +1,14 @@
 """Every distillation config PaddleClas ships, run offline as a user would: the config plus
-configs/overlays/offline_ssld.yaml, with only data and weight paths overridden, through
+configs/overlays/offline_ssld.yaml, with only data paths and the device overridden, through
 check_supported, a tiny dump-teacher and one epoch of train-student on generated images with
 the config's own transform list, backbones and losses.
+
+Weights stay as shipped. `pretrained: True` (with use_ssld) downloads the model zoo's file
+through PaddleClas's own URL choice and download code; this machine has no internet, so the
+zoo is stood in for by random 1000-class weights under the same file names, served on
+127.0.0.1 (LocalZoo). Only weights a config cannot download are overridden with random
+stand-ins: a path on the author's machine, or a teacher the config leaves to be trained first
+(PULC). Each result's `weights` says which.
 
 The configs come from tests/data/paddleclas_distillation_configs.json (their key paths and
 values at a recorded PaddleClas commit). Each gets a status:
@@ -18,10 +25,16 @@ results file, and benchmarks/report.py renders the README table from that file.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import tempfile
-from pathlib import Path
+import threading
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import click
 import cv2
@@ -62,40 +75,115 @@ def _images(root: Path, class_num: int, multilabel: bool) -> list[tuple[str, str
     return out
 
 
-def _weights_overrides(raw: dict, work: Path) -> list[str]:
-    """Random safetensors weights for every model entry whose weights PaddleClas would
-    download (`pretrained: True`) or read from a path of its own machine."""
-    from offline_ssld.config.specs import PADDLECLAS_CLASS_NUM, ModelSpec
-    from offline_ssld.errors import ConfigError
-    from offline_ssld.models import build_model, save_weights
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
+
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving `directory` from a thread; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class LocalZoo:
+    """PaddleClas's model zoo stood in for on 127.0.0.1. `fetch` receives the URL PaddleClas
+    picked and downloads the file of the same name from the local server with PaddleClas's own
+    download code, into PaddleClas's cache directory (WEIGHTS_HOME, moved under `work`)."""
+
+    def __init__(self, served: Path, base_url: str) -> None:
+        self.served, self.base_url = served, base_url
+        self.urls: list[str] = []  # what PaddleClas asked for, in order
+
+    def fetch(self, url: str) -> str:
+        from offline_ssld.pretrained import paddleclas_fetch
+
+        self.urls.append(url)
+        return paddleclas_fetch(f"{self.base_url}/{PurePosixPath(urlparse(url).path).name}")
+
+    def stock(self, spec: Any, seed: int = 0) -> Path:
+        """Random weights of `spec`'s backbone at the zoo's 1000 classes, saved (as PaddleClas
+        saves them, paddle.save of a state dict) under its zoo URL's file name."""
+        import paddle
+
+        from offline_ssld.config.specs import PADDLECLAS_CLASS_NUM, ModelSpec
+        from offline_ssld.models import construct
+        from offline_ssld.pretrained import source_url
+
+        path = self.served / PurePosixPath(urlparse(source_url(spec)).path).name
+        paddle.seed(seed)
+        model = construct(ModelSpec(spec.name, PADDLECLAS_CLASS_NUM, None, spec.key, spec.args))
+        paddle.save(model.state_dict(), str(path))
+        return path
+
+
+@contextlib.contextmanager
+def local_zoo(work: Path) -> Iterator[LocalZoo]:
+    """Downloads go to a LocalZoo for the duration; PaddleClas's cache is `work`/weights."""
+    from paddleclas.ppcls.utils import download
+
+    from offline_ssld import pretrained
+
+    served = work / "zoo"
+    served.mkdir(parents=True, exist_ok=True)
+    saved = pretrained.FETCH, download.WEIGHTS_HOME
+    with serving(served) as base_url:
+        zoo = LocalZoo(served, base_url)
+        pretrained.FETCH, download.WEIGHTS_HOME = zoo.fetch, str(work / "weights")
+        try:
+            yield zoo
+        finally:
+            pretrained.FETCH, download.WEIGHTS_HOME = saved
+
+
+def weights_plan(raw: dict) -> tuple[str, dict[str, str]]:
+    """What each model's weights are in this survey, and the -o overrides for the weights
+    PaddleClas could not get here either: a path on the author's machine, or a teacher the
+    config leaves to be trained first (random stand-ins, written by _stand_ins)."""
     arch = raw.get("Arch") or {}
-    out = []
+    notes, stand_ins = [], {}
     for i, item in enumerate(arch.get("models") or []):
         ((role, entry),) = item.items()
-        if role not in ("Teacher", "Student"):
-            continue
-        class_num = entry.get("class_num", arch.get("class_num", PADDLECLAS_CLASS_NUM))
+        value = entry.get("pretrained") if isinstance(entry, dict) else None
+        if value is True:
+            ssld = " SSLD" if entry.get("use_ssld") else ""
+            notes.append(f"{role}: zoo{ssld} download (stood in for: served on 127.0.0.1)")
+        elif isinstance(value, str) and value:
+            notes.append(f"{role}: a path on the author's machine (random stand-in)")
+            stand_ins[f"Arch.models.{i}.{role}.pretrained"] = role
+        elif role == "Teacher":
+            notes.append(f"{role}: none in the config, trained first (random stand-in)")
+            stand_ins["Offline.teacher_weights"] = role
+        else:
+            notes.append(f"{role}: random initialisation (as shipped)")
+    return "; ".join(notes), stand_ins
+
+
+def _stand_ins(cfg: dict, stand_ins: dict[str, str], work: Path) -> list[str]:
+    from offline_ssld.config import specs
+    from offline_ssld.models import construct, save_weights
+
+    out = []
+    for key, role in stand_ins.items():
+        spec = specs.student_spec(cfg) if role == "Student" else specs.teacher_spec(cfg, False)
         path = work / f"{role}.safetensors"
-        if role == "Teacher" or entry.get("pretrained") not in (None, False, ""):
-            try:
-                model = build_model(ModelSpec(entry["name"], class_num, None, role))
-            except ConfigError:
-                continue  # not a backbone (RecModel, ...): check_supported says why
-            save_weights(model, path)
-            key = (
-                "Offline.teacher_weights"
-                if role == "Teacher"
-                else f"Arch.models.{i}.{role}.pretrained"
-            )
-            out.append(f"{key}={path}")
-    if arch.get("pretrained_list"):
-        out.append(f"Arch.pretrained_list={[None] * len(arch['pretrained_list'])}")
+        save_weights(construct(spec), path)
+        out.append(f"{key}={path}")
     return out
 
 
 def survey_one(raw: dict, work: Path) -> dict[str, str]:
     """Status of one shipped config; `work` is an empty directory."""
+    from offline_ssld.config import specs
     from offline_ssld.config.loading import load_config
     from offline_ssld.config.paddleclas import check_supported
     from offline_ssld.dump import run_dump
@@ -105,6 +193,7 @@ def survey_one(raw: dict, work: Path) -> dict[str, str]:
     (work / "images").mkdir(parents=True)
     (work / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     data = []
+    weights, stand_ins = weights_plan(raw)
     try:
         arch = raw.get("Arch") or {}
         class_num = int(arch.get("class_num") or 1000)
@@ -132,18 +221,25 @@ def survey_one(raw: dict, work: Path) -> dict[str, str]:
             "Offline.views=1",
             "Offline.batch_size=2",
         ]
-        overrides += _weights_overrides(raw, work)
-        cfg = load_config([str(work / "config.yaml"), str(OVERLAY)], overrides)
-        check_supported(cfg)
-        run_dump(cfg, progress=False)
-        train(cfg, "offline", progress=False)
+        files = [str(work / "config.yaml"), str(OVERLAY)]
+        cfg = load_config(files, overrides)
+        check_supported(cfg)  # as shipped: no weights overridden
+        cfg = load_config(files, overrides + _stand_ins(cfg, stand_ins, work))
+        with local_zoo(work) as zoo:
+            for spec in (specs.teacher_spec(cfg, fetch=False), specs.student_spec(cfg)):
+                if spec.download is not None:
+                    zoo.stock(spec)
+            run_dump(cfg, progress=False)
+            train(cfg, "offline", progress=False)
     except OfflineSSLDError as exc:
         message = str(exc).splitlines()[0]
         for words, reason in INHERENT.items():
             if words in message:
-                return {"status": "refused (inherent)", "reason": reason, "message": message}
-        return {"status": "not yet", "reason": message.split(":")[0], "message": message}
-    return {"status": "runs", "reason": "", "message": ""}
+                status = {"status": "refused (inherent)", "reason": reason, "message": message}
+                return {**status, "weights": ""}
+        status = {"status": "not yet", "reason": message.split(":")[0], "message": message}
+        return {**status, "weights": weights}
+    return {"status": "runs", "reason": "", "message": "", "weights": weights}
 
 
 @click.command()

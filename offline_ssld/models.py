@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,21 @@ def _zoo():
 
 
 def build_model(spec: ModelSpec) -> paddle.nn.Layer:
-    """A PaddleClas backbone by name with `class_num` outputs (random initialisation)."""
+    """A PaddleClas backbone by name with `class_num` outputs: random initialisation, or, when
+    the config asks PaddleClas to download its weights (`pretrained: True`, use_ssld, a URL)
+    and no file is given, those weights as PaddleClas's backbone loads them: a tensor of
+    another shape (the classifier of another class_num) keeps its initial values."""
+    model = construct(spec)
+    if spec.download is not None and spec.pretrained is None:
+        from offline_ssld.pretrained import fetch_weights
+
+        load_weights(model, fetch_weights(spec), spec.download.key, keep_mismatched=True)
+    return model
+
+
+def construct(spec: ModelSpec, **zoo_args: object) -> paddle.nn.Layer:
+    """The backbone's factory called as PaddleClas's build_model calls it; `zoo_args` are
+    the factory's own pretrained/use_ssld (pretrained.zoo_url asks it for its URL)."""
     zoo = _zoo()
     factory = getattr(zoo, spec.name, None)
     if factory is None or not callable(factory) or spec.name.startswith("_"):
@@ -42,7 +57,7 @@ def build_model(spec: ModelSpec) -> paddle.nn.Layer:
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.args}
     try:
         try:
-            return factory(class_num=spec.class_num, **args)
+            return factory(class_num=spec.class_num, **args, **zoo_args)
         except ValueError as exc:
             if "have be been used" not in str(exc):
                 raise
@@ -50,7 +65,7 @@ def build_model(spec: ModelSpec) -> paddle.nn.Layer:
             # refuses a name twice per process: a second instance (a survey, an audit after a
             # dump) gets a fresh name scope of its own.
             with paddle.utils.unique_name.guard():
-                return factory(class_num=spec.class_num, **args)
+                return factory(class_num=spec.class_num, **args, **zoo_args)
     except TypeError as exc:
         bad = next((k for k in args if repr(k) in str(exc)), None)
         if bad is None:
@@ -85,9 +100,15 @@ def backbone_arguments(name: str) -> frozenset[str]:
 
 
 def load_weights(
-    model: paddle.nn.Layer, path: str | Path, key: str, allow_pickle: bool = False
+    model: paddle.nn.Layer,
+    path: str | Path,
+    key: str,
+    allow_pickle: bool = False,
+    keep_mismatched: bool = False,
 ) -> None:
-    """Load a weights file into `model`, refusing any key or shape that does not match."""
+    """Load a weights file into `model`, refusing any key or shape that does not match, or,
+    with `keep_mismatched` (model-zoo initial weights, as PaddleClas's set_dict does), keeping
+    the model's own values where a shape differs, with a note on stderr."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{key}: weights file {path} does not exist")
@@ -112,6 +133,14 @@ def load_weights(
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has unexpected {unexpected[0]}"
         raise ConfigError(f"{key}: {path} does not match this backbone: it {what}")
+    kept = [n for n, p in own.items() if tuple(state[n].shape) != tuple(p.shape)]
+    if keep_mismatched and kept:
+        state.update({n: own[n].numpy() for n in kept})
+        print(
+            f"{key}: {', '.join(kept)} keep their initial values: {path} has shapes for "
+            "another class_num (as PaddleClas's fine-tuning does)",
+            file=sys.stderr,
+        )
     for name, param in own.items():
         if tuple(state[name].shape) != tuple(param.shape):
             raise ConfigError(

@@ -8,13 +8,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# PENDING (integrator: remove after the merge): pages other branches are writing now, linked
-# from README.md and docs/README.md already. A pending page that exists fails the test below,
-# so this list cannot outlive the merge.
-PENDING = {
-    "docs/guide/pretrained.md",
-}
-
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
@@ -44,12 +37,6 @@ def test_every_relative_link_resolves():
             if re.match(r"[a-z]+:|#", target):
                 continue
             path = (doc.parent / target.split("#")[0]).resolve()
-            name = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-            if not path.exists() and name not in PENDING:
+            if not path.exists():
                 missing.append(f"{doc.relative_to(ROOT)}: {target}")
     assert missing == []
-
-
-def test_pending_pages_are_still_pending():
-    arrived = sorted(p for p in PENDING if (ROOT / p).exists())
-    assert arrived == [], f"{arrived} exist now: remove them from PENDING in tests/test_docs.py"

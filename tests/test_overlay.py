@@ -432,14 +432,15 @@ def test_teacher_weights_resolution(tmp_path, images):
     with pytest.raises(ConfigError, match="allow_pickle_weights"):
         load_weights(build_model(teacher_spec(cfg)), teacher_spec(cfg).pretrained, "w")
 
-    # PaddleClas's download flag means no weights: dump-teacher says where to put them
-    cfg = load(path, "Arch.models.0.Teacher.pretrained=True", *tiny(tmp_path))
-    assert teacher_spec(cfg).pretrained is None
+    # PaddleClas's download flag and a URL are downloads (tests/test_pretrained.py), not paths
+    for value in (True, "https://x/ResNet50_vd_pretrained.pdparams"):
+        spec = teacher_spec(load(path, f"Arch.models.0.Teacher.pretrained={value}"), fetch=False)
+        assert spec.pretrained is None and spec.download is not None
+        assert spec.download.key == "Arch.models.0.Teacher.pretrained"
+    # no weights at all: dump-teacher says where to put them
+    cfg = load(path, "Arch.models.0.Teacher.pretrained=False", *tiny(tmp_path))
     with pytest.raises(ConfigError, match="Offline.teacher_weights"):
         run_dump(cfg, progress=False)
-
-    with pytest.raises(ConfigError, match=r"Arch\.models\.0\.Teacher\.pretrained: .* is a URL"):
-        teacher_spec(load(path, "Arch.models.0.Teacher.pretrained=https://x/ResNet50_vd"))
 
 
 def test_missing_model_class_num_is_paddleclas_default(tmp_path, images):
@@ -509,7 +510,10 @@ FEATURE_LOSS = (
             "Arch.models.1.Student.return_patterns",
         ),
         (["Arch.models.0.Teacher.return_stages=[1, 2]"], "Arch.models.0.Teacher.return_stages"),
-        (["Arch.models.1.Student.pretrained=True"], "Arch.models.1.Student.pretrained"),
+        (
+            ["Arch.models.1.Student.pretrained=True", "Arch.models.1.Student.use_ssld=1"],
+            "Arch.models.1.Student.use_ssld",
+        ),
         (["Arch.freeze_params_list=[False, False]"], "Arch.freeze_params_list.0"),
         (["Arch.freeze_params_list=[True]"], "Arch.freeze_params_list"),
         (["Arch.lr_mult_list=[0.1]"], "Arch.lr_mult_list"),

@@ -157,7 +157,7 @@ def _check_arch(cfg: dict) -> None:
             )
         if freeze[student]:
             raise ConfigError(f"Arch.freeze_params_list.{student}: a frozen Student cannot train")
-    teacher_spec(cfg)
+    teacher_spec(cfg, fetch=False)  # a download happens where the weights are loaded
     student_spec(cfg)
 
 
@@ -352,13 +352,16 @@ def _caches_text(offline: OfflineSpec) -> str:
 def overlay_summary(cfg: dict) -> list[str]:
     """What each stage takes from a checked config, one line per item."""
     from offline_ssld.models import available_device
+    from offline_ssld.pretrained import describe
 
-    teacher = teacher_spec(cfg)
+    teacher = teacher_spec(cfg, fetch=False)
     weights, source = teacher_weights_source(cfg)
     student = student_spec(cfg)
     off = offline_spec(cfg)
     glob = cfg.get("Global") or {}
-    if weights:
+    if teacher.download is not None:
+        weights_text = describe(teacher)
+    elif weights:
         state = "found" if os.path.isfile(weights) else "MISSING"
         weights_text = f"{weights} (from {source}; {state})"
     else:
@@ -368,6 +371,8 @@ def overlay_summary(cfg: dict) -> list[str]:
         f"teacher weights: {weights_text}",
         f"student: {student.name}, class_num {student.class_num} ({student.key})",
     ]
+    if student.download is not None:
+        lines.append(f"student initial weights: {describe(student)}")
     if not is_distillation(cfg):
         lines.append("note: plain Arch: dump-teacher uses it as the teacher, train trains it")
     loaders = cfg.get("DataLoader") or {}

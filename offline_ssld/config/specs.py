@@ -3,6 +3,7 @@ and the data loaders (DataSpec), in the shape PaddleClas builds them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,20 @@ FEATURE_MODEL_KEYS = ("return_stages", "return_patterns", "stages_pattern", "mod
 
 
 @dataclass(frozen=True)
+class Download:
+    """Weights PaddleClas downloads for a model: `pretrained: True` (the URL the backbone's
+    factory picks from its MODEL_URLS, the SSLD one with `use_ssld: True`) or
+    `pretrained: <url>` (that URL as given). offline_ssld/pretrained.py fetches it."""
+
+    key: str  # the config key it came from, e.g. Arch.models.1.Student.pretrained
+    url: str | None  # None: the backbone's own model-zoo URL
+    use_ssld: bool = False
+    # The file is a pickle (.pdparams): the zoo's own URL is what PaddleClas itself trusts;
+    # a URL a config names loads only with Offline.allow_pickle_weights.
+    trusted: bool = True
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A PaddleClas backbone by name, its class count and optional weights file."""
 
@@ -34,6 +49,7 @@ class ModelSpec:
     # stride_list, ...), passed through as PaddleClas's build_model does.
     args: tuple[tuple[str, Any], ...] = ()
     weights_key: str | None = None  # the config key `pretrained` was read from
+    download: Download | None = None  # weights PaddleClas would download (pretrained.py)
 
 
 PADDLECLAS_CLASS_NUM = 1000  # what a PaddleClas backbone builds when class_num is not given
@@ -46,8 +62,8 @@ def _model_entry(entry: Any, key: str, default_class_num: Any = PADDLECLAS_CLASS
     if not isinstance(class_num, int) or isinstance(class_num, bool) or class_num < 2:
         raise ConfigError(f"{key}.class_num: expected an integer >= 2, got {class_num!r}")
     pretrained = entry.get("pretrained")
-    if pretrained is False or pretrained is True:
-        pretrained = None  # PaddleClas's True means "download", which cannot happen here
+    if pretrained is False or pretrained is True or _is_url(pretrained):
+        pretrained = None  # a download: the role's spec (teacher_spec, student_spec) says how
     args = tuple(
         sorted(
             (k, _frozen(v))
@@ -76,16 +92,32 @@ def _distillation_models(cfg: dict) -> dict[str, tuple[Any, str]]:
     return found
 
 
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _download(
+    cfg: dict, value: Any, key: str, use_ssld: Any = False, *, zoo: bool = True
+) -> Download | None:
+    """The download a weights setting asks PaddleClas for: True (the backbone's model-zoo
+    weights; only where PaddleClas's backbone reads it, `zoo`) or an http(s) URL."""
+    if value is True and zoo:
+        if not isinstance(use_ssld, bool):
+            raise ConfigError(f"{key.rsplit('.', 1)[0]}.use_ssld: expected true or false")
+        return Download(key, None, use_ssld)
+    if _is_url(value):
+        return Download(key, str(value), trusted=offline_spec(cfg).allow_pickle_weights)
+    return None
+
+
 def _weights_path(value: Any, key: str) -> str | None:
     """A weights setting as a file path. PaddleClas writes paths without a suffix
     (`./pretrained/ResNet50_vd_ssld`): we take `<path>.safetensors`, else `<path>.pdparams`,
     which models.load_weights loads only with Offline.allow_pickle_weights (and otherwise
-    refuses, saying so)."""
-    if value is None or value is True or value is False or value == "":
-        return None  # True is PaddleClas's "download the zoo weights", impossible here
+    refuses, saying so). True and URLs are downloads (_download), not paths."""
+    if value is None or value is True or value is False or value == "" or _is_url(value):
+        return None
     path = str(value)
-    if path.startswith(("http://", "https://")):
-        raise ConfigError(f"{key}: {path} is a URL; download the weights and give the local path")
     if path.endswith((".safetensors", ".pdparams")):
         return path
     safe, pickled = f"{path}.safetensors", f"{path}.pdparams"
@@ -94,13 +126,15 @@ def _weights_path(value: Any, key: str) -> str | None:
     return pickled
 
 
-def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
-    """(weights file, config key it came from): Offline.teacher_weights, else
+def _teacher_weights_setting(cfg: dict) -> tuple[str | None, str | None, Download | None]:
+    """(weights file, config key, download): Offline.teacher_weights, else
     Arch.pretrained_list at the Teacher's index, else the Teacher entry's (or plain Arch's)
-    `pretrained`."""
+    `pretrained` (with its use_ssld). As in PaddleClas, pretrained_list is loaded after the
+    backbone is built, so it wins over the entry's True, and then nothing is downloaded."""
     chosen = offline_spec(cfg).teacher_weights
     if chosen is not None:
-        return _weights_path(chosen, "Offline.teacher_weights"), "Offline.teacher_weights"
+        where = "Offline.teacher_weights"
+        return _weights_path(chosen, where), where, _download(cfg, chosen, where, zoo=False)
     arch = get(cfg, "Arch")
     if arch.get("name") == DISTILLATION_ARCH:
         models = _distillation_models(cfg)
@@ -111,18 +145,27 @@ def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
         plist = arch.get("pretrained_list")
         if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
             where = f"Arch.pretrained_list.{index}"
-            return _weights_path(plist[index], where), where
-        where = f"{key}.pretrained"
-        value = entry.get("pretrained") if isinstance(entry, dict) else None
+            download = _download(cfg, plist[index], where, zoo=False)
+            return _weights_path(plist[index], where), where, download
+        entry = entry if isinstance(entry, dict) else {}
+        where, value, use_ssld = f"{key}.pretrained", entry.get("pretrained"), entry.get("use_ssld")
     else:
-        where, value = "Arch.pretrained", arch.get("pretrained")
-    path = _weights_path(value, where)
-    return path, (where if path else None)
+        where, value, use_ssld = "Arch.pretrained", arch.get("pretrained"), arch.get("use_ssld")
+    path, download = _weights_path(value, where), _download(cfg, value, where, use_ssld or False)
+    return path, (where if path or download else None), download
 
 
-def teacher_spec(cfg: dict) -> ModelSpec:
+def teacher_weights_source(cfg: dict) -> tuple[str | None, str | None]:
+    """(weights file, config key it came from); the file is None for a download."""
+    path, where, _ = _teacher_weights_setting(cfg)
+    return path, where
+
+
+def teacher_spec(cfg: dict, fetch: bool = True) -> ModelSpec:
     """The teacher: the DistillationModel's Teacher entry, or a plain Arch (a teacher config).
-    Its weights: Offline.teacher_weights > Arch.pretrained_list[Teacher] > Teacher.pretrained."""
+    Its weights: Offline.teacher_weights > Arch.pretrained_list[Teacher] > Teacher.pretrained.
+    Weights PaddleClas would download are fetched now unless `fetch` is False (overlay's dry
+    run): `pretrained` is then the local safetensors file (offline_ssld/pretrained.py)."""
     arch = get(cfg, "Arch")
     if arch.get("name") == DISTILLATION_ARCH:
         models = _distillation_models(cfg)
@@ -131,8 +174,13 @@ def teacher_spec(cfg: dict) -> ModelSpec:
         spec = _model_entry(*models["Teacher"])
     else:
         spec = plain_arch(cfg)
-    weights, _ = teacher_weights_source(cfg)
-    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args)
+    weights, where, download = _teacher_weights_setting(cfg)
+    spec = ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args, where, download)
+    if download is not None and fetch:
+        from offline_ssld.pretrained import fetch_weights  # downloads: never at import time
+
+        spec = dataclasses.replace(spec, pretrained=fetch_weights(spec))
+    return spec
 
 
 def plain_arch(cfg: dict) -> ModelSpec:
@@ -160,10 +208,15 @@ def use_sync_bn(cfg: dict) -> bool:
 def student_spec(cfg: dict) -> ModelSpec:
     """The model being trained: the Student entry, or a plain Arch (supervised training).
     Its `pretrained` is the file of initial weights (SSLD's fine-tuning stage starts from
-    one): Arch.pretrained_list at the Student's index, else the entry's `pretrained`."""
+    one): Arch.pretrained_list at the Student's index, else the entry's `pretrained`; True
+    (with use_ssld) or a URL is PaddleClas's download, which models.build_model loads as
+    PaddleClas's backbone does."""
     arch = get(cfg, "Arch")
     if arch.get("name") != DISTILLATION_ARCH:
-        return plain_arch(cfg)
+        spec = plain_arch(cfg)
+        download = _download(cfg, arch.get("pretrained"), "Arch.pretrained", arch.get("use_ssld"))
+        key = download.key if download else None
+        return dataclasses.replace(spec, weights_key=key, download=download)
     models = _distillation_models(cfg)
     if "Student" not in models:
         raise ConfigError("Arch.models: no Student entry")
@@ -173,15 +226,12 @@ def student_spec(cfg: dict) -> ModelSpec:
     plist = arch.get("pretrained_list")
     if isinstance(plist, list) and index < len(plist) and plist[index] not in (None, ""):
         where, value = f"Arch.pretrained_list.{index}", plist[index]
+        download = _download(cfg, value, where, zoo=False)
     else:
         where, value = f"{key}.pretrained", entry.get("pretrained")
-    if value is True:
-        raise ConfigError(
-            f"{where}: True asks PaddleClas to download the model zoo's weights, which cannot "
-            "happen here; download them and set this key to the file's path"
-        )
+        download = _download(cfg, value, where, entry.get("use_ssld", False))
     weights = _weights_path(value, where)
-    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args, where)
+    return ModelSpec(spec.name, spec.class_num, weights, spec.key, spec.args, where, download)
 
 
 def is_distillation(cfg: dict) -> bool:
