@@ -98,8 +98,14 @@ def test_no_code_runs_from_file_contents(rlog):
     if not _in_order(command, "if not trusted:", "raise", "convert_pdparams("):
         findings.append("cli convert-weights: convert_pdparams is not behind --i-trust-this-file")
     callers = sorted(p.name for p in sources if "convert_pdparams(" in _code_only(p))
-    if callers != ["cli.py", "models.py"]:
+    if callers != ["cli.py", "models.py", "pretrained.py"]:
         findings.append(f"convert_pdparams is called from {callers}")
+    # `pretrained: True` / use_ssld: the zoo file PaddleClas itself would load (its URL from
+    # the installed paddleclas); any other URL only with Offline.allow_pickle_weights.
+    fetch = (PACKAGE / "pretrained.py").read_text()
+    fetch = fetch[fetch.index("def fetch_weights") :]
+    if not _in_order(fetch, "if not download.trusted:", "raise ConfigError", "convert_pdparams("):
+        findings.append("pretrained.fetch_weights: convert_pdparams is not behind trusted")
     flags = sorted(
         p.name for p in sources if re.search(r"allow_pickle(_weights)?=(?!False)", _code_only(p))
     )
@@ -111,7 +117,8 @@ def test_no_code_runs_from_file_contents(rlog):
         goal="none in the package (comments and strings excluded); paddle.load only in "
         "models.load_weights and checkpoint.read_paddleclas_pickle (Global.checkpoints naming "
         "PaddleClas's files) behind Offline.allow_pickle_weights (default false) and "
-        "models.convert_pdparams behind convert-weights --i-trust-this-file",
+        "models.convert_pdparams behind convert-weights --i-trust-this-file and, for downloads, "
+        "behind PaddleClas's own zoo URL or Offline.allow_pickle_weights",
         notes=f"{len(sources)} files scanned; paddle.load calls: {', '.join(guarded)}; "
         f"files passing an allow_pickle value through: {', '.join(flags) or 'none'}."
         + (f" Findings: {findings}" if findings else ""),
