@@ -214,7 +214,9 @@ def student_spec(cfg: dict) -> ModelSpec:
     arch = get(cfg, "Arch")
     if arch.get("name") != DISTILLATION_ARCH:
         spec = plain_arch(cfg)
-        download = _download(cfg, arch.get("pretrained"), "Arch.pretrained", arch.get("use_ssld"))
+        download = _download(
+            cfg, arch.get("pretrained"), "Arch.pretrained", arch.get("use_ssld", False)
+        )
         key = download.key if download else None
         return dataclasses.replace(spec, weights_key=key, download=download)
     models = _distillation_models(cfg)
