@@ -118,7 +118,7 @@ def test_use_ssld_picks_paddleclas_url(tmp_path, images, monkeypatch):  # noqa: 
 
 def test_teacher_zoo_weights_are_the_dumped_teacher(tmp_path, images, zoo):  # noqa: F811
     path = ppcls_config(tmp_path, images, teacher_pretrained=True)  # use_ssld: True too
-    cfg = load(path, *tiny(tmp_path), "Arch.class_num=1000")
+    cfg = load(path, *tiny(tmp_path), "Arch.models.0.Teacher.class_num=1000")
     assert teacher_spec(cfg, fetch=False).pretrained is None and not zoo.urls
     served = served_arrays(zoo.stock(teacher_spec(cfg, fetch=False)))
     teacher = load_teacher(cfg)
