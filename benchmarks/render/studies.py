@@ -131,11 +131,12 @@ def data_free(r: dict) -> str:
 def paddleclas_configs(r: dict) -> str:
     """Every distillation config PaddleClas ships, and whether it runs offline."""
     counts: dict[str, int] = {}
-    lines = ["| PaddleClas config | offline | why |", "|---|---|---|"]
+    lines = ["| PaddleClas config | offline | why | weights in this run |", "|---|---|---|---|"]
     for path, v in sorted(r["configs"].items()):
         counts[v["status"]] = counts.get(v["status"], 0) + 1
         short = path.removeprefix("ppcls/configs/")
-        lines.append(f"| `{short}` | {v['status']} | {v['reason'].replace('|', '/')} |")
+        weights = (v.get("weights") or "-").replace("|", "/")
+        lines.append(f"| `{short}` | {v['status']} | {v['reason'].replace('|', '/')} | {weights} |")
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     source = r["paddleclas"]
     return "\n".join(
